@@ -1,0 +1,217 @@
+"""Gymnasium environment of the PV + BESS + EV-charging site, one hourly step per call.
+
+Why its shape: the agent sees only what a site controller could know at the start of an hour
+(this hour's PV/load as a nowcast, short forecasts, battery state, EVs present) and sets two
+knobs; the physics (battery limits, EV session limits, energy balance) is enforced here so no
+policy can break it, and the reward is exactly minus the CO2 the LP optimum minimises.
+
+Action, ``Box([-1, -1], [1, 1])``:
+    0  battery setpoint: x ``bess_power_kw`` (> 0 charges, < 0 discharges), clipped to SOC limits
+    1  EV charging level: (a + 1) / 2 of the power the EVs present could take, given to the
+       sessions that leave first (earliest-departure-first); +1 is uncontrolled charging
+
+Observation (float32), index: meaning [unit before scaling] / scale
+    0, 1      sin, cos of hour of day
+    2         PV this hour [kW] / peak PV
+    3         site load this hour [kW] / peak load
+    4         grid CO2 intensity this hour [kg/kWh] / max intensity
+    5..4+k    PV forecast for the next k hours [kW] / peak PV
+    5+k..4+2k load forecast for the next k hours [kW] / peak load
+    5+2k      battery state of charge [fraction of capacity]
+    6+2k      EV energy still needed by vehicles present [kWh] / ev_scale_kw
+    7+2k      EV power the present vehicles can take [kW] / ev_scale_kw
+    8+2k      EV energy needed by vehicles leaving after this hour [kWh] / ev_scale_kw
+(peaks and ev_scale_kw, the largest socket power ever plugged in at once, come from the scenario.)
+
+Reward: -(CO2 of grid import [kg] + unmet_penalty_kg_per_kwh x EV energy missing at departure
+[kWh]) / reward_scale_kg, with reward_scale_kg = mean load x mean intensity (one typical hour).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from bess_rl.scenario import Scenario, default_scenario, session_hours
+from bess_rl.site import SiteParams
+
+ENV_ID = "bess_rl/PvBessEv-v0"
+
+
+def _group_by_hour(hours: np.ndarray, sessions: np.ndarray, order_key: np.ndarray, n_hours: int) -> list:
+    """Session indices per hour, each sorted by ``order_key`` (then index)."""
+    order = np.lexsort((sessions, order_key, hours))
+    hours, sessions = hours[order], sessions[order]
+    bounds = np.searchsorted(hours, np.arange(n_hours + 1))
+    return [sessions[bounds[t] : bounds[t + 1]] for t in range(n_hours)]
+
+
+class PvBessEvEnv(gym.Env):
+    """``episode_hours`` of the scenario as an episode (default: the whole year from hour 0).
+
+    With ``random_start`` an episode starts at a random midnight and wraps around the year end, so
+    parallel training envs see different seasons while every episode stays a full year long.
+    See the module docstring for spaces and reward.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        scenario: Scenario | None = None,
+        site: SiteParams | None = None,
+        episode_hours: int | None = None,
+        random_start: bool = False,
+        forecast_hours: int = 3,
+    ) -> None:
+        self.scenario = scenario if scenario is not None else default_scenario()
+        self.site = site if site is not None else SiteParams()
+        n = self.scenario.hours
+        self.episode_hours = n if episode_hours is None else int(episode_hours)
+        if not 0 < self.episode_hours <= n:
+            raise ValueError(f"episode_hours must be in [1, {n}], got {self.episode_hours}")
+        if forecast_hours < 0:
+            raise ValueError(f"forecast_hours must be >= 0, got {forecast_hours}")
+        self.random_start = random_start
+        self.forecast_hours = forecast_hours
+
+        sc, st = self.scenario, self.site
+        self.pv_kw = st.pv_kwp * sc.pv_kw_per_kwp
+        self.load_kw = sc.load_kw
+        self.co2 = sc.co2_kg_per_kwh
+        ses = sc.sessions
+        self._energy = ses.energy_kwh
+        self._power = ses.max_power_kw
+        ns = len(ses)
+        pair_session, pair_hour = session_hours(ses.arrival, ses.departure)
+        self._active = _group_by_hour(pair_hour, pair_session, ses.departure[pair_session], n)
+        self._departing = _group_by_hour(ses.departure - 1, np.arange(ns), ses.departure, n)
+        plugged_kw = np.bincount(pair_hour, weights=self._power[pair_session], minlength=n)
+        self.ev_scale_kw = float(max(plugged_kw.max(initial=0.0), 1.0))
+
+        pv_peak = max(float(self.pv_kw.max(initial=0.0)), 1e-6)
+        load_peak = max(float(self.load_kw.max(initial=0.0)), 1e-6)
+        co2_peak = max(float(self.co2.max(initial=0.0)), 1e-6)
+        hod = np.arange(n) % 24
+        k = forecast_hours
+        ahead = (np.arange(n)[:, None] + np.arange(1, k + 1)[None, :]) % n  # the year wraps around
+        self._exog = np.column_stack(
+            [
+                np.sin(2 * np.pi * hod / 24),
+                np.cos(2 * np.pi * hod / 24),
+                self.pv_kw / pv_peak,
+                self.load_kw / load_peak,
+                self.co2 / co2_peak,
+                self.pv_kw[ahead] / pv_peak,
+                self.load_kw[ahead] / load_peak,
+            ]
+        ).astype(np.float32)
+        self.reward_scale_kg = max(float(self.load_kw.mean() * self.co2.mean()), 1e-6)
+
+        n_obs = self._exog.shape[1] + 4
+        low = np.zeros(n_obs, np.float32)
+        low[:2] = -1.0
+        # EV features are sums over sessions: bounded by the year's worst hour, with margin.
+        high = np.full(n_obs, 1.0, np.float32)
+        high[-3:] = float(max(4.0, ses.energy_kwh.sum() / self.ev_scale_kw + 1.0)) if ns else 4.0
+        self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+        self._e_min = st.soc_min * st.bess_capacity_kwh
+        self._e_max = st.soc_max * st.bess_capacity_kwh
+        self._remaining = self._energy.copy()
+        self._t = self._start = self._k = 0
+        self._e = st.soc_init * st.bess_capacity_kwh
+
+    # --- helpers the reference controllers use too -------------------------------------------
+    @property
+    def hour(self) -> int:
+        """Scenario hour index of the next step."""
+        return self._t
+
+    @property
+    def soc(self) -> float:
+        return self._e / self.site.bess_capacity_kwh
+
+    def ev_demand_kw(self) -> float:
+        """Power the EVs present would draw uncontrolled this hour (action[1] = +1)."""
+        idx = self._active[self._t]
+        return float(np.minimum(self._power[idx], self._remaining[idx]).sum())
+
+    def _obs(self) -> np.ndarray:
+        t = self._t
+        idx = self._active[t]
+        rem = self._remaining[idx]
+        due = self._remaining[self._departing[t]].sum()
+        s = self.ev_scale_kw
+        ev = [self.soc, rem.sum() / s, np.minimum(self._power[idx], rem).sum() / s, due / s]
+        obs = np.concatenate([self._exog[t], np.asarray(ev, np.float32)])
+        return np.clip(obs, self.observation_space.low, self.observation_space.high)
+
+    # --- gymnasium API --------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start at hour 0, or with ``random_start`` at a random midnight; episodes wrap at year end."""
+        super().reset(seed=seed)
+        n = self.scenario.hours
+        start = int(self.np_random.integers(0, n // 24)) * 24 if self.random_start and n >= 48 else 0
+        if options and "start" in options:
+            start = int(options["start"]) % n
+        self._start, self._k, self._t = start, 0, start
+        self._e = self.site.soc_init * self.site.bess_capacity_kwh
+        # Sessions already under way at the start are not part of this episode.
+        ses = self.scenario.sessions
+        self._remaining = np.where((ses.arrival < start) & (ses.departure > start), 0.0, self._energy)
+        return self._obs(), {}
+
+    def step(self, action: np.ndarray):
+        st = self.site
+        t = self._t
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        if a.shape != (2,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be 2 finite numbers, got {action!r}")
+
+        # EVs: earliest-departure-first share of the power the present vehicles could take.
+        idx = self._active[t]
+        cap = np.minimum(self._power[idx], self._remaining[idx])
+        budget = 0.5 * (a[1] + 1.0) * cap.sum()
+        before = np.cumsum(cap) - cap
+        alloc = np.clip(budget - before, 0.0, cap)
+        self._remaining[idx] -= alloc
+        ev_kw = float(alloc.sum())
+        gone = self._departing[t]
+        unmet = float(self._remaining[gone].sum())
+        self._remaining[gone] = 0.0
+
+        # Battery, within power and SOC limits.
+        p = a[0] * st.bess_power_kw
+        if p >= 0:
+            p = min(p, (self._e_max - self._e) / st.bess_eta_charge)
+            self._e = min(self._e + p * st.bess_eta_charge, self._e_max)
+        else:
+            p = -min(-p, (self._e - self._e_min) * st.bess_eta_discharge)
+            self._e = max(self._e + p / st.bess_eta_discharge, self._e_min)
+
+        pv, load = float(self.pv_kw[t]), float(self.load_kw[t])
+        net = load + ev_kw + p - pv
+        grid = max(net, 0.0)
+        co2 = grid * float(self.co2[t])
+        reward = -(co2 + st.unmet_penalty_kg_per_kwh * unmet) / self.reward_scale_kg
+
+        self._k += 1
+        self._t = (t + 1) % self.scenario.hours
+        truncated = self._k >= self.episode_hours
+        info = {
+            "hour": t,
+            "pv_kw": pv,
+            "load_kw": load,
+            "ev_kw": ev_kw,
+            "bess_kw": p,
+            "soc": self.soc,
+            "grid_import_kw": grid,
+            "surplus_kw": max(-net, 0.0),
+            "co2_kg": co2,
+            "ev_unmet_kwh": unmet,
+        }
+        return self._obs(), float(reward), False, truncated, info

@@ -1,0 +1,69 @@
+"""``python -m bess_rl.replay <run dir>``: rerun a run from its saved config, on CPU, and compare.
+
+Why: a result is only trusted if it can be reproduced. The replay trains again from the run's
+resolved config and seed on the CPU and reports every outcome metric that differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from bess_rl.train import CONFIG_FILE, run
+
+# Outcomes that must replay exactly; timings and memory are measurements, not outcomes.
+COMPARED = ("co2_kg", "co2_reduction_pct", "lp_gap_closed_pct", "ev_unmet_kwh", "ev_served_kwh", "grid_import_kwh")
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a bess_rl run folder (no {CONFIG_FILE})")
+    cfg = OmegaConf.load(path)
+    cfg.hardware.device = "cpu"
+    cfg.agent.device = "cpu"
+    cfg.progress_bar = False
+    return cfg
+
+
+def compare(original: dict, replayed: dict, rel: float = 1e-9) -> list[str]:
+    """Lines naming each outcome metric that differs beyond ``rel``."""
+    diffs = []
+    for key in COMPARED:
+        a, b = float(original[key]), float(replayed[key])
+        if abs(a - b) > rel * max(abs(a), abs(b), 1.0):
+            diffs.append(f"{key}: original {a!r} replay {b!r}")
+    return diffs
+
+
+def replay(run_dir: Path) -> tuple[dict, list[str]]:
+    cfg = load_run_config(run_dir)
+    original = json.loads((run_dir / "metrics.json").read_text())
+    out = run_dir / "replays" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    replayed = run(cfg, out)
+    return replayed, compare(original, replayed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bess_rl.replay", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        replayed, diffs = replay(args.run_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if diffs:
+        print("replay DIFFERS from the original run:\n  " + "\n  ".join(diffs))
+        return 1
+    print(f"replay matches: CO2 {replayed['co2_kg']:,.1f} kg, reduction {replayed['co2_reduction_pct']:.4f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

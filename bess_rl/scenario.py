@@ -1,0 +1,200 @@
+"""Scenario data: hourly PV / load / CO2 series and EV charging sessions, with validation.
+
+A scenario is the exogenous input of the site for one year. It is kept apart from the physical
+site sizes (``bess_rl.site``) so the same year can be replayed with other PV, battery or charger sizes.
+
+File schema (CSV or Parquet), documented in the README:
+
+hourly table, exactly ``hours`` rows (8,760 for a year), one row per hour in time order:
+    pv_kw_per_kwp   float >= 0   PV AC output per kWp installed (kW/kWp)
+    load_kw         float >= 0   site (mall) demand without EV charging (kW)
+    co2_kg_per_kwh  float >= 0   grid carbon intensity (kg CO2/kWh); optional, a constant is used if absent
+
+sessions table, one row per charging session (a row may stand for several identical vehicles):
+    arrival_hour    int          hour index the vehicle plugs in, 0 <= arrival_hour < hours
+    departure_hour  int          hour index it leaves (exclusive), arrival_hour < departure_hour <= hours
+    energy_kwh      float >= 0   energy it needs before departure (kWh)
+    max_power_kw    float > 0    socket power available to it (kW); energy_kwh <= max_power_kw x dwell hours
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HOURS_PER_YEAR = 8_760
+IQUITOS_CO2_KG_PER_KWH = 0.4521
+
+HOURLY_COLUMNS = ("pv_kw_per_kwp", "load_kw")
+SESSION_COLUMNS = ("arrival_hour", "departure_hour", "energy_kwh", "max_power_kw")
+
+
+class ScenarioError(ValueError):
+    """Bad scenario data; the message names the file, column and row."""
+
+
+@dataclass(frozen=True)
+class EvSessions:
+    """Charging sessions as parallel arrays; ``departure`` is exclusive."""
+
+    arrival: np.ndarray
+    departure: np.ndarray
+    energy_kwh: np.ndarray
+    max_power_kw: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.arrival.shape[0])
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One site-year of exogenous data."""
+
+    name: str
+    pv_kw_per_kwp: np.ndarray
+    load_kw: np.ndarray
+    co2_kg_per_kwh: np.ndarray
+    sessions: EvSessions
+
+    @property
+    def hours(self) -> int:
+        return int(self.load_kw.shape[0])
+
+    def window(self, start: int, hours: int) -> Scenario:
+        """A shorter scenario (tests, quick runs): sessions are kept if they lie fully inside."""
+        if not 0 <= start < start + hours <= self.hours:
+            raise ScenarioError(f"window [{start}, {start + hours}) outside the {self.hours}-hour scenario")
+        s = self.sessions
+        keep = (s.arrival >= start) & (s.departure <= start + hours)
+        sessions = EvSessions(
+            arrival=s.arrival[keep] - start,
+            departure=s.departure[keep] - start,
+            energy_kwh=s.energy_kwh[keep],
+            max_power_kw=s.max_power_kw[keep],
+        )
+        sl = slice(start, start + hours)
+        return Scenario(
+            name=f"{self.name}[{start}:{start + hours}]",
+            pv_kw_per_kwp=self.pv_kw_per_kwp[sl],
+            load_kw=self.load_kw[sl],
+            co2_kg_per_kwh=self.co2_kg_per_kwh[sl],
+            sessions=sessions,
+        )
+
+
+def session_hours(arrival: np.ndarray, departure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(session index, hour) of every plugged-in session-hour, vectorised, sessions in order."""
+    arrival = np.asarray(arrival, dtype=np.int64)
+    dwell = np.asarray(departure, dtype=np.int64) - arrival
+    sess = np.repeat(np.arange(arrival.shape[0], dtype=np.int64), dwell)
+    starts = np.cumsum(dwell) - dwell  # first row of each session in the expanded arrays
+    hour = arrival[sess] + np.arange(sess.shape[0], dtype=np.int64) - starts[sess]
+    return sess, hour
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise ScenarioError(f"scenario file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except Exception as exc:  # pandas/pyarrow raise many types for a malformed file
+        raise ScenarioError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from exc
+    raise ScenarioError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+
+
+def _cell(df: pd.DataFrame, col: str, row: int) -> str:
+    """A cell as the user wrote it (plain Python repr, not numpy's)."""
+    value = df[col].iloc[row]
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
+def _numeric_column(df: pd.DataFrame, col: str, where: str, minimum: float | None = 0.0) -> np.ndarray:
+    """Column as float64, naming the first bad row (0-based data row) in the error."""
+    if col not in df.columns:
+        raise ScenarioError(f"{where}: missing column {col!r} (columns found: {', '.join(map(str, df.columns))})")
+    values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        row = int(bad[0])
+        raise ScenarioError(f"{where}: column {col!r} row {row}: not a finite number ({_cell(df, col, row)})")
+    if minimum is not None:
+        low = np.flatnonzero(values < minimum)
+        if low.size:
+            row = int(low[0])
+            raise ScenarioError(f"{where}: column {col!r} row {row}: {values[row]} is below {minimum}")
+    return values
+
+
+def hourly_from_frame(
+    df: pd.DataFrame, where: str, hours: int, default_co2: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (pv_kw_per_kwp, load_kw, co2_kg_per_kwh) arrays from an hourly table."""
+    if len(df) != hours:
+        raise ScenarioError(f"{where}: has {len(df)} rows, expected {hours} (one per hour)")
+    pv = _numeric_column(df, "pv_kw_per_kwp", where)
+    load = _numeric_column(df, "load_kw", where)
+    if "co2_kg_per_kwh" in df.columns:
+        co2 = _numeric_column(df, "co2_kg_per_kwh", where)
+    else:
+        co2 = np.full(hours, float(default_co2))
+    return pv, load, co2
+
+
+def sessions_from_frame(df: pd.DataFrame, where: str, hours: int) -> EvSessions:
+    """Validated sessions; every session must be physically servable within its stay."""
+    arr = _numeric_column(df, "arrival_hour", where)
+    dep = _numeric_column(df, "departure_hour", where)
+    energy = _numeric_column(df, "energy_kwh", where)
+    power = _numeric_column(df, "max_power_kw", where)
+    checks = [
+        ("arrival_hour", arr != np.round(arr), "is not a whole hour"),
+        ("departure_hour", dep != np.round(dep), "is not a whole hour"),
+        ("arrival_hour", arr >= hours, f"is past the last hour {hours - 1}"),
+        ("departure_hour", dep <= arr, "is not after arrival_hour"),
+        ("departure_hour", dep > hours, f"is past the end of the scenario ({hours})"),
+        ("max_power_kw", power <= 0, "must be > 0"),
+        ("energy_kwh", energy > power * (dep - arr) + 1e-9, "exceeds max_power_kw x (departure - arrival)"),
+    ]
+    for col, mask, what in checks:
+        bad = np.flatnonzero(mask)
+        if bad.size:
+            row = int(bad[0])
+            raise ScenarioError(f"{where}: column {col!r} row {row}: {_cell(df, col, row)} {what}")
+    return EvSessions(arr.astype(np.int64), dep.astype(np.int64), energy, power)
+
+
+def load_scenario(
+    hourly_path: str | Path,
+    sessions_path: str | Path | None = None,
+    name: str | None = None,
+    hours: int = HOURS_PER_YEAR,
+    co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH,
+) -> Scenario:
+    """Load a user scenario from CSV/Parquet files (schema in this module's docstring)."""
+    hourly_path = Path(hourly_path)
+    pv, load, co2 = hourly_from_frame(_read_table(hourly_path), str(hourly_path), hours, co2_kg_per_kwh)
+    if sessions_path is None:
+        sessions = EvSessions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    else:
+        sessions_path = Path(sessions_path)
+        sessions = sessions_from_frame(_read_table(sessions_path), str(sessions_path), hours)
+    return Scenario(name or hourly_path.stem, pv, load, co2, sessions)
+
+
+def default_data_dir() -> Path:
+    return Path(__file__).resolve().parent / "data"
+
+
+def default_scenario(co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH) -> Scenario:
+    """The embedded Iquitos scenario shipped in the package (made by ``python -m bess_rl.data.generate``)."""
+    d = default_data_dir()
+    return load_scenario(
+        d / "iquitos_hourly.parquet", d / "iquitos_sessions.parquet", "iquitos", co2_kg_per_kwh=co2_kg_per_kwh
+    )

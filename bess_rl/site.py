@@ -1,0 +1,44 @@
+"""Physical sizes of the site: PV, stationary battery and the EV penalty; validated on creation.
+
+Sign convention used everywhere: battery power > 0 charges, < 0 discharges (kW at the AC side).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SiteError(ValueError):
+    """A site parameter outside its physical range."""
+
+
+@dataclass
+class SiteParams:
+    """Site sizes; defaults are the Iquitos mall. Also the Hydra schema of ``conf/site``."""
+
+    pv_kwp: float = 4_050.0
+    bess_capacity_kwh: float = 2_000.0
+    bess_power_kw: float = 1_000.0
+    bess_eta_charge: float = 0.95
+    bess_eta_discharge: float = 0.95
+    soc_min: float = 0.2
+    soc_max: float = 1.0
+    soc_init: float = 0.2
+    # kg CO2-equivalent charged per kWh an EV still lacks when it leaves. It must exceed the grid
+    # intensity (0.45), or the cheapest "policy" is to never charge EVs; 2.0 is ~4x that.
+    unmet_penalty_kg_per_kwh: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("bess_capacity_kwh", "bess_power_kw"):
+            if getattr(self, name) <= 0:
+                raise SiteError(f"site.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("pv_kwp", "unmet_penalty_kg_per_kwh"):
+            if getattr(self, name) < 0:
+                raise SiteError(f"site.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("bess_eta_charge", "bess_eta_discharge"):
+            if not 0 < getattr(self, name) <= 1:
+                raise SiteError(f"site.{name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 <= self.soc_min < self.soc_max <= 1:
+            raise SiteError(f"site needs 0 <= soc_min < soc_max <= 1, got {self.soc_min}, {self.soc_max}")
+        if not self.soc_min <= self.soc_init <= self.soc_max:
+            raise SiteError(f"site.soc_init {self.soc_init} must lie in [soc_min, soc_max]")

@@ -1,0 +1,187 @@
+"""The task function: config -> scenario, site, env -> SB3 agent -> evaluation -> run folder.
+
+Why one function: a single run, a replay and every sweep trial go through ``run`` so they are
+measured the same way, and ``task`` returns the metric(s) a sweep optimises.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from bess_rl import hardware
+from bess_rl.config import validate
+from bess_rl.env import PvBessEvEnv
+from bess_rl.plots import dispatch_week
+from bess_rl.provenance import git_commit, package_versions, write_json
+from bess_rl.references import EpisodeResult, References, co2_table, compute_references, run_episode
+from bess_rl.scenario import Scenario, default_scenario, load_scenario
+from bess_rl.site import SiteParams
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "resolved_config.yaml"
+
+
+def build_scenario(cfg: DictConfig) -> Scenario:
+    """The embedded Iquitos year, or the user's files, cut to the configured window."""
+    if cfg.hourly_path is None:
+        scenario = default_scenario(cfg.co2_kg_per_kwh)
+    else:
+        scenario = load_scenario(cfg.hourly_path, cfg.sessions_path, cfg.name, cfg.hours, cfg.co2_kg_per_kwh)
+    if cfg.window_hours is not None or cfg.window_start:
+        hours = cfg.window_hours if cfg.window_hours is not None else scenario.hours - cfg.window_start
+        scenario = scenario.window(cfg.window_start, hours)
+    return scenario
+
+
+def build_site(cfg: DictConfig) -> SiteParams:
+    return SiteParams(**OmegaConf.to_container(cfg, resolve=True))
+
+
+def make_env(scenario: Scenario, site: SiteParams, cfg: DictConfig, training: bool) -> PvBessEvEnv:
+    """Training envs start on random days; the evaluation env runs the scenario from hour 0."""
+    return PvBessEvEnv(
+        scenario,
+        site,
+        episode_hours=cfg.episode_hours if training else None,
+        random_start=cfg.random_start if training else False,
+        forecast_hours=cfg.forecast_hours,
+    )
+
+
+def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, float]:
+    """CO2 reduction vs uncontrolled and the share of the LP's possible reduction achieved.
+
+    CO2 alone rewards leaving EVs uncharged, so the penalised figure (CO2 + penalty x unmet EV
+    kWh, what the reward and the LP minimise) is reported beside it and is the default objective.
+    """
+    base = refs.uncontrolled.co2_kg
+    possible = base - refs.optimum_co2_kg
+    penalised = result.co2_kg + penalty * result.ev_unmet_kwh
+    return {
+        "co2_kg": result.co2_kg,
+        "co2_reduction_pct": 100.0 * (base - result.co2_kg) / base if base > 0 else 0.0,
+        "penalised_kg": penalised,
+        "penalised_reduction_pct": 100.0 * (base - penalised) / base if base > 0 else 0.0,
+        "lp_gap_closed_pct": 100.0 * (base - result.co2_kg) / possible if possible > 0 else 0.0,
+        "ev_unmet_kwh": result.ev_unmet_kwh,
+        "ev_served_kwh": result.ev_served_kwh,
+        "grid_import_kwh": result.grid_import_kwh,
+    }
+
+
+def build_model(cfg: DictConfig, env: Any, device: str, seed: int, run_dir: Path | None) -> BaseAlgorithm:
+    """The SB3 algorithm named by ``agent.algo`` with the config's hyper-parameters."""
+    hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
+    net_arch = hp.pop("net_arch")
+    algo = get_class(cfg.agent.algo)
+    model = algo("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device=device, verbose=0, **hp)
+    if run_dir is not None:
+        model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
+    return model
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak resident memory of this process, or peak CUDA memory allocated on a GPU run."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train, evaluate and write the run folder; returns metrics.json's content."""
+    validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    runtime = hardware.resolve(cfg.hardware, cfg.agent.name, cfg.agent.device)
+    scenario = build_scenario(cfg.scenario)
+    site = build_site(cfg.site)
+    eval_env = make_env(scenario, site, cfg.scenario, training=False)
+    write_json(
+        run_dir / "run_info.json",
+        {
+            "seed": cfg.seed,
+            "agent": cfg.agent.name,
+            "preset": cfg.preset.name,
+            "scenario": scenario.name,
+            "overrides": list(cfg.get("overrides") or []),
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "machine": hardware.describe_machine(),
+            "runtime": runtime.as_dict(),
+        },
+    )
+    refs = compute_references(eval_env)
+
+    def env_factory() -> PvBessEvEnv:
+        return make_env(scenario, site, cfg.scenario, training=True)
+
+    vec_env = make_vec_env(env_factory, n_envs=cfg.agent.n_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
+    model = build_model(cfg, vec_env, runtime.device, cfg.seed, run_dir)
+    log.info(
+        "training %s (%s preset) for %d steps on %s",
+        cfg.agent.name,
+        cfg.preset.name,
+        cfg.agent.total_timesteps,
+        runtime.device,
+    )
+    t0 = time.perf_counter()
+    model.learn(cfg.agent.total_timesteps, log_interval=cfg.agent.log_interval, progress_bar=cfg.progress_bar)
+    train_s = time.perf_counter() - t0
+    if cfg.save_model:
+        model.save(run_dir / "model.zip")
+
+    def policy(env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
+    result = run_episode(eval_env, policy)
+    metrics = {
+        "agent": cfg.agent.name,
+        "preset": cfg.preset.name,
+        **score(result, refs, site.unmet_penalty_kg_per_kwh),
+        "references": refs.table(),
+        "total_timesteps": int(model.num_timesteps),
+        "train_seconds": train_s,
+        "timesteps_per_hour": model.num_timesteps / train_s * 3600.0,
+        "peak_memory_mb": peak_memory_mb(runtime.device),
+        "device": runtime.device,
+        "eval_hours": result.hours,
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    if cfg.plot:
+        dispatch_week(result.trace, run_dir / "dispatch_week.png", f"{cfg.agent.name} ({cfg.preset.name}) dispatch")
+    return metrics
+
+
+def objective_value(metrics: dict[str, Any], objective: Any) -> float | tuple[float, ...]:
+    """The number (or tuple, for multi-objective sweeps) a sweep optimises."""
+    if isinstance(objective, str):
+        return float(metrics[objective])
+    return tuple(float(metrics[name]) for name in objective)
+
+
+def print_table(metrics: dict[str, Any], console: Console | None = None) -> None:
+    """CO2 of the references and the agent on the evaluation year."""
+    rows = [(name, r["co2_kg"], r["ev_unmet_kwh"]) for name, r in metrics["references"].items()]
+    rows.append((f"{metrics['agent']} ({metrics['preset']})", metrics["co2_kg"], metrics["ev_unmet_kwh"]))
+    (console or Console()).print(co2_table(rows, metrics["eval_hours"]))
+    print(
+        f"{metrics['agent']}: {metrics['co2_reduction_pct']:.2f}% CO2 reduction "
+        f"({metrics['penalised_reduction_pct']:.2f}% counting unmet EV energy as penalty), "
+        f"{metrics['lp_gap_closed_pct']:.1f}% of the LP optimum's, "
+        f"{metrics['timesteps_per_hour']:,.0f} timesteps/hour on {metrics['device']}"
+    )

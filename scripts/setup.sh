@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install bess_rl with its test tools, from this repository's own files.
+# torch is pinned first to the release whose CPU wheel our machines carry; a CUDA machine may
+# install any torch in pyproject's range instead before running this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+fi
+.venv/bin/python -m pip install --quiet -e ".[dev]"

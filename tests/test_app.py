@@ -1,0 +1,161 @@
+"""Hydra composition of every agent x hardware x preset, tiny training runs, replay, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from bess_rl.config import ConfigError, register_configs, validate
+from bess_rl.replay import replay
+from bess_rl.train import run
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+AGENTS, HARDWARE, PRESETS = ("sac", "ppo", "a2c"), ("cpu", "cuda", "rtx4060"), ("before", "after")
+
+# What shared/seed/GPU_QUICK_REFERENCE.md tables say, as SB3 parameters (see conf/agent_preset).
+SEED_TABLE = {
+    ("sac", "before"): {"batch_size": 512, "buffer_size": 5_000_000, "gradient_steps": 1024, "train_freq": 1,
+                        "learning_starts": 1000, "log_interval": 100},
+    ("sac", "after"): {"batch_size": 256, "buffer_size": 1_000_000, "gradient_steps": 2048, "train_freq": 2,
+                       "learning_starts": 500, "log_interval": 50},
+    ("ppo", "before"): {"n_steps": 4096, "n_epochs": 25, "batch_size": 512, "log_interval": 250},
+    ("ppo", "after"): {"n_steps": 8192, "n_epochs": 40, "batch_size": 512, "log_interval": 100},
+    ("a2c", "before"): {"n_steps": 16, "rollout": 1024, "learning_rate": 0.002, "total_timesteps": 3 * 8760,
+                        "log_interval": 250},
+    ("a2c", "after"): {"n_steps": 128, "rollout": 2048, "learning_rate": 0.001, "total_timesteps": 5 * 8760,
+                       "log_interval": 100},
+}  # fmt: skip
+
+# Tiny budgets: a one-week scenario and the smallest updates each algorithm accepts.
+TINY = {
+    "sac": ["agent.total_timesteps=60", "agent.hparams.buffer_size=500", "agent.hparams.learning_starts=20",
+            "agent.hparams.gradient_steps=2", "agent.hparams.batch_size=16", "agent.hparams.net_arch=[16]"],
+    "ppo": ["agent.total_timesteps=64", "agent.hparams.n_steps=64", "agent.hparams.batch_size=32",
+            "agent.hparams.n_epochs=1", "agent.hparams.net_arch=[16]"],
+    "a2c": ["agent.total_timesteps=64", "agent.hparams.net_arch=[16]"],
+}  # fmt: skip
+COMMON = ["scenario.window_hours=168", "progress_bar=false", "plot=false"]
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_are_the_seed_tables(agent, preset):
+    cfg = compose_cfg([f"agent={agent}", f"preset={preset}"])
+    hp = cfg.agent.hparams
+    for key, want in SEED_TABLE[(agent, preset)].items():
+        if key == "rollout":
+            got = cfg.agent.n_envs * hp.n_steps
+        elif key in ("log_interval", "total_timesteps"):
+            got = cfg.agent[key]
+        else:
+            got = hp[key]
+        assert got == want, f"{agent}/{preset}: {key} = {got}, seed says {want}"
+    validate(cfg)
+
+
+@pytest.mark.parametrize("hardware", HARDWARE)
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("agent", AGENTS)
+def test_every_combination_trains_on_cpu(tmp_path, agent, hardware, preset):
+    cfg = compose_cfg([f"agent={agent}", f"hardware={hardware}", f"preset={preset}", *COMMON, *TINY[agent]])
+    metrics = run(cfg, tmp_path)
+    assert metrics["device"] == "cpu"
+    assert metrics["total_timesteps"] >= cfg.agent.total_timesteps
+    for name in ("metrics.json", "run_info.json", "resolved_config.yaml", "model.zip", "progress.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["runtime"]["device"] == "cpu" and info["preset"] == preset
+    if hardware != "cpu":  # why it ran on the CPU is recorded, never silent
+        expected = "has none" if agent == "sac" else f"{agent.upper()} trains on CPU"
+        assert any(expected in note for note in info["runtime"]["notes"])
+    refs = metrics["references"]
+    assert refs["lp_optimum"]["co2_kg"] <= refs["rule_based"]["co2_kg"] * (1 + 1e-7)
+
+
+def test_run_folder_has_plot_and_metrics(tmp_path):
+    cfg = compose_cfg(["agent=ppo", "scenario.window_hours=168", "progress_bar=false", *TINY["ppo"]])
+    metrics = run(cfg, tmp_path)
+    assert (tmp_path / "dispatch_week.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("co2_kg", "co2_reduction_pct", "lp_gap_closed_pct", "ev_unmet_kwh", "timesteps_per_hour",
+                "peak_memory_mb"):  # fmt: skip
+        assert saved[key] == pytest.approx(metrics[key])
+    assert saved["peak_memory_mb"] > 50 and saved["timesteps_per_hour"] > 0
+
+
+@pytest.mark.parametrize("agent", ["ppo", "sac"])
+def test_replay_gives_identical_metrics(tmp_path, agent):
+    cfg = compose_cfg([f"agent={agent}", *COMMON, *TINY[agent]])
+    run(cfg, tmp_path)
+    replayed, diffs = replay(tmp_path)
+    assert diffs == []
+    assert replayed["co2_kg"] == json.loads((tmp_path / "metrics.json").read_text())["co2_kg"]
+
+
+def test_strict_hardware_refuses_to_fall_back(tmp_path):
+    from bess_rl.hardware import HardwareError
+
+    cfg = compose_cfg(["hardware=rtx4060", "hardware.strict=true", *COMMON, *TINY["sac"]])
+    with pytest.raises(HardwareError, match="asks for CUDA but this machine has none"):
+        run(cfg, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("agent.n_envs=0", "agent.n_envs must be > 0, got 0"),
+        ("agent.hparams.batch_size=-4", "agent.hparams.batch_size must be > 0, got -4"),
+        ("agent.hparams.net_arch=[0]", "net_arch sizes must be > 0"),
+        ("objective=co3", "objective 'co3' is not one of"),
+        ("hardware.compile=fastest", "hardware.compile must be one of"),
+    ],
+)
+def test_nonsense_values_fail_validation(override, message):
+    cfg = compose_cfg(["agent=sac", override])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+def test_minibatch_larger_than_rollout_is_refused():
+    cfg = compose_cfg(["agent=ppo", "agent.hparams.n_steps=64"])
+    with pytest.raises(ConfigError, match="exceeds the rollout n_envs x n_steps = 64"):
+        validate(cfg)
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BESS_RL_ROOT": str(cwd)}
+    return subprocess.run([sys.executable, "-m", "bess_rl", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["agent=sacc"], "Could not find 'agent/sacc'"),
+        (["agent.hparams.batch_size=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+        (["agent.hparams.batch_sise=3"], "Could not override 'agent.hparams.batch_sise'"),
+        (["hardware.amp=fp8"], "Invalid value 'fp8', expected one of [none, bf16, fp16]"),
+        (["agent.n_envs=0"], "agent.n_envs must be > 0, got 0"),
+        (["scenario.hourly_path=/no/such.csv"], "scenario file not found: /no/such.csv"),
+        (["site.soc_min=1.5"], "site needs 0 <= soc_min < soc_max <= 1"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(tmp_path, args, message):
+    proc = cli(*args, "progress_bar=false", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout

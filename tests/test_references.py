@@ -1,0 +1,31 @@
+"""The three references order as physics demands: LP optimum <= rule-based <= uncontrolled."""
+
+from __future__ import annotations
+
+import pytest
+
+from bess_rl.env import PvBessEvEnv
+from bess_rl.train import compute_references
+from tests.conftest import make_scenario
+
+
+def test_ordering_on_the_default_year():
+    env = PvBessEvEnv()
+    refs = compute_references(env)
+    unc, rbc, lp = refs.uncontrolled.co2_kg, refs.rule_based.co2_kg, refs.optimum_co2_kg
+    # HiGHS stops within its optimality tolerance, so allow a part in 10^7 on ~3,000 t.
+    assert lp <= rbc * (1 + 1e-7)
+    assert rbc < unc
+    assert refs.uncontrolled.hours == 8_760
+    for r in (refs.uncontrolled, refs.rule_based):
+        assert r.ev_unmet_kwh == pytest.approx(0.0, abs=1e-6)
+    assert refs.optimum_unmet_kwh == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ordering_when_the_battery_is_small(site, seed):
+    """A small battery fills early: EV shifting then matters and the LP strictly beats the RBC."""
+    small = type(site)(pv_kwp=3_000.0, bess_capacity_kwh=200.0, bess_power_kw=100.0)
+    env = PvBessEvEnv(make_scenario(days=3, seed=seed), small)
+    refs = compute_references(env)
+    assert refs.optimum_co2_kg < refs.rule_based.co2_kg < refs.uncontrolled.co2_kg
