@@ -11,14 +11,25 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from bess_rl.checkpoint import CheckpointError, NumericalError, TrainingInterrupted
 from bess_rl.config import ConfigError, register_configs
 from bess_rl.hardware import HardwareError
+from bess_rl.planner import MemoryBudgetError
 from bess_rl.scenario import ScenarioError
 from bess_rl.site import SiteError
-from bess_rl.train import objective_value, print_table, run
+from bess_rl.train import objective_value, print_table, resume_config, run
 
 log = logging.getLogger("bess_rl")
-USER_ERRORS = (ConfigError, ScenarioError, SiteError, HardwareError)
+# Failures with a message meant for the user: one line, no traceback (a sweep records them as failed).
+USER_ERRORS = (
+    ConfigError,
+    ScenarioError,
+    SiteError,
+    HardwareError,
+    CheckpointError,
+    NumericalError,
+    MemoryBudgetError,
+)
 
 register_configs()
 
@@ -26,15 +37,23 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
     with open_dict(cfg):
-        cfg.overrides = list(hc.overrides.task)
+        cfg.overrides = overrides
     try:
-        metrics = run(cfg, Path(hc.runtime.output_dir))
+        if cfg.resume:
+            run_dir = Path(cfg.resume)
+            metrics = run(resume_config(run_dir, cfg, overrides), run_dir, resume=True)
+        else:
+            metrics = run(cfg, Path(hc.runtime.output_dir))
+    except TrainingInterrupted as exc:
+        log.warning("%s\nresume with: python -m bess_rl resume=%s", exc, exc.path.parent)
+        sys.exit(exc.exit_code)
     except USER_ERRORS as exc:
         if hc.mode == RunMode.MULTIRUN:
             raise  # the sweeper records the trial as failed and goes on
         log.error("%s", exc)
-        sys.exit(2)
+        sys.exit(2 if not isinstance(exc, NumericalError) else 1)
     print_table(metrics)
     return objective_value(metrics, cfg.objective)
 

@@ -12,19 +12,18 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from bess_rl.train import CONFIG_FILE, run
+from bess_rl.checkpoint import CheckpointError
+from bess_rl.train import load_saved_config, run
 
 # Outcomes that must replay exactly; timings and memory are measurements, not outcomes.
 COMPARED = ("co2_kg", "co2_reduction_pct", "lp_gap_closed_pct", "ev_unmet_kwh", "ev_served_kwh", "grid_import_kwh")
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a bess_rl run folder (no {CONFIG_FILE})")
-    cfg = OmegaConf.load(path)
+    """The run's saved config, moved to the CPU."""
+    cfg = load_saved_config(run_dir)
     cfg.hardware.device = "cpu"
     cfg.agent.device = "cpu"
     cfg.progress_bar = False
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         replayed, diffs = replay(args.run_dir)
-    except FileNotFoundError as exc:
+    except (CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if diffs:

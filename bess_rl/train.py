@@ -6,13 +6,16 @@ measured the same way, and ``task`` returns the metric(s) a sweep optimises.
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +25,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from bess_rl import hardware
+from bess_rl import checkpoint, hardware, planner
 from bess_rl.config import validate
 from bess_rl.env import PvBessEvEnv
 from bess_rl.plots import dispatch_week
@@ -84,15 +87,12 @@ def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, 
     }
 
 
-def build_model(cfg: DictConfig, env: Any, device: str, seed: int, run_dir: Path | None) -> BaseAlgorithm:
+def build_model(cfg: DictConfig, env: Any, device: str, seed: int) -> BaseAlgorithm:
     """The SB3 algorithm named by ``agent.algo`` with the config's hyper-parameters."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch = hp.pop("net_arch")
     algo = get_class(cfg.agent.algo)
-    model = algo("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device=device, verbose=0, **hp)
-    if run_dir is not None:
-        model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
-    return model
+    return algo("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device=device, verbose=0, **hp)
 
 
 def peak_memory_mb(device: str) -> float:
@@ -102,46 +102,132 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train, evaluate and write the run folder; returns metrics.json's content."""
+def load_saved_config(run_dir: Path) -> DictConfig:
+    """The resolved config a run folder was trained with."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise checkpoint.CheckpointError(f"{run_dir} is not a bess_rl run folder (no {CONFIG_FILE})")
+    return OmegaConf.load(path)
+
+
+def resume_config(run_dir: Path, requested: DictConfig, overrides: list[str]) -> DictConfig:
+    """The saved config of ``run_dir``; refuses overrides that would make it another run."""
+    saved = load_saved_config(run_dir)
+    state = checkpoint.read_state(run_dir / checkpoint.CHECKPOINT_DIR)
+    if any(o.startswith("agent=") for o in overrides) and requested.agent.name != state["agent"]:
+        raise checkpoint.CheckpointError(
+            f"{run_dir} holds a {state['agent']} checkpoint; it cannot be resumed as agent={requested.agent.name}"
+        )
+    allowed = ("resume=", "progress_bar=", "agent=", "hydra.")
+    extra = [o for o in overrides if not o.startswith(allowed)]
+    if extra:
+        raise checkpoint.CheckpointError(f"resume continues the saved config; drop these overrides: {' '.join(extra)}")
+    saved.progress_bar = requested.progress_bar
+    return saved
+
+
+def attach_logger(model: BaseAlgorithm, run_dir: Path, resume: bool) -> None:
+    """progress.csv + TensorBoard in the run folder; a resume appends to the earlier rows."""
+    csv = run_dir / "progress.csv"
+    earlier = run_dir / "progress.before_resume.csv"
+    if resume and csv.is_file() and csv.stat().st_size:
+        shutil.move(csv, earlier)
+    model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
+
+
+def merge_progress(run_dir: Path) -> None:
+    """Put the rows written before a resume back in front of the resumed ones."""
+    earlier = run_dir / "progress.before_resume.csv"
+    csv = run_dir / "progress.csv"
+    if earlier.is_file():
+        frames = [pd.read_csv(p) for p in (earlier, csv) if p.is_file() and p.stat().st_size]
+        pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
+        earlier.unlink()
+
+
+def update_run_info(run_dir: Path, **fields: Any) -> None:
+    path = run_dir / "run_info.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in fields.items():
+        if isinstance(info.get(key), list):
+            info[key].append(value)
+        else:
+            info[key] = value
+    write_json(path, info)
+
+
+def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> float:
+    """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds spent."""
+    guard = checkpoint.Guard(cfg.agent.name, run_dir / checkpoint.CHECKPOINT_DIR, cfg.checkpoint_every_steps)
+    remaining = cfg.agent.total_timesteps - model.num_timesteps
+    log.info(
+        "training %s (%s preset) for %d steps on %s%s",
+        cfg.agent.name,
+        cfg.preset.name,
+        remaining,
+        model.device,
+        f", resuming at step {model.num_timesteps}" if resume else "",
+    )
+    t0 = time.perf_counter()
+    model.learn(
+        remaining,
+        callback=guard,
+        log_interval=cfg.agent.log_interval,
+        progress_bar=cfg.progress_bar,
+        reset_num_timesteps=not resume,
+    )
+    return time.perf_counter() - t0
+
+
+def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume), evaluate and write the run folder; returns metrics.json's content."""
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     runtime = hardware.resolve(cfg.hardware, cfg.agent.name, cfg.agent.device)
     scenario = build_scenario(cfg.scenario)
     site = build_site(cfg.site)
     eval_env = make_env(scenario, site, cfg.scenario, training=False)
-    write_json(
-        run_dir / "run_info.json",
-        {
-            "seed": cfg.seed,
-            "agent": cfg.agent.name,
-            "preset": cfg.preset.name,
-            "scenario": scenario.name,
-            "overrides": list(cfg.get("overrides") or []),
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-            "machine": hardware.describe_machine(),
-            "runtime": runtime.as_dict(),
-        },
+    plan = planner.estimate(
+        cfg,
+        eval_env.observation_space.shape[0],
+        eval_env.action_space.shape[0],
+        device=runtime.device,
+        buffer_on_device=False,
+        obs_dtype=eval_env.observation_space.dtype,
     )
+    log.info("%s", plan.table())
+    planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
+    if resume:
+        model = checkpoint.load(run_dir / checkpoint.CHECKPOINT_DIR, cfg.agent.name, runtime.device)
+        update_run_info(run_dir, resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
+    else:
+        (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_json(
+            run_dir / "run_info.json",
+            {
+                "seed": cfg.seed,
+                "agent": cfg.agent.name,
+                "preset": cfg.preset.name,
+                "scenario": scenario.name,
+                "overrides": list(cfg.get("overrides") or []),
+                "versions": package_versions(),
+                "git_commit": git_commit(),
+                "machine": hardware.describe_machine(),
+                "runtime": runtime.as_dict(),
+                "resumed": [],
+            },
+        )
+        model = new_model(cfg, scenario, site, runtime.device)
     refs = compute_references(eval_env)
-
-    def env_factory() -> PvBessEvEnv:
-        return make_env(scenario, site, cfg.scenario, training=True)
-
-    vec_env = make_vec_env(env_factory, n_envs=cfg.agent.n_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
-    model = build_model(cfg, vec_env, runtime.device, cfg.seed, run_dir)
-    log.info(
-        "training %s (%s preset) for %d steps on %s",
-        cfg.agent.name,
-        cfg.preset.name,
-        cfg.agent.total_timesteps,
-        runtime.device,
-    )
-    t0 = time.perf_counter()
-    model.learn(cfg.agent.total_timesteps, log_interval=cfg.agent.log_interval, progress_bar=cfg.progress_bar)
-    train_s = time.perf_counter() - t0
+    attach_logger(model, run_dir, resume)
+    start_step = model.num_timesteps
+    try:
+        train_s = learn(cfg, model, run_dir, resume)
+    except torch.cuda.OutOfMemoryError as exc:
+        model = retry_after_oom(cfg, run_dir, scenario, site, runtime.device, exc)
+        start_step, train_s = 0, learn(cfg, model, run_dir, resume=False)
+    merge_progress(run_dir)
+    shutil.rmtree(run_dir / checkpoint.CHECKPOINT_DIR, ignore_errors=True)  # finished: the model is final
     if cfg.save_model:
         model.save(run_dir / "model.zip")
 
@@ -149,6 +235,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return model.predict(obs, deterministic=True)[0]
 
     result = run_episode(eval_env, policy)
+    trained = model.num_timesteps - start_step
     metrics = {
         "agent": cfg.agent.name,
         "preset": cfg.preset.name,
@@ -156,7 +243,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "references": refs.table(),
         "total_timesteps": int(model.num_timesteps),
         "train_seconds": train_s,
-        "timesteps_per_hour": model.num_timesteps / train_s * 3600.0,
+        "timesteps_per_hour": trained / train_s * 3600.0 if train_s > 0 else 0.0,
         "peak_memory_mb": peak_memory_mb(runtime.device),
         "device": runtime.device,
         "eval_hours": result.hours,
@@ -165,6 +252,36 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.plot:
         dispatch_week(result.trace, run_dir / "dispatch_week.png", f"{cfg.agent.name} ({cfg.preset.name}) dispatch")
     return metrics
+
+
+def new_model(cfg: DictConfig, scenario: Scenario, site: SiteParams, device: str) -> BaseAlgorithm:
+    """Fresh seeded training envs and an untrained agent."""
+
+    def env_factory() -> PvBessEvEnv:
+        return make_env(scenario, site, cfg.scenario, training=True)
+
+    vec_env = make_vec_env(env_factory, n_envs=cfg.agent.n_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
+    return build_model(cfg, vec_env, device, cfg.seed)
+
+
+def retry_after_oom(
+    cfg: DictConfig, run_dir: Path, scenario: Scenario, site: SiteParams, device: str, exc: Exception
+) -> BaseAlgorithm:
+    """The design note's first remedy, once and on the record: restart with batch_size halved."""
+    if cfg.agent.hparams.get("batch_size", 0) < 2 or (run_dir / "oom_retry.json").exists():
+        raise exc
+    old = int(cfg.agent.hparams.batch_size)
+    cfg.agent.hparams.batch_size = old // 2
+    record = {"error": str(exc).splitlines()[0][:300], "batch_size_from": old, "batch_size_to": old // 2}
+    write_json(run_dir / "oom_retry.json", record)
+    update_run_info(run_dir, oom_retry=record)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    log.warning("out of memory: restarting once with agent.hparams.batch_size=%d (was %d)", old // 2, old)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    model = new_model(cfg, scenario, site, device)
+    attach_logger(model, run_dir, resume=False)
+    return model
 
 
 def objective_value(metrics: dict[str, Any], objective: Any) -> float | tuple[float, ...]:

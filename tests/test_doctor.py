@@ -1,0 +1,71 @@
+"""``python -m bess_rl.doctor``: statuses and exit codes on this machine, and the GPU smoke tests where there is one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bess_rl.doctor import Wants, check_cuda_graph, compose_config, main
+
+GPU_ITEMS = ("CUDA", "GPU", "fp16", "TF32", "CUDA graph")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA behaviour")
+
+
+def doctor(capsys: pytest.CaptureFixture[str], *overrides: str) -> tuple[int, dict[str, str], str]:
+    """Exit code, {item: status} and the printed report."""
+    rc = main(list(overrides))
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line[:4] in ("PASS", "WARN", "FAIL", "SKIP")]
+    return rc, {line[6:17].strip(): line[:4] for line in lines}, out
+
+
+def test_cpu_profile_exits_0(capsys):
+    rc, status, out = doctor(capsys, "hardware=cpu")
+    assert rc == 0, out
+    assert "FAIL" not in status.values()
+    assert status["torch"] == status["config"] == status["memory"] == "PASS"
+    assert status["bf16"] == "PASS"  # a real autocast matmul, on the CPU here
+    if not torch.cuda.is_available():
+        assert {item: status[item] for item in GPU_ITEMS} == dict.fromkeys(GPU_ITEMS, "SKIP")
+
+
+@without_cuda
+def test_strict_gpu_profile_without_cuda_fails_on_cuda(capsys):
+    rc, status, out = doctor(capsys, "hardware=rtx4060", "hardware.strict=true")
+    assert rc == 1
+    assert status["CUDA"] == status["config"] == "FAIL"
+    assert "FAIL  config      hardware=rtx4060 asks for CUDA but this machine has none" in out
+    assert status["memory@cuda"] == "PASS"  # the after preset still fits the 4060 it asks for
+
+
+@without_cuda
+def test_gpu_profile_without_cuda_warns_and_plans_both_devices(capsys):
+    rc, status, out = doctor(capsys, "hardware=rtx4060")
+    assert rc == 0, out
+    assert status["CUDA"] == status["config"] == "WARN"
+    assert status["memory"] == status["memory@cuda"] == "PASS"
+    assert "of host RAM (budget 8.6 GB)" in out and "of GPU memory (budget 8.6 GB)" in out
+
+
+def test_config_that_does_not_compose_is_a_fail_line(capsys):
+    rc, status, out = doctor(capsys, "agent=sacc")
+    assert rc == 1
+    assert status["config"] == "FAIL" and "Could not find 'agent/sacc'" in out
+
+
+def test_over_budget_plan_fails_with_the_halved_overrides(capsys):
+    rc, status, out = doctor(capsys, "preset=before", "hardware.memory_budget_gb=0.5")
+    assert rc == 1
+    assert status["memory"] == "FAIL"
+    assert "agent.hparams.buffer_size=2500000 agent.hparams.batch_size=256" in out
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_graph_smoke_test_passes_on_a_gpu(capsys):
+    graph = check_cuda_graph(Wants.of(compose_config(["hardware=cuda"])))
+    assert graph.status == "PASS", graph.value
+    rc, status, out = doctor(capsys, "hardware=rtx4060", "hardware.strict=true")
+    assert status["CUDA graph"] == status["CUDA"] == status["GPU"] == "PASS", out
+    assert rc == 0, out
