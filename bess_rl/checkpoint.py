@@ -101,14 +101,19 @@ def read_state(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load(directory: Path, agent: str, device: str) -> BaseAlgorithm:
-    """The model, its envs, replay buffer and RNGs exactly as ``save`` left them."""
+def load(directory: Path, agent: str, device: str, **overrides: Any) -> BaseAlgorithm:
+    """The model, its envs, replay buffer and RNGs exactly as ``save`` left them.
+
+    ``overrides`` replace saved attributes (e.g. FastSAC's ``cuda_graphs`` when a GPU run resumes on CPU).
+    """
     state = read_state(directory)
     if state["agent"] != agent:
         raise CheckpointError(f"{directory} holds a {state['agent']} checkpoint, not {agent}")
     with open(directory / "envs.pkl", "rb") as f:
         envs: VecEnv = pickle.load(f)  # noqa: S301 - only from the run folder the user named
-    model = get_class(state["algo"]).load(directory / "model.zip", env=envs, device=device, force_reset=False)
+    model = get_class(state["algo"]).load(
+        directory / "model.zip", env=envs, device=device, force_reset=False, **overrides
+    )
     if isinstance(model, OffPolicyAlgorithm):
         model.load_replay_buffer(directory / "replay_buffer.pkl")
     torch_rng = torch.load(directory / "torch_rng.pt", weights_only=True)

@@ -62,7 +62,12 @@ def resolve(hw: DictConfig, agent_name: str, agent_device: str = "auto") -> Runt
         notes.append(f"{msg}: running on CPU with AMP, CUDA graphs and TF32 off")
         want = "cpu"
     if want == "cpu":
-        amp, graphs, tf32 = "none", False, False
+        # bf16 autocast runs on CPU when the profile asks for it there; a GPU profile's AMP does not.
+        keep_bf16 = amp == "bf16" and hw.device == "cpu"
+        amp, graphs, tf32 = ("bf16" if keep_bf16 else "none"), False, False
+    if agent_name != "sac" and (amp != "none" or graphs):
+        notes.append(f"AMP and CUDA graphs apply to the SAC update only: {agent_name.upper()} runs plain SB3")
+        amp, graphs = "none", False
     torch.set_num_threads(int(hw.torch_threads))
     if want == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -28,6 +28,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from bess_rl import checkpoint, hardware, planner
 from bess_rl.config import validate
 from bess_rl.env import PvBessEvEnv
+from bess_rl.fast_sac import FastSAC
 from bess_rl.plots import dispatch_week
 from bess_rl.provenance import git_commit, package_versions, write_json
 from bess_rl.references import EpisodeResult, References, co2_table, compute_references, run_episode
@@ -87,12 +88,24 @@ def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, 
     }
 
 
-def build_model(cfg: DictConfig, env: Any, device: str, seed: int) -> BaseAlgorithm:
-    """The SB3 algorithm named by ``agent.algo`` with the config's hyper-parameters."""
+def build_model(cfg: DictConfig, env: Any, runtime: hardware.Runtime, seed: int) -> BaseAlgorithm:
+    """The SB3 algorithm named by ``agent.algo`` with the config's hyper-parameters.
+
+    ``bess_rl.fast_sac.FastSAC`` (the SAC default) also gets the hardware profile's AMP, CUDA-graph
+    and compile switches; plain SB3 classes take none of them.
+    """
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch = hp.pop("net_arch")
     algo = get_class(cfg.agent.algo)
-    return algo("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device=device, verbose=0, **hp)
+    if issubclass(algo, FastSAC):
+        hp |= fast_sac_switches(runtime)
+    return algo(
+        "MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device=runtime.device, verbose=0, **hp
+    )
+
+
+def fast_sac_switches(runtime: hardware.Runtime) -> dict[str, Any]:
+    return {"amp": runtime.amp, "cuda_graphs": runtime.cuda_graphs, "compile_mode": runtime.compile}
 
 
 def peak_memory_mb(device: str) -> float:
@@ -192,13 +205,14 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         eval_env.observation_space.shape[0],
         eval_env.action_space.shape[0],
         device=runtime.device,
-        buffer_on_device=False,
+        buffer_on_device=issubclass(get_class(cfg.agent.algo), FastSAC) and runtime.device == "cuda",
         obs_dtype=eval_env.observation_space.dtype,
     )
     log.info("%s", plan.table())
     planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     if resume:
-        model = checkpoint.load(run_dir / checkpoint.CHECKPOINT_DIR, cfg.agent.name, runtime.device)
+        switches = fast_sac_switches(runtime) if issubclass(get_class(cfg.agent.algo), FastSAC) else {}
+        model = checkpoint.load(run_dir / checkpoint.CHECKPOINT_DIR, cfg.agent.name, runtime.device, **switches)
         update_run_info(run_dir, resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
     else:
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -217,14 +231,14 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
                 "resumed": [],
             },
         )
-        model = new_model(cfg, scenario, site, runtime.device)
+        model = new_model(cfg, scenario, site, runtime)
     refs = compute_references(eval_env)
     attach_logger(model, run_dir, resume)
     start_step = model.num_timesteps
     try:
         train_s = learn(cfg, model, run_dir, resume)
     except torch.cuda.OutOfMemoryError as exc:
-        model = retry_after_oom(cfg, run_dir, scenario, site, runtime.device, exc)
+        model = retry_after_oom(cfg, run_dir, scenario, site, runtime, exc)
         start_step, train_s = 0, learn(cfg, model, run_dir, resume=False)
     merge_progress(run_dir)
     shutil.rmtree(run_dir / checkpoint.CHECKPOINT_DIR, ignore_errors=True)  # finished: the model is final
@@ -254,18 +268,18 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     return metrics
 
 
-def new_model(cfg: DictConfig, scenario: Scenario, site: SiteParams, device: str) -> BaseAlgorithm:
+def new_model(cfg: DictConfig, scenario: Scenario, site: SiteParams, runtime: hardware.Runtime) -> BaseAlgorithm:
     """Fresh seeded training envs and an untrained agent."""
 
     def env_factory() -> PvBessEvEnv:
         return make_env(scenario, site, cfg.scenario, training=True)
 
     vec_env = make_vec_env(env_factory, n_envs=cfg.agent.n_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
-    return build_model(cfg, vec_env, device, cfg.seed)
+    return build_model(cfg, vec_env, runtime, cfg.seed)
 
 
 def retry_after_oom(
-    cfg: DictConfig, run_dir: Path, scenario: Scenario, site: SiteParams, device: str, exc: Exception
+    cfg: DictConfig, run_dir: Path, scenario: Scenario, site: SiteParams, runtime: hardware.Runtime, exc: Exception
 ) -> BaseAlgorithm:
     """The design note's first remedy, once and on the record: restart with batch_size halved."""
     if cfg.agent.hparams.get("batch_size", 0) < 2 or (run_dir / "oom_retry.json").exists():
@@ -277,9 +291,9 @@ def retry_after_oom(
     update_run_info(run_dir, oom_retry=record)
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.warning("out of memory: restarting once with agent.hparams.batch_size=%d (was %d)", old // 2, old)
-    if device == "cuda":
+    if runtime.device == "cuda":
         torch.cuda.empty_cache()
-    model = new_model(cfg, scenario, site, device)
+    model = new_model(cfg, scenario, site, runtime)
     attach_logger(model, run_dir, resume=False)
     return model
 

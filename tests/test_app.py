@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,21 @@ def test_cli_errors_are_one_clear_line(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "algo", "amp"),
+    [
+        (["hardware=cpu"], "FastSAC", "none"),
+        (["hardware=cpu", "hardware.amp=bf16"], "FastSAC", "bf16"),  # CPU autocast when the CPU profile asks
+        (["hardware=rtx4060"], "FastSAC", "none"),  # a GPU profile's AMP is off after the CPU fallback
+        (["agent.algo=stable_baselines3.SAC"], "SAC", "none"),
+    ],
+)
+def test_sac_update_path_follows_config(tmp_path, overrides, algo, amp):
+    cfg = compose_cfg(["agent=sac", *overrides, *COMMON, *TINY["sac"]])
+    run(cfg, tmp_path)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["runtime"]["amp"] == amp
+    saved = zipfile.ZipFile(tmp_path / "model.zip").read("data").decode()  # SB3's pickled attributes
+    assert ("DeviceReplayBuffer" in saved) == (algo == "FastSAC")

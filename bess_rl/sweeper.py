@@ -1,0 +1,161 @@
+"""Multirun support: a guard for Optuna studies (a Hydra callback) and the experiment budget.
+
+Why a callback and not a sweeper subclass: Hydra instantiates sweepers only from the
+``hydra_plugins`` package, callbacks from anywhere. hydra-optuna-sweeper 1.3.0 already records a
+trial whose job raised as FAIL (and, with ``max_failure_rate: 1.0``, goes on), but on its own:
+
+- a NaN/inf objective makes its ``study.tell`` raise twice: the whole sweep aborts, the trial stays RUNNING;
+- a sweep whose trials all fail exits 0 when the study is multi-objective or held completed trials before;
+- SQLite cannot create the folder of ``sqlite:///outputs/optuna.db`` on a fresh checkout;
+- a resumed study replays the seeded sampler's random start-up trials of the first sweep.
+
+``OptunaStudyGuard`` closes these four gaps; ``apply_budget`` shrinks a preset by stated factors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
+from sqlalchemy.engine import make_url
+
+from bess_rl.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Objectives (bess_rl.config.OBJECTIVES) where less is better; every other one is maximised.
+MINIMISED = frozenset({"co2_kg", "ev_unmet_kwh"})
+
+
+def _abort(message: str, code: int) -> NoReturn:
+    """Hydra turns a callback's exception into a warning; stopping the sweep needs SystemExit."""
+    log.error("%s", message)
+    raise SystemExit(code)
+
+
+def check_directions(objective: Any, direction: Any) -> None:
+    """Refuse a sweep whose directions cannot match the task's return before any trial trains."""
+    names = [objective] if isinstance(objective, str) else list(objective)
+    directions = [direction] if isinstance(direction, str) else list(direction)
+    directions = [str(getattr(d, "name", d)) for d in directions]
+    if len(names) != len(directions):
+        raise ConfigError(
+            f"objective {names} has {len(names)} value(s), hydra.sweeper.direction {directions} {len(directions)}"
+        )
+    for name, direction in zip(names, directions, strict=True):
+        want = "minimize" if name in MINIMISED else "maximize"
+        if direction != want:
+            raise ConfigError(f"objective {name} should be {want}d, but hydra.sweeper.direction says {direction}")
+
+
+def non_finite(value: Any) -> bool:
+    """True for a NaN/inf objective (or tuple holding one); other non-numbers are the sweeper's to report."""
+    values = value if isinstance(value, list | tuple) else [value]
+    try:
+        return not all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        return False
+
+
+def _count_trials(study_name: str, storage: str) -> int:
+    import optuna  # only sweeps need it; keeps ``apply_budget``'s import light for every run
+
+    summaries = optuna.study.get_all_study_summaries(storage)
+    return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
+
+
+class OptunaStudyGuard(Callback):
+    """Hydra callback for Optuna sweeps with a storage (``hydra.callbacks`` in conf/hparams_search)."""
+
+    def __init__(self) -> None:
+        self.first_trial = 0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        try:
+            check_directions(config.objective, sweeper.direction)
+        except ConfigError as exc:
+            _abort(str(exc), 2)
+        if sweeper.storage is None:
+            return
+        url = make_url(sweeper.storage)
+        if url.get_backend_name() == "sqlite" and url.database:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        self.first_trial = _count_trials(sweeper.study_name, sweeper.storage)
+        seed = OmegaConf.select(sweeper, "sampler.seed")
+        if self.first_trial and seed is not None:
+            # Same seed on resume would replay the first sweep's start-up trials; offset it reproducibly.
+            with read_write(sweeper.sampler):
+                sweeper.sampler.seed = seed + self.first_trial
+            log.info(
+                "resuming study %r at trial %d: sampler seed %d + %d",
+                sweeper.study_name,
+                self.first_trial,
+                seed,
+                self.first_trial,
+            )
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.COMPLETED and non_finite(job_return.return_value):
+            value = job_return.return_value
+            job_return.status = JobStatus.FAILED
+            job_return.return_value = ValueError(f"objective {config.objective} is not finite: {value}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        sweeper = config.hydra.sweeper
+        if sweeper.storage is None:
+            return
+        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number >= self.first_trial]
+        complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        log.info("study %r: %d of this sweep's %d trials complete", sweeper.study_name, complete, len(trials))
+        if trials and not complete:
+            _abort(
+                f"all {len(trials)} trials of this sweep failed (study {sweeper.study_name!r}, {sweeper.storage})", 1
+            )
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def apply_budget(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Multiply this agent's keys by ``budget.scale.<agent>``; record them in ``budget.changed``.
+
+    Why: the design note's SAC presets do 1,024 gradient updates per environment step, days of CPU;
+    a budget shrinks stated keys by stated factors (integers rounded, at least 1) so the comparison
+    runs anywhere, and the resolved config of every run says exactly what differs from the preset.
+    """
+    if OmegaConf.select(cfg, "budget") is None:
+        return []
+    try:
+        scale = OmegaConf.select(cfg, f"budget.scale.{cfg.agent.name}")
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"budget: {exc}".splitlines()[0]) from None
+    changed = []
+    for key, factor in _leaves(OmegaConf.to_container(scale) if scale else {}):
+        path = f"agent.{key}"
+        old = OmegaConf.select(cfg, path)
+        if isinstance(old, bool) or not isinstance(old, int | float):
+            raise ConfigError(f"budget scales {path}, which {cfg.agent.name} has no number for")
+        new = max(1, round(old * factor)) if isinstance(old, int) else old * factor
+        OmegaConf.update(cfg, path, new)
+        changed.append({"key": path, "from": old, "to": new})
+        log.info("budget %s: %s %s -> %s", cfg.budget.get("name", ""), path, old, new)
+    with open_dict(cfg.budget):
+        cfg.budget.changed = changed
+    return changed

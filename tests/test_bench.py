@@ -1,0 +1,84 @@
+"""The benchmark: runs every agent on a tiny time budget and writes complete, self-consistent JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from bess_rl.bench import interleaved, main, parse_args
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """``main`` sets the torch thread count for the process; give the rest of the suite its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_tiny(extra: list[str]) -> dict:
+    return main(["--presets", "before", "--seconds", "0.1", "--prefill", "600", *extra])
+
+
+def check_sac_rows(rows: list[dict], variants: set[str]) -> None:
+    assert {r["variant"] for r in rows} == variants
+    base = next(r for r in rows if r["variant"] == "sb3")
+    for r in rows:
+        assert r["grad_steps_per_s"] > 0 and r["collect_steps_per_s"] > 0 and r["batch_size"] == 512
+        assert r["updates_per_env_step"] == 1024  # the "before" preset: 1,024 gradient steps per env step
+        implied = 3600 / (1 / r["collect_steps_per_s"] + r["updates_per_env_step"] / r["grad_steps_per_s"])
+        assert r["env_steps_per_hour"] == pytest.approx(implied)
+        assert r["speedup_grad_steps_per_s"] == pytest.approx(r["grad_steps_per_s"] / base["grad_steps_per_s"])
+    assert base["speedup_grad_steps_per_s"] == 1.0
+
+
+def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
+    monkeypatch.setenv("BESS_RL_ROOT", str(tmp_path))  # the default JSON path is <root>/outputs/bench/<time>.json
+    report = run_tiny(["--agents", "sac", "ppo", "a2c", "--device", "cpu"])
+    (path,) = (tmp_path / "outputs" / "bench").glob("*.json")
+    data = json.loads(path.read_text())
+    assert data["results"] == report["results"] and data["machine"]["cpu_count"] >= 1
+    assert torch.get_num_threads() == data["torch_threads"] == 1
+    by_agent: dict[str, list[dict]] = {}
+    for row in data["results"]:
+        by_agent.setdefault(row["agent"], []).append(row)
+    assert by_agent["env"][0]["env_steps_per_s"] > 0
+    check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16"})
+    for agent in ("ppo", "a2c"):
+        sb3, fast = by_agent[agent]
+        assert sb3["variant"] == "sb3" and sb3["env_steps_per_hour"] == pytest.approx(sb3["env_steps_per_s"] * 3600)
+        assert sb3["env_steps_per_s"] > 0 and sb3["rollout_steps"] >= 1024
+        assert fast["status"] == "not implemented" and "grad_steps_per_s" not in fast  # no made-up number
+
+
+def test_interleaved_rates_follow_the_work_done():
+    def job(units: int):
+        def run() -> int:
+            time.sleep(0.01)
+            return units
+
+        return run
+
+    rates = interleaved({"one": job(1), "three": job(3)}, seconds=0.3, device="cpu")
+    assert 40 < rates["one"] <= 100  # at most one unit per 10 ms sleep
+    assert rates["three"] / rates["one"] == pytest.approx(3, rel=0.25)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_refused_without_a_gpu():
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda"])
+
+
+@pytest.mark.gpu
+@CUDA
+def test_bench_on_cuda_compares_graphs(tmp_path):
+    report = run_tiny(["--agents", "sac", "--device", "cuda", "--json", str(tmp_path / "b.json")])
+    sac = [r for r in report["results"] if r["agent"] == "sac"]
+    check_sac_rows(sac, {"sb3", "fast eager", "fast bf16", "fast graphs", "fast graphs+bf16"})
+    assert all(r["device"].startswith("cuda") for r in sac)

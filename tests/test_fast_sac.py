@@ -1,0 +1,263 @@
+"""FastSAC: the fused update is SB3's SAC update, learns as well, and stays a drop-in SB3 model."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import SAC
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from bess_rl.env import PvBessEvEnv
+from bess_rl.fast_sac import DeviceReplayBuffer, FastSAC
+from bess_rl.site import SiteParams
+from tests.conftest import make_scenario
+
+BATCH = 32
+TINY = {"batch_size": BATCH, "buffer_size": 400, "learning_starts": 0, "policy_kwargs": {"net_arch": [32, 32]}}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny MLPs run many times faster on one thread than on two contended ones (2-core machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def site_env() -> DummyVecEnv:
+    site = SiteParams(pv_kwp=3_000.0, bess_capacity_kwh=1_500.0, bess_power_kw=600.0)
+    return DummyVecEnv([lambda: PvBessEvEnv(make_scenario(), site, episode_hours=48)])
+
+
+def fill(models: list[SAC], n: int = 300, seed: int = 0) -> None:
+    """The same random transitions into every buffer: 48 h episodes end in time-limit truncations, and
+    every 7th transition is marked terminal, so the targets' (1 - done) mask is exercised too."""
+    env = site_env().envs[0]
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        action = rng.uniform(-1, 1, 2).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for m in models:
+            m.replay_buffer.add(
+                obs[None],
+                next_obs[None],
+                action[None],
+                np.array([reward]),
+                np.array([truncated or i % 7 == 0]),
+                [{"TimeLimit.truncated": truncated}],
+            )
+        obs = env.reset()[0] if truncated else next_obs
+
+
+def pair(device: str = "cpu", fast_kwargs: dict | None = None, **kwargs) -> tuple[SAC, FastSAC]:
+    """SB3 SAC and FastSAC with identical weights and buffers, both sampling the same fixed batch."""
+    sb3 = SAC("MlpPolicy", site_env(), seed=0, device=device, **TINY, **kwargs)
+    fast = FastSAC("MlpPolicy", site_env(), seed=0, device=device, **TINY, **kwargs, **(fast_kwargs or {}))
+    fast.policy.load_state_dict(sb3.policy.state_dict())
+    fill([sb3, fast])
+    idx = np.random.default_rng(1).integers(0, 300, BATCH)
+    sb3.replay_buffer.sample = lambda batch_size, env=None: sb3.replay_buffer._get_samples(idx)
+    assert set(sb3.replay_buffer._get_samples(idx).dones.flatten().tolist()) == {0.0, 1.0}
+    fixed = torch.as_tensor(idx, device=fast.device)
+    fast.replay_buffer.sample_indices = lambda batch_size: fixed
+    for m in (sb3, fast):
+        m.set_logger(configure(None, []))
+    return sb3, fast
+
+
+def state(model: SAC) -> dict[str, torch.Tensor]:
+    """Everything one update changes: actor, critics, critic targets, log entropy coefficient."""
+    out = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
+    if model.log_ent_coef is not None:
+        out["log_ent_coef"] = model.log_ent_coef.detach().clone()
+    return out
+
+
+def assert_same_update(sb3: SAC, fast: FastSAC, steps: int, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    before = state(sb3)
+    for m in (sb3, fast):
+        torch.manual_seed(123)  # the actor's noise: same draws in the same order
+        m.train(steps, BATCH)
+    after_sb3, after_fast = state(sb3), state(fast)
+    for key, value in before.items():
+        assert not torch.equal(after_sb3[key], value), f"{key} did not change: the comparison would be vacuous"
+        torch.testing.assert_close(after_fast[key], after_sb3[key], rtol=rtol, atol=atol, msg=key)
+    logged_sb3, logged_fast = sb3.logger.name_to_value, fast.logger.name_to_value
+    for key in ("train/critic_loss", "train/actor_loss", "train/ent_coef", "train/n_updates"):
+        assert logged_fast[key] == pytest.approx(float(logged_sb3[key]), rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"ent_coef": 0.1}, {"target_update_interval": 2, "gamma": 0.9, "tau": 0.05}])
+def test_update_matches_sb3_on_the_same_batch(kwargs):
+    sb3, fast = pair(**kwargs)
+    assert_same_update(sb3, fast, steps=1)
+    assert_same_update(sb3, fast, steps=3)  # Adam moments and polyak carried across steps
+
+
+def test_bf16_autocast_runs_close_to_fp32():
+    _, fp32 = pair()
+    _, bf16 = pair(fast_kwargs={"amp": "bf16"})
+    for m in (fp32, bf16):
+        torch.manual_seed(123)
+        m.train(1, BATCH)
+    for key in ("train/critic_loss", "train/actor_loss"):
+        a, b = fp32.logger.name_to_value[key], bf16.logger.name_to_value[key]
+        assert np.isfinite(b)
+        assert b == pytest.approx(a, rel=0.05, abs=0.02), key
+    for p in bf16.policy.parameters():
+        assert p.dtype == torch.float32 and torch.isfinite(p).all()
+
+
+def test_fp16_with_grad_scaler_runs_eagerly():
+    _, fast = pair(fast_kwargs={"amp": "fp16"})
+    fast.train(3, BATCH)
+    assert fast._fast.scaler is not None
+    assert np.isfinite(fast.logger.name_to_value["train/critic_loss"])
+    assert all(torch.isfinite(p).all() for p in fast.policy.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cuda_graphs": True, "device": "cpu"}, "needs a CUDA device"),
+        ({"amp": "fp8"}, "amp must be one of"),
+        ({"compile_mode": "fast"}, "compile_mode must be one of"),
+        ({"graph_steps": 3, "target_update_interval": 2}, "multiple of target_update_interval"),
+        ({"use_sde": True}, "gSDE"),
+        (
+            {"optimize_memory_usage": True, "replay_buffer_kwargs": {"handle_timeout_termination": False}},
+            "optimize_memory",
+        ),
+    ],
+)
+def test_unsupported_switches_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FastSAC("MlpPolicy", site_env(), **{**TINY, **kwargs})
+
+
+def test_replay_buffer_clears_done_on_truncation_and_wraps():
+    env = site_env()
+    buf = DeviceReplayBuffer(4, env.observation_space, env.action_space, device="cpu")
+    obs = np.arange(15, dtype=np.float32)[None]
+    for i in range(6):
+        buf.add(
+            obs + i,
+            obs - i,
+            np.array([[0.5, -0.5]]),
+            np.array([float(i)]),
+            np.array([True]),
+            [{"TimeLimit.truncated": i % 2 == 1}],
+        )
+    assert buf.full and buf.pos == 2 and int(buf.rows) == 4
+    batch = buf.batch(torch.arange(4))
+    # rows 0, 1 were overwritten by transitions 4, 5; odd transitions were truncations, not terminations
+    assert batch.rewards.flatten().tolist() == [4.0, 5.0, 2.0, 3.0]
+    assert batch.dones.flatten().tolist() == [1.0, 0.0, 1.0, 0.0]
+    torch.testing.assert_close(batch.observations[0], torch.as_tensor(obs[0] + 4))
+    torch.testing.assert_close(batch.next_observations[1], torch.as_tensor(obs[0] - 5))
+    assert set(buf.sample_indices(1000).tolist()) == {0, 1, 2, 3}
+
+
+def test_save_load_predict_and_keep_training(tmp_path):
+    fast = FastSAC("MlpPolicy", site_env(), seed=0, device="cpu", **{**TINY, "learning_starts": 20})
+    fast.learn(40)
+    obs = site_env().reset()
+    action = fast.predict(obs, deterministic=True)[0]
+    fast.save(tmp_path / "model.zip")
+    fast.save_replay_buffer(tmp_path / "buffer.pkl")
+    loaded = FastSAC.load(tmp_path / "model.zip", env=site_env(), device="cpu")
+    loaded.load_replay_buffer(tmp_path / "buffer.pkl")
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], action)
+    assert isinstance(loaded.replay_buffer, DeviceReplayBuffer) and loaded.replay_buffer.size() == 40
+    for opt in loaded._optimizers():  # the load hook restored our optimiser set-up over the saved one
+        assert opt.param_groups[0]["lr"] is loaded._fast.lr and opt.param_groups[0]["fused"]
+    loaded.learn(20, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 60
+
+
+def test_plain_sb3_model_loads_into_fast_sac(tmp_path):
+    sb3 = SAC("MlpPolicy", site_env(), seed=0, device="cpu", **{**TINY, "learning_starts": 20})
+    sb3.learn(30)
+    sb3.save(tmp_path / "sb3.zip")
+    fast = FastSAC.load(tmp_path / "sb3.zip", env=site_env(), device="cpu")
+    obs = site_env().reset()
+    np.testing.assert_array_equal(fast.predict(obs, deterministic=True)[0], sb3.predict(obs, deterministic=True)[0])
+    assert isinstance(fast.replay_buffer, DeviceReplayBuffer)
+    fast.learn(30)
+    assert all(torch.isfinite(p).all() for p in fast.policy.parameters())
+
+
+class Reach(gym.Env):
+    """Put the action on the observed random target (reward -squared distance): SAC learns it in ~500 steps."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t, self._target = 0, self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return self._target, {}
+
+    def step(self, action):
+        reward = -float(np.sum((np.clip(action, -1, 1) - self._target) ** 2))
+        self._t += 1
+        self._target = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return self._target, reward, False, self._t >= 8, {}
+
+
+def mean_reward(model: SAC) -> float:
+    env = Reach()
+    obs, _ = env.reset(seed=123)
+    rewards = []
+    for _ in range(256):
+        obs, reward, _, truncated, _ = env.step(model.predict(obs, deterministic=True)[0])
+        rewards.append(reward)
+        if truncated:
+            obs, _ = env.reset()
+    return float(np.mean(rewards))
+
+
+def test_learns_as_well_as_sb3():
+    kwargs = {"learning_starts": 64, "batch_size": 64, "policy_kwargs": {"net_arch": [32, 32]}, "learning_rate": 3e-3}
+    results = {}
+    for cls in (SAC, FastSAC):
+        model = cls("MlpPolicy", DummyVecEnv([Reach]), seed=0, device="cpu", gamma=0.5, **kwargs)
+        untrained = mean_reward(model)
+        model.learn(500)
+        results[cls.__name__] = (untrained, mean_reward(model))
+    for untrained, trained in results.values():
+        assert untrained < -0.4 and trained > -0.1  # from ~-0.66 (actions near 0) to near the optimum 0
+    assert results["FastSAC"][1] == pytest.approx(results["SAC"][1], abs=0.05)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_eager_update_matches_sb3(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # a GPU profile may have set it
+    sb3, fast = pair(device="cuda")
+    assert_same_update(sb3, fast, steps=3, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_cuda_graphs_replay_real_updates(amp):
+    fast = FastSAC("MlpPolicy", site_env(), seed=0, device="cuda", cuda_graphs=True, graph_steps=4, amp=amp, **TINY)
+    fast.set_logger(configure(None, []))
+    fill([fast])
+    before = state(fast)
+    fast.train(10, BATCH)  # 4 warm-up steps, capture, 1 replay of 4, 2 eager steps
+    assert BATCH in fast._fast._graphs
+    fast.train(8, BATCH)  # 2 replays of the cached graph
+    after = state(fast)
+    assert fast._n_updates == 18
+    for key, value in before.items():
+        assert torch.isfinite(after[key]).all(), key
+        assert not torch.equal(after[key], value), f"{key} did not change"
+    assert np.isfinite(fast.logger.name_to_value["train/critic_loss"])

@@ -1,0 +1,92 @@
+"""The report from run folders: one row per agent and preset, measured numbers only, gaps listed, figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bess_rl.report import AGENTS, PRESETS, REWARD, STEPS, curve, main, read_progress, write_report
+from bess_rl.sweeper import apply_budget
+from bess_rl.train import run
+from tests.test_app import TINY, compose_cfg
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    """Six tiny runs, laid out as the before_vs_after sweep writes them (<agent>-<preset>/), budget applied."""
+    root = tmp_path_factory.mktemp("sweep")
+    for agent in AGENTS:
+        for preset in PRESETS:
+            cfg = compose_cfg(["experiment=before_vs_after", "budget.name=cpu", f"agent={agent}", f"preset={preset}",
+                               "scenario.window_hours=168", *TINY[agent]])  # fmt: skip
+            apply_budget(cfg)
+            run(cfg, root / f"{agent}-{preset}")
+    return root
+
+
+def table(markdown: str, title: str) -> list[list[str]]:
+    """The body rows of the Markdown table under ``## title``."""
+    section = markdown.split(f"## {title}")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def test_report_has_one_row_per_agent_and_preset_from_the_run_folders(sweep_dir, tmp_path):
+    md = write_report([sweep_dir], tmp_path).read_text()
+    rows = table(md, "Results per agent and preset")
+    assert [(r[0], r[1]) for r in rows] == [(a.upper(), p) for a in AGENTS for p in PRESETS]
+    assert all(r[2] == "ok" for r in rows)
+    for agent, preset, *cells in rows:  # the numbers are the run's own metrics.json
+        metrics = json.loads((sweep_dir / f"{agent.lower()}-{preset}" / "metrics.json").read_text())
+        assert cells[1] == f"{metrics['total_timesteps']:,}"
+        assert cells[5] == f"{metrics['timesteps_per_hour']:,.0f}"
+        assert cells[7] == f"{metrics['co2_kg']:,.0f}"
+    sac_before = rows[0]
+    assert sac_before[4] == "total_timesteps 60 → 12; hparams.gradient_steps 2 → 1"  # what the budget changed
+    speed = table(md, "Speed and memory per agent")
+    assert [r[0] for r in speed] == ["SAC", "PPO", "A2C"] and all(r[3].endswith("x") for r in speed)
+    assert [r[0] for r in table(md, "References")] == ["uncontrolled", "rule-based (RBC)", "LP optimum"]
+    assert "None: every agent and preset has a finished run." in md
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 6 and len(pd.read_csv(tmp_path / "speed.csv")) == 3
+    figures = ["co2.png", "learning_curves.png", *(f"dispatch_{a}-{p}.png" for a in AGENTS for p in PRESETS)]
+    for name in figures:
+        assert (tmp_path / name).stat().st_size > 5_000, name
+        assert f"]({name})" in md
+
+
+def test_failed_and_missing_runs_are_listed_not_dropped(sweep_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, sweep)
+    (sweep / "a2c-after" / "metrics.json").unlink()  # a run that started but did not finish
+    shutil.rmtree(sweep / "ppo-before")  # a run that never started
+    md = write_report([sweep], tmp_path / "report").read_text()
+    rows = {(r[0], r[1]): r for r in table(md, "Results per agent and preset")}
+    assert len(rows) == 6
+    assert rows[("A2C", "after")][2].startswith("failed: no metrics.json")
+    assert rows[("PPO", "before")][2].startswith("missing")
+    assert "- A2C after: failed" in md and "- PPO before: missing" in md
+    speed = {r[0]: r for r in table(md, "Speed and memory per agent")}
+    assert speed["PPO"][1] == "—" and speed["PPO"][3] == "—" and speed["SAC"][3] != "—"
+
+
+def test_cli_writes_the_report_and_refuses_a_missing_folder(sweep_dir, tmp_path, capsys):
+    assert main([str(sweep_dir), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.md").is_file() and "Before vs after" in capsys.readouterr().out
+    assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_progress_without_rows_or_columns_gives_no_curve(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")  # SB3 logged nothing: fewer episodes/rollouts than log_interval
+    assert read_progress(empty).empty and curve(read_progress(empty), REWARD) is None
+    assert read_progress(tmp_path / "absent.csv").empty
+    partial = pd.DataFrame({STEPS: [64, 128], "train/value_loss": [1.0, 0.5]})
+    assert curve(partial, REWARD) is None  # no episode finished
+    x, y = curve(partial, "train/value_loss")
+    assert list(x) == [64, 128] and list(y) == [1.0, 0.5]
+    gaps = pd.DataFrame({STEPS: [64, 128, 192], REWARD: [None, -3.0, -2.0]})
+    assert list(curve(gaps, REWARD)[0]) == [128, 192]
