@@ -17,6 +17,7 @@ from bess_rl.hardware import HardwareError
 from bess_rl.planner import MemoryBudgetError
 from bess_rl.scenario import ScenarioError
 from bess_rl.site import SiteError
+from bess_rl.sweeper import apply_budget
 from bess_rl.train import objective_value, print_table, resume_config, run
 
 log = logging.getLogger("bess_rl")
@@ -45,8 +46,11 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
             run_dir = Path(cfg.resume)
             metrics = run(resume_config(run_dir, cfg, overrides), run_dir, resume=True)
         else:
+            apply_budget(cfg)
             metrics = run(cfg, Path(hc.runtime.output_dir))
     except TrainingInterrupted as exc:
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # one interrupted trial is a failed trial, not the end of the sweep
         log.warning("%s\nresume with: python -m bess_rl resume=%s", exc, exc.path.parent)
         sys.exit(exc.exit_code)
     except USER_ERRORS as exc:

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 AGENTS = ("sac", "ppo", "a2c")
@@ -128,6 +129,20 @@ def _metric(run: Run | None, key: str) -> float | None:
     return float(run.metrics[key]) if run is not None and run.metrics is not None and key in run.metrics else None
 
 
+def _resource_stat(metrics: dict[str, Any], key: str, stat: str) -> float | None:
+    """A statistic of a ResourceMonitor reading (bess_rl.monitor) if the run recorded one."""
+    stats = (metrics.get("resources") or {}).get("stats") or {}
+    return stats[key][stat] if key in stats else None
+
+
+def _resource_mean(metrics: dict[str, Any], key: str) -> float | None:
+    return _resource_stat(metrics, key, "mean")
+
+
+def _resource_max(metrics: dict[str, Any], key: str) -> float | None:
+    return _resource_stat(metrics, key, "max")
+
+
 def _changes_text(run: Run) -> str:
     return "; ".join(f"{c['key'].removeprefix('agent.')} {c['from']:,} → {c['to']:,}" for c in run.changes) or "none"
 
@@ -151,8 +166,12 @@ def result_rows(chosen: dict[tuple[str, str], Run]) -> list[dict[str, Any]]:
                 "train_seconds": m.get("train_seconds"),
                 "timesteps_per_hour": m.get("timesteps_per_hour"),
                 "peak_memory_mb": m.get("peak_memory_mb"),
+                "rss_max_mb": _resource_max(m, "rss_mb"),
+                "cpu_pct_mean": _resource_mean(m, "cpu_pct"),
+                "gpu_util_pct_mean": _resource_mean(m, "gpu_util_pct"),
+                "resource_warnings": "; ".join((m.get("resources") or {}).get("warnings") or []) or None,
                 "co2_kg": m.get("co2_kg"),
-                "co2_vs_uncontrolled_pct": -m["co2_reduction_pct"] if "co2_reduction_pct" in m else None,
+                "co2_vs_uncontrolled_pct": 0.0 - m["co2_reduction_pct"] + 0.0 if "co2_reduction_pct" in m else None,
                 "penalised_reduction_pct": m.get("penalised_reduction_pct"),
                 "lp_gap_closed_pct": m.get("lp_gap_closed_pct"),
                 "ev_unmet_kwh": m.get("ev_unmet_kwh"),
@@ -229,9 +248,9 @@ def _speed_table(speeds: Sequence[dict[str, Any]]) -> str:
 
 
 def _results_table(results: Sequence[dict[str, Any]]) -> str:
-    header = ["agent", "preset", "status", "timesteps trained", "changed from preset", "log_interval", "timesteps/h",
-              "peak MB", "CO2 kg", "CO2 vs uncontrolled", "penalised reduction", "LP gap closed",
-              "EV unmet kWh"]  # fmt: skip
+    header = ["agent", "preset", "status", "timesteps trained", "budget changes", "log_interval", "timesteps/h",
+              "peak MB", "RSS max MB", "mean utilisation", "CO2 kg", "CO2 vs uncontrolled", "penalised reduction",
+              "LP gap closed", "EV unmet kWh"]  # fmt: skip
     rows = [
         [
             r["agent"].upper(),
@@ -242,6 +261,8 @@ def _results_table(results: Sequence[dict[str, Any]]) -> str:
             _num(r["log_interval"]),
             _num(r["timesteps_per_hour"]),
             _num(r["peak_memory_mb"]),
+            _num(r["rss_max_mb"]),
+            _utilisation(r),
             _num(r["co2_kg"]),
             _num(r["co2_vs_uncontrolled_pct"], 2, "%"),
             _num(r["penalised_reduction_pct"], 2, "%"),
@@ -251,6 +272,13 @@ def _results_table(results: Sequence[dict[str, Any]]) -> str:
         for r in results
     ]
     return _md_table(header, rows)
+
+
+def _utilisation(row: dict[str, Any]) -> str:
+    """What the training process got: on a shared or busy machine CPU % < 100 explains a low timesteps/hour."""
+    parts = [f"GPU {row['gpu_util_pct_mean']:.0f}%"] if row["gpu_util_pct_mean"] is not None else []
+    parts += [f"CPU {row['cpu_pct_mean']:.0f}%"] if row["cpu_pct_mean"] is not None else []
+    return ", ".join(parts) or NA
 
 
 def _references_table(refs: dict[str, dict[str, float]]) -> str:
@@ -306,6 +334,7 @@ def plot_co2(rows: Sequence[dict[str, Any]], refs: dict[str, dict[str, float]], 
         note = f"{value:,.0f} kg" + (f"  ({100 * (value - base) / base:+.2f}%)" if base else "")
         ax.text(value, i, " " + note, va="center", fontsize=8)
     ax.set_xlim(min(values) * 0.9 if values else 0, max(values) * 1.12 if values else 1)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_xlabel(f"grid CO2 over the {hours or '?'} h evaluated, kg (deterministic policy)")
     ax.set_title("CO2: references (grey), before (orange), after (blue)")
     fig.tight_layout()
@@ -332,7 +361,8 @@ def plot_learning_curves(chosen: dict[tuple[str, str], Run], path: Path) -> Path
             if drawn:
                 ax.legend(fontsize=7)
             else:
-                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+                why = "no finished episode logged" if row == 0 else "not logged"
+                ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="grey")
             ax.set_title(f"{agent.upper()}: {'episode reward (mean)' if row == 0 else 'loss'}", fontsize=9)
             ax.set_xlabel("timesteps", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -385,6 +415,11 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         *(f"- Machine: {', '.join(f'{k} {v}' for k, v in json.loads(m).items())}" for m in machines),
         *(f"- Launcher: {launcher}" for launcher in launchers),
         *(f"- **Warning**: {w}" for w in warnings),
+        *(
+            f"- Monitor, {r['agent'].upper()} {r['preset']}: {r['resource_warnings']}"
+            for r in results
+            if r["resource_warnings"]
+        ),
         "",
         "## Speed and memory per agent (the design note's table, measured)",
         "",
@@ -393,6 +428,9 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         "## Results per agent and preset",
         "",
         _results_table(results),
+        "",
+        "peak MB is metrics.json's peak_memory_mb; RSS max and mean utilisation come from the resource monitor,"
+        " sampled during this run's training only.",
         "",
         "## References (computed in every run)",
         "",

@@ -6,6 +6,7 @@ measured the same way, and ``task`` returns the metric(s) a sweep optimises.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -29,6 +30,7 @@ from bess_rl import checkpoint, hardware, planner
 from bess_rl.config import validate
 from bess_rl.env import PvBessEvEnv
 from bess_rl.fast_sac import FastSAC
+from bess_rl.monitor import ResourceMonitor
 from bess_rl.plots import dispatch_week
 from bess_rl.provenance import git_commit, package_versions, write_json
 from bess_rl.references import EpisodeResult, References, co2_table, compute_references, run_episode
@@ -108,10 +110,24 @@ def fast_sac_switches(runtime: hardware.Runtime) -> dict[str, Any]:
     return {"amp": runtime.amp, "cuda_graphs": runtime.cuda_graphs, "compile_mode": runtime.compile}
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start this run's peak from now: a sweep runs several jobs in one process (Linux clear_refs)."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with contextlib.suppress(OSError):  # not Linux: the peak is then the process's, since it started
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_memory_mb(device: str) -> float:
-    """Peak resident memory of this process, or peak CUDA memory allocated on a GPU run."""
+    """Peak resident memory since ``reset_peak_memory``, or peak CUDA memory allocated on a GPU run."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -169,9 +185,10 @@ def update_run_info(run_dir: Path, **fields: Any) -> None:
     write_json(path, info)
 
 
-def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> float:
-    """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds spent."""
+def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> tuple[float, dict[str, Any]]:
+    """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds and resources used."""
     guard = checkpoint.Guard(cfg.agent.name, run_dir / checkpoint.CHECKPOINT_DIR, cfg.checkpoint_every_steps)
+    monitor = ResourceMonitor()
     remaining = cfg.agent.total_timesteps - model.num_timesteps
     log.info(
         "training %s (%s preset) for %d steps on %s%s",
@@ -182,14 +199,17 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
         f", resuming at step {model.num_timesteps}" if resume else "",
     )
     t0 = time.perf_counter()
-    model.learn(
-        remaining,
-        callback=guard,
-        log_interval=cfg.agent.log_interval,
-        progress_bar=cfg.progress_bar,
-        reset_num_timesteps=not resume,
-    )
-    return time.perf_counter() - t0
+    try:
+        model.learn(
+            remaining,
+            callback=[guard, monitor],
+            log_interval=cfg.agent.log_interval,
+            progress_bar=cfg.progress_bar,
+            reset_num_timesteps=not resume,
+        )
+    finally:
+        monitor.stop()
+    return time.perf_counter() - t0, monitor.summary()
 
 
 def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
@@ -197,6 +217,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     runtime = hardware.resolve(cfg.hardware, cfg.agent.name, cfg.agent.device)
+    reset_peak_memory(runtime.device)
     scenario = build_scenario(cfg.scenario)
     site = build_site(cfg.site)
     eval_env = make_env(scenario, site, cfg.scenario, training=False)
@@ -236,10 +257,10 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     attach_logger(model, run_dir, resume)
     start_step = model.num_timesteps
     try:
-        train_s = learn(cfg, model, run_dir, resume)
+        train_s, resources = learn(cfg, model, run_dir, resume)
     except torch.cuda.OutOfMemoryError as exc:
         model = retry_after_oom(cfg, run_dir, scenario, site, runtime, exc)
-        start_step, train_s = 0, learn(cfg, model, run_dir, resume=False)
+        start_step, (train_s, resources) = 0, learn(cfg, model, run_dir, resume=False)
     merge_progress(run_dir)
     shutil.rmtree(run_dir / checkpoint.CHECKPOINT_DIR, ignore_errors=True)  # finished: the model is final
     if cfg.save_model:
@@ -260,6 +281,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         "timesteps_per_hour": trained / train_s * 3600.0 if train_s > 0 else 0.0,
         "peak_memory_mb": peak_memory_mb(runtime.device),
         "device": runtime.device,
+        "resources": resources,
         "eval_hours": result.hours,
     }
     write_json(run_dir / "metrics.json", metrics)

@@ -43,8 +43,8 @@ def test_report_has_one_row_per_agent_and_preset_from_the_run_folders(sweep_dir,
     for agent, preset, *cells in rows:  # the numbers are the run's own metrics.json
         metrics = json.loads((sweep_dir / f"{agent.lower()}-{preset}" / "metrics.json").read_text())
         assert cells[1] == f"{metrics['total_timesteps']:,}"
-        assert cells[5] == f"{metrics['timesteps_per_hour']:,.0f}"
-        assert cells[7] == f"{metrics['co2_kg']:,.0f}"
+        assert cells[4] == f"{metrics['timesteps_per_hour']:,.0f}"
+        assert cells[8] == f"{metrics['co2_kg']:,.0f}"
     sac_before = rows[0]
     assert sac_before[4] == "total_timesteps 60 → 12; hparams.gradient_steps 2 → 1"  # what the budget changed
     speed = table(md, "Speed and memory per agent")
