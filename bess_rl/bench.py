@@ -9,7 +9,8 @@ Measured: env steps/s of the raw ``PvBessEvEnv`` (embedded year, random actions)
 steps/s of ``SAC.train`` against ``FastSAC`` eager, bf16 autocast and (on CUDA) CUDA graphs at the
 preset's batch size on a pre-filled buffer, the collect cost (predict + env step + store, SB3's own
 ``learn`` loop with no updates) and the env-steps/hour they imply at the preset's updates per env
-step; for PPO/A2C, env-steps/hour of plain SB3 ``learn`` over whole rollouts at the preset's sizes.
+step; for PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset's sizes, plain SB3 on
+``DummyVecEnv`` against ``FastPPO``/``FastA2C`` (lean rollout collection) on ``FreshInfoVecEnv``.
 """
 
 from __future__ import annotations
@@ -38,13 +39,18 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from bess_rl.config import register_configs
 from bess_rl.env import PvBessEvEnv
+from bess_rl.fast_onpolicy import FastA2C, FastPPO
 from bess_rl.fast_sac import FastSAC
 from bess_rl.hardware import describe_machine
+from bess_rl.vec_env import FreshInfoVecEnv
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ROUNDS = 3  # interleaved rounds per measurement
-ON_POLICY = {"ppo": PPO, "a2c": A2C}
-NO_FAST_ON_POLICY = "no faster PPO/A2C path exists in bess_rl: nothing to compare"
+# Per on-policy agent: (plain SB3, its vec env), (the fast path, its vec env).
+ON_POLICY = {
+    "ppo": ((PPO, DummyVecEnv), (FastPPO, FreshInfoVecEnv)),
+    "a2c": ((A2C, DummyVecEnv), (FastA2C, FreshInfoVecEnv)),
+}
 
 
 def compose_cfg(agent: str, preset: str) -> DictConfig:
@@ -183,7 +189,8 @@ def bench_sac(cfg: DictConfig, device: str, seconds: float, prefill: int, seed: 
 
 
 def bench_on_policy(cfg: DictConfig, seconds: float, seed: int) -> list[dict[str, Any]]:
-    """Env-steps/hour of plain SB3 ``learn`` over whole rollouts (collect + update) at ``cfg``'s preset.
+    """Env-steps/hour of ``learn`` over whole rollouts (collect + update) at ``cfg``'s preset: plain SB3 on
+    ``DummyVecEnv`` against ``FastPPO``/``FastA2C`` on ``FreshInfoVecEnv``, in interleaved rounds.
 
     On CPU, as training runs them (``hardware.CPU_PREFERRING_AGENTS``).
     """
@@ -191,31 +198,29 @@ def bench_on_policy(cfg: DictConfig, seconds: float, seed: int) -> list[dict[str
     net_arch = hp.pop("net_arch")
     n_envs = cfg.agent.n_envs
     rollout = n_envs * hp["n_steps"]
-    env = make_vec_env(PvBessEvEnv, n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)
-    model = ON_POLICY[cfg.agent.name](
-        "MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device="cpu", **hp
-    )
-    model.set_logger(configure(None, []))
+    jobs: dict[str, Callable[[], int]] = {}
+    for name, (cls, vec_env_cls) in zip(("sb3", "fast"), ON_POLICY[cfg.agent.name], strict=True):
+        env = make_vec_env(PvBessEvEnv, n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
+        model = cls("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device="cpu", **hp)
+        model.set_logger(configure(None, []))
 
-    def rollouts() -> int:
-        model.learn(rollout, reset_num_timesteps=False)
-        return rollout
+        def rollouts(model: BaseAlgorithm = model) -> int:
+            model.learn(rollout, reset_num_timesteps=False)
+            return rollout
 
-    rollouts()  # warm-up
-    rate = interleaved({"sb3": rollouts}, seconds, "cpu")["sb3"]
+        rollouts()  # warm-up
+        jobs[name] = rollouts
+    rates = interleaved(jobs, seconds, "cpu")
     base = {"agent": cfg.agent.name, "preset": cfg.preset.name, "device": "cpu", "rollout_steps": rollout}
-    note = f"learn() over {rollout:,}-step rollouts (n_envs {n_envs}), collect + update"
-    return [
-        {
-            **base,
-            "variant": "sb3",
-            "env_steps_per_s": rate,
-            "env_steps_per_hour": rate * 3600,
-            "speedup_env_steps_per_hour": 1.0,
-            "note": note,
-        },
-        {**base, "variant": "fast", "status": "not implemented", "note": NO_FAST_ON_POLICY},
+    notes = {
+        "sb3": f"learn() over {rollout:,}-step rollouts (n_envs {n_envs}), collect + update",
+        "fast": "same, lean rollout collection + FreshInfoVecEnv",
+    }
+    rows = [
+        {**base, "variant": name, "env_steps_per_s": rate, "env_steps_per_hour": rate * 3600, "note": notes[name]}
+        for name, rate in rates.items()
     ]
+    return with_speedups(rows, ("env_steps_per_hour",))
 
 
 def with_speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -24,7 +24,6 @@ from rich.console import Console
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 from bess_rl import checkpoint, hardware, planner
 from bess_rl.config import validate
@@ -36,6 +35,7 @@ from bess_rl.provenance import git_commit, package_versions, write_json
 from bess_rl.references import EpisodeResult, References, co2_table, compute_references, run_episode
 from bess_rl.scenario import Scenario, default_scenario, load_scenario
 from bess_rl.site import SiteParams
+from bess_rl.vec_env import FreshInfoVecEnv
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def new_model(cfg: DictConfig, scenario: Scenario, site: SiteParams, runtime: ha
     def env_factory() -> PvBessEvEnv:
         return make_env(scenario, site, cfg.scenario, training=True)
 
-    vec_env = make_vec_env(env_factory, n_envs=cfg.agent.n_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
+    vec_env = make_vec_env(env_factory, n_envs=cfg.agent.n_envs, seed=cfg.seed, vec_env_cls=FreshInfoVecEnv)
     return build_model(cfg, vec_env, runtime, cfg.seed)
 
 
