@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from bess_rl.site import SiteParams
@@ -172,6 +173,12 @@ def validate(cfg: DictConfig) -> None:
                 f"agent.hparams.batch_size {agent.hparams.batch_size} exceeds the rollout "
                 f"n_envs x n_steps = {rollout}: lower batch_size or raise n_steps"
             )
+    try:
+        get_class(agent.algo)
+    except (ImportError, ValueError):
+        raise ConfigError(
+            f"agent.algo {agent.algo!r} cannot be imported: give an algorithm class path, e.g. stable_baselines3.SAC"
+        ) from None
     if agent.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"agent.device must be auto, cpu or cuda, got {agent.device!r}")
     if cfg.hardware.device not in ("cpu", "cuda"):

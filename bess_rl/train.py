@@ -1,7 +1,7 @@
 """The task function: config -> scenario, site, env -> SB3 agent -> evaluation -> run folder.
 
 Why one function: a single run, a replay and every sweep trial go through ``run`` so they are
-measured the same way, and ``task`` returns the metric(s) a sweep optimises.
+measured the same way; ``objective_value`` picks the metric(s) a sweep optimises.
 """
 
 from __future__ import annotations
@@ -212,6 +212,26 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
     return time.perf_counter() - t0, monitor.summary()
 
 
+def write_provenance(cfg: DictConfig, run_dir: Path, scenario: Scenario, runtime: hardware.Runtime) -> None:
+    """resolved_config.yaml and run_info.json: what is needed to trust and rerun this run."""
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(
+        run_dir / "run_info.json",
+        {
+            "seed": cfg.seed,
+            "agent": cfg.agent.name,
+            "preset": cfg.preset.name,
+            "scenario": scenario.name,
+            "overrides": list(cfg.get("overrides") or []),
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "machine": hardware.describe_machine(),
+            "runtime": runtime.as_dict(),
+            "resumed": [],
+        },
+    )
+
+
 def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train (or resume), evaluate and write the run folder; returns metrics.json's content."""
     validate(cfg)
@@ -221,37 +241,23 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     scenario = build_scenario(cfg.scenario)
     site = build_site(cfg.site)
     eval_env = make_env(scenario, site, cfg.scenario, training=False)
+    fast_sac = issubclass(get_class(cfg.agent.algo), FastSAC)
     plan = planner.estimate(
         cfg,
         eval_env.observation_space.shape[0],
         eval_env.action_space.shape[0],
         device=runtime.device,
-        buffer_on_device=issubclass(get_class(cfg.agent.algo), FastSAC) and runtime.device == "cuda",
+        buffer_on_device=fast_sac and runtime.device == "cuda",
         obs_dtype=eval_env.observation_space.dtype,
     )
     log.info("%s", plan.table())
     planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     if resume:
-        switches = fast_sac_switches(runtime) if issubclass(get_class(cfg.agent.algo), FastSAC) else {}
+        switches = fast_sac_switches(runtime) if fast_sac else {}
         model = checkpoint.load(run_dir / checkpoint.CHECKPOINT_DIR, cfg.agent.name, runtime.device, **switches)
         update_run_info(run_dir, resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
     else:
-        (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        write_json(
-            run_dir / "run_info.json",
-            {
-                "seed": cfg.seed,
-                "agent": cfg.agent.name,
-                "preset": cfg.preset.name,
-                "scenario": scenario.name,
-                "overrides": list(cfg.get("overrides") or []),
-                "versions": package_versions(),
-                "git_commit": git_commit(),
-                "machine": hardware.describe_machine(),
-                "runtime": runtime.as_dict(),
-                "resumed": [],
-            },
-        )
+        write_provenance(cfg, run_dir, scenario, runtime)
         model = new_model(cfg, scenario, site, runtime)
     refs = compute_references(eval_env)
     attach_logger(model, run_dir, resume)

@@ -123,6 +123,7 @@ def test_strict_hardware_refuses_to_fall_back(tmp_path):
         ("agent.hparams.net_arch=[0]", "net_arch sizes must be > 0"),
         ("objective=co3", "objective 'co3' is not one of"),
         ("hardware.compile=fastest", "hardware.compile must be one of"),
+        ("agent.algo=stable_baselines3.SACC", "agent.algo 'stable_baselines3.SACC' cannot be imported"),
     ],
 )
 def test_nonsense_values_fail_validation(override, message):
