@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bess_rl.scenario import EvSessions, Scenario
 from bess_rl.site import SiteParams
@@ -27,6 +28,15 @@ def make_scenario(days: int = 3, seed: int = 0) -> Scenario:
             power.append(p)
     sessions = EvSessions(np.array(arr), np.array(dep), np.array(energy), np.array(power))
     return Scenario("synthetic", pv, load, np.full(hours, 0.4521), sessions)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny MLPs run many times faster on one thread than on two contended ones (2-core machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -35,15 +35,6 @@ ALGOS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny MLPs run many times faster on one thread than on two contended ones (2-core machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def site_env() -> PvBessEvEnv:
     return PvBessEvEnv(make_scenario(), SITE, episode_hours=EPISODE, random_start=True)
 

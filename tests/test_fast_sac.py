@@ -20,15 +20,6 @@ TINY = {"batch_size": BATCH, "buffer_size": 400, "learning_starts": 0, "policy_k
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny MLPs run many times faster on one thread than on two contended ones (2-core machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def site_env() -> DummyVecEnv:
     site = SiteParams(pv_kwp=3_000.0, bess_capacity_kwh=1_500.0, bess_power_kw=600.0)
     return DummyVecEnv([lambda: PvBessEvEnv(make_scenario(), site, episode_hours=48)])
