@@ -26,7 +26,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
 from bess_rl import checkpoint, hardware, planner
-from bess_rl.config import validate
+from bess_rl.config import ConfigError, validate
 from bess_rl.env import PvBessEvEnv
 from bess_rl.fast_sac import FastSAC
 from bess_rl.monitor import ResourceMonitor
@@ -60,13 +60,16 @@ def build_site(cfg: DictConfig) -> SiteParams:
 
 def make_env(scenario: Scenario, site: SiteParams, cfg: DictConfig, training: bool) -> PvBessEvEnv:
     """Training envs start on random days; the evaluation env runs the scenario from hour 0."""
-    return PvBessEvEnv(
-        scenario,
-        site,
-        episode_hours=cfg.episode_hours if training else None,
-        random_start=cfg.random_start if training else False,
-        forecast_hours=cfg.forecast_hours,
-    )
+    try:
+        return PvBessEvEnv(
+            scenario,
+            site,
+            episode_hours=cfg.episode_hours if training else None,
+            random_start=cfg.random_start if training else False,
+            forecast_hours=cfg.forecast_hours,
+        )
+    except ValueError as exc:  # the env names the argument; the user set it as scenario.<name>
+        raise ConfigError(f"scenario.{exc}") from None
 
 
 def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, float]:
