@@ -155,6 +155,12 @@ def _positive(cfg: DictConfig, keys: list[str]) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Reject values of the right type that cannot work; messages name the override to fix."""
+    # The top level has no schema (its defaults list composes the groups), so its types are checked here.
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    for key in ("progress_bar", "save_model", "plot"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
     agent = cfg.agent
     keys = ["agent.n_envs", "agent.total_timesteps", "agent.log_interval", "agent.hparams.learning_rate"]
     keys += [f"agent.hparams.{k}" for k in ("batch_size", "buffer_size", "n_steps", "n_epochs", "gradient_steps")]

@@ -122,6 +122,8 @@ def test_strict_hardware_refuses_to_fall_back(tmp_path):
         ("agent.hparams.batch_size=-4", "agent.hparams.batch_size must be > 0, got -4"),
         ("agent.hparams.net_arch=[0]", "net_arch sizes must be > 0"),
         ("objective=co3", "objective 'co3' is not one of"),
+        ("seed=abc", "seed must be an integer, got 'abc'"),
+        ("plot=maybe", "plot must be true or false, got 'maybe'"),
         ("hardware.compile=fastest", "hardware.compile must be one of"),
         ("agent.algo=stable_baselines3.SACC", "agent.algo 'stable_baselines3.SACC' cannot be imported"),
     ],
