@@ -253,7 +253,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         buffer_on_device=fast_sac and runtime.device == "cuda",
         obs_dtype=eval_env.observation_space.dtype,
     )
-    log.info("%s", plan.table())
+    table = plan.table()
+    log.info("%s, about %s in all", table.splitlines()[0], planner.size(plan.total))
+    log.debug("%s", table)
     planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     if resume:
         switches = fast_sac_switches(runtime) if fast_sac else {}
