@@ -183,3 +183,12 @@ def test_sac_update_path_follows_config(tmp_path, overrides, algo, amp):
     assert info["runtime"]["amp"] == amp
     saved = zipfile.ZipFile(tmp_path / "model.zip").read("data").decode()  # SB3's pickled attributes
     assert ("DeviceReplayBuffer" in saved) == (algo == "FastSAC")
+
+
+def test_acceleration_switches_are_recorded_off_for_on_policy_agents(tmp_path):
+    switches = ["hardware.amp=bf16", "hardware.compile=default"]
+    cfg = compose_cfg(["agent=ppo", "hardware=cpu", *switches, *COMMON, *TINY["ppo"]])
+    run(cfg, tmp_path)
+    runtime = json.loads((tmp_path / "run_info.json").read_text())["runtime"]
+    assert (runtime["amp"], runtime["compile"]) == ("none", "none")
+    assert any("apply to the SAC update only: PPO runs without" in note for note in runtime["notes"])
