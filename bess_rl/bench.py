@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -37,14 +36,13 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from bess_rl.config import register_configs
+from bess_rl.config import compose_config
 from bess_rl.env import PvBessEvEnv
 from bess_rl.fast_onpolicy import FastA2C, FastPPO
 from bess_rl.fast_sac import FastSAC
 from bess_rl.hardware import describe_machine
 from bess_rl.vec_env import FreshInfoVecEnv
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ROUNDS = 3  # interleaved rounds per measurement
 # Per on-policy agent: (plain SB3, its vec env), (the fast path, its vec env).
 ON_POLICY = {
@@ -55,9 +53,7 @@ ON_POLICY = {
 
 def compose_cfg(agent: str, preset: str) -> DictConfig:
     """The training config ``python -m bess_rl agent=<agent> preset=<preset>`` would use."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"agent={agent}", f"preset={preset}"])
+    return compose_config([f"agent={agent}", f"preset={preset}"])
 
 
 def sync(device: str) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -134,6 +136,16 @@ def register_configs() -> None:
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
     cs.store(group="scenario", name="scenario_schema", node=ScenarioConfig)
     cs.store(group="site", name="site_schema", node=SiteParams)
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The run's config for these overrides, composed as ``python -m bess_rl`` composes it."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
 
 
 OBJECTIVES = (

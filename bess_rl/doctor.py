@@ -13,21 +13,18 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 import pynvml
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from bess_rl import hardware, planner
-from bess_rl.config import ConfigError, register_configs, validate
+from bess_rl.config import ConfigError, compose_config, validate
 from bess_rl.env import PvBessEvEnv
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # The seed's thresholds: "GPU temp > 75 C = throttling".
 MAX_TEMP_C = 75
 # A 32x32 matmul in bf16 (8 mantissa bits) is off by ~0.3% of its norm; 2% means autocast is broken.
@@ -68,13 +65,6 @@ class Wants:
         return cls(
             f"hardware={hw.name}", cuda, bool(hw.strict), amp, bool(hw.tf32), bool(hw.cuda_graphs), hw.memory_budget_gb
         )
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The run's config for these overrides, composed as ``python -m bess_rl`` composes it."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def check_torch() -> Check:

@@ -10,14 +10,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from bess_rl.config import ConfigError, register_configs, validate
+from bess_rl.config import ConfigError, validate
+from bess_rl.config import compose_config as compose_cfg
 from bess_rl.replay import replay
 from bess_rl.train import run
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
 AGENTS, HARDWARE, PRESETS = ("sac", "ppo", "a2c"), ("cpu", "cuda", "rtx4060"), ("before", "after")
 
 # What shared/seed/GPU_QUICK_REFERENCE.md tables say, as SB3 parameters (see conf/agent_preset).
@@ -43,12 +41,6 @@ TINY = {
     "a2c": ["agent.total_timesteps=64", "agent.hparams.net_arch=[16]"],
 }  # fmt: skip
 COMMON = ["scenario.window_hours=168", "progress_bar=false", "plot=false"]
-
-
-def compose_cfg(overrides: list[str]) -> DictConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 @pytest.mark.parametrize("agent", AGENTS)

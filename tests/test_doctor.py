@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bess_rl.doctor import Wants, check_cuda_graph, compose_config, main
+from bess_rl.config import compose_config
+from bess_rl.doctor import Wants, check_cuda_graph, main
 
 GPU_ITEMS = ("CUDA", "GPU", "fp16", "TF32", "CUDA graph")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

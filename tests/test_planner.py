@@ -10,7 +10,7 @@ import pytest
 from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.buffers import ReplayBuffer, RolloutBuffer
 
-from bess_rl.doctor import compose_config
+from bess_rl.config import compose_config
 from bess_rl.env import PvBessEvEnv
 from bess_rl.planner import GB, MemoryBudgetError, check, estimate, plan_for
 
