@@ -117,19 +117,24 @@ def requested_device(cfg: DictConfig) -> str:
     return str(cfg.hardware.device)
 
 
-def workload(
+def estimate(
     cfg: DictConfig,
     obs_dim: int,
     act_dim: int,
     device: str | None = None,
     buffer_on_device: bool = False,
     obs_dtype: DTypeLike = np.float32,
-) -> Workload:
-    """The config's sizes for one agent; an agent without a memory model is refused."""
+) -> MemoryPlan:
+    """Memory of training ``cfg`` on ``device`` (default: the one the config asks for).
+
+    ``buffer_on_device``: the replay buffer lives in GPU memory (the FastSAC path) instead of
+    host RAM (SB3). ``obs_dtype``: the observation space's dtype, which SB3's buffers store.
+    An agent without a memory model is refused.
+    """
     name, hp = str(cfg.agent.name), cfg.agent.hparams
     if name not in ("sac", *ON_POLICY):
         raise ValueError(f"no memory model for agent {name!r} (known: sac, ppo, a2c)")
-    return Workload(
+    workload = Workload(
         agent=name,
         device=device or requested_device(cfg),
         buffer_on_device=buffer_on_device,
@@ -145,22 +150,7 @@ def workload(
         auto_entropy=name == "sac" and str(hp.get("ent_coef", "auto")).startswith("auto"),
         optimizer_slots=1 if name == "a2c" and hp.get("use_rms_prop", True) else 2,
     )
-
-
-def estimate(
-    cfg: DictConfig,
-    obs_dim: int,
-    act_dim: int,
-    device: str | None = None,
-    buffer_on_device: bool = False,
-    obs_dtype: DTypeLike = np.float32,
-) -> MemoryPlan:
-    """Memory of training ``cfg`` on ``device`` (default: the one the config asks for).
-
-    ``buffer_on_device``: the replay buffer lives in GPU memory (the FastSAC path) instead of
-    host RAM (SB3). ``obs_dtype``: the observation space's dtype, which SB3's buffers store.
-    """
-    return plan_for(workload(cfg, obs_dim, act_dim, device, buffer_on_device, obs_dtype))
+    return plan_for(workload)
 
 
 def mlp_params(in_dim: int, widths: tuple[int, ...], out_dims: tuple[int, ...]) -> int:
