@@ -61,7 +61,7 @@ class Wants:
             return cls("the config (it did not compose)", False, False, "none", False, False, None)
         hw = cfg.hardware
         amp = hw.amp.value if hasattr(hw.amp, "value") else str(hw.amp)
-        cuda = planner.requested_device(cfg) == "cuda"
+        cuda = hardware.requested_device(cfg.hardware, cfg.agent.name, cfg.agent.device) == "cuda"
         return cls(
             f"hardware={hw.name}", cuda, bool(hw.strict), amp, bool(hw.tf32), bool(hw.cuda_graphs), hw.memory_budget_gb
         )
@@ -224,7 +224,7 @@ def check_config(cfg: DictConfig) -> tuple[Check, hardware.Runtime | None]:
     on_off = {True: "on", False: "off"}
     switches = f"device {rt.device}, amp {rt.amp}, CUDA graphs {on_off[rt.cuda_graphs]}, TF32 {on_off[rt.tf32]}"
     value = f"{chosen} -> {switches}, {rt.torch_threads} torch thread(s)"
-    fell_back = rt.device != planner.requested_device(cfg)
+    fell_back = rt.device != hardware.requested_device(cfg.hardware, cfg.agent.name, cfg.agent.device)
     return Check("WARN" if fell_back else "PASS", "config", "; ".join([value, *rt.notes])), rt
 
 
@@ -274,7 +274,7 @@ def run_checks(overrides: list[str]) -> list[Check]:
         return [*checks, unusable]
     config, runtime = check_config(cfg)
     checks.append(config)
-    asked = planner.requested_device(cfg)
+    asked = hardware.requested_device(cfg.hardware, cfg.agent.name, cfg.agent.device)
     env = PvBessEvEnv(forecast_hours=cfg.scenario.forecast_hours)  # the spaces do not depend on the data
     dims = (env.observation_space.shape[0], env.action_space.shape[0])
     if runtime is not None:

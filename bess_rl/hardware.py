@@ -43,14 +43,22 @@ class Runtime:
         return asdict(self)
 
 
+def requested_device(hw: DictConfig, agent_name: str, agent_device: str = "auto") -> str:
+    """The device the config asks for, before looking at what this machine has."""
+    if agent_device != "auto":
+        return str(agent_device)
+    if agent_name in CPU_PREFERRING_AGENTS:
+        return "cpu"
+    return str(hw.device)
+
+
 def resolve(hw: DictConfig, agent_name: str, agent_device: str = "auto") -> Runtime:
     """Pick the device and switches for this agent on this machine, applying thread and TF32 settings."""
     notes: list[str] = []
     amp = hw.amp.value if hasattr(hw.amp, "value") else str(hw.amp)
     graphs, tf32, compile_mode = bool(hw.cuda_graphs), bool(hw.tf32), str(hw.compile)
-    want = hw.device if agent_device == "auto" else agent_device
-    if agent_device == "auto" and agent_name in CPU_PREFERRING_AGENTS and want == "cuda":
-        want = "cpu"
+    want = requested_device(hw, agent_name, agent_device)
+    if want != hw.device and agent_device == "auto":
         notes.append(
             f"{agent_name.upper()} trains on CPU: SB3 runs MLP on-policy agents faster there "
             "(set agent.device=cuda to use the GPU anyway)"

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 from omegaconf import DictConfig
 
-from bess_rl.hardware import CPU_PREFERRING_AGENTS
+from bess_rl.hardware import requested_device
 
 GB = 1e9
 FLOAT32 = 4
@@ -108,15 +108,6 @@ def size(nbytes: int) -> str:
     return f"{nbytes / 1e6:.1f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:.1f} kB"
 
 
-def requested_device(cfg: DictConfig) -> str:
-    """The device the config asks for, as ``hardware.resolve`` picks it on a machine with CUDA."""
-    if cfg.agent.device != "auto":
-        return str(cfg.agent.device)
-    if cfg.agent.name in CPU_PREFERRING_AGENTS:
-        return "cpu"
-    return str(cfg.hardware.device)
-
-
 def estimate(
     cfg: DictConfig,
     obs_dim: int,
@@ -136,7 +127,7 @@ def estimate(
         raise ValueError(f"no memory model for agent {name!r} (known: sac, ppo, a2c)")
     workload = Workload(
         agent=name,
-        device=device or requested_device(cfg),
+        device=device or requested_device(cfg.hardware, cfg.agent.name, cfg.agent.device),
         buffer_on_device=buffer_on_device,
         obs_dim=int(obs_dim),
         act_dim=int(act_dim),
