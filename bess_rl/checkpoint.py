@@ -57,9 +57,9 @@ class CheckpointError(ValueError):
 
 
 def _rng_state(model: BaseAlgorithm) -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state, py_state = np.random.get_state(), random.getstate()
     return {
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "action_space": model.action_space.np_random.bit_generator.state,
     }
