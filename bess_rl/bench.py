@@ -16,6 +16,7 @@ step; for PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -44,10 +45,13 @@ from bess_rl.hardware import describe_machine
 from bess_rl.vec_env import FreshInfoVecEnv
 
 ROUNDS = 3  # interleaved rounds per measurement
-# Per on-policy agent: (plain SB3, its vec env), (the fast path, its vec env).
-ON_POLICY = {
-    "ppo": ((PPO, DummyVecEnv), (FastPPO, FreshInfoVecEnv)),
-    "a2c": ((A2C, DummyVecEnv), (FastA2C, FreshInfoVecEnv)),
+# Per on-policy agent: plain SB3 and the fast path.
+ON_POLICY = {"ppo": (PPO, FastPPO), "a2c": (A2C, FastA2C)}
+NOTES = {
+    "fast": "same, lean rollout collection + FreshInfoVecEnv",
+    "sb3 cuda": "same, plain SB3 with the policy on the GPU",
+    "fast cuda": "same, lean collection with the policy on the GPU",
+    "fast graphs cuda": "same, + rollout on the GPU, one CUDA graph per minibatch step",
 }
 
 
@@ -184,21 +188,35 @@ def bench_sac(cfg: DictConfig, device: str, seconds: float, prefill: int, seed: 
     return with_speedups(rows, ("grad_steps_per_s", "env_steps_per_hour"))
 
 
-def bench_on_policy(cfg: DictConfig, seconds: float, seed: int) -> list[dict[str, Any]]:
-    """Env-steps/hour of ``learn`` over whole rollouts (collect + update) at ``cfg``'s preset: plain SB3 on
-    ``DummyVecEnv`` against ``FastPPO``/``FastA2C`` on ``FreshInfoVecEnv``, in interleaved rounds.
+def on_policy_variants(agent: str, device: str) -> dict[str, tuple[type[BaseAlgorithm], type, dict[str, Any]]]:
+    """(class, vec env, keyword arguments) per variant: plain SB3 on ``DummyVecEnv`` and the fast path
+    on ``FreshInfoVecEnv``, on CPU as training runs them (``hardware.CPU_PREFERRING_AGENTS``); with
+    ``--device cuda`` also both on the GPU and the captured update, to measure that choice."""
+    sb3, fast = ON_POLICY[agent]
+    variants = {"sb3": (sb3, DummyVecEnv, {"device": "cpu"}), "fast": (fast, FreshInfoVecEnv, {"device": "cpu"})}
+    if device == "cuda":
+        variants |= {
+            "sb3 cuda": (sb3, DummyVecEnv, {"device": "cuda"}),
+            "fast cuda": (fast, FreshInfoVecEnv, {"device": "cuda"}),
+            "fast graphs cuda": (fast, FreshInfoVecEnv, {"device": "cuda", "cuda_graphs": True}),
+        }
+    return variants
 
-    On CPU, as training runs them (``hardware.CPU_PREFERRING_AGENTS``).
-    """
+
+def bench_on_policy(cfg: DictConfig, device: str, seconds: float, seed: int) -> list[dict[str, Any]]:
+    """Env-steps/hour of ``learn`` over whole rollouts (collect + update) at ``cfg``'s preset, each
+    variant of ``on_policy_variants`` in interleaved rounds."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch = hp.pop("net_arch")
     n_envs = cfg.agent.n_envs
     rollout = n_envs * hp["n_steps"]
     jobs: dict[str, Callable[[], int]] = {}
-    for name, (cls, vec_env_cls) in zip(("sb3", "fast"), ON_POLICY[cfg.agent.name], strict=True):
+    devices: dict[str, str] = {}
+    for name, (cls, vec_env_cls, extra) in on_policy_variants(cfg.agent.name, device).items():
         env = make_vec_env(PvBessEvEnv, n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
-        model = cls("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device="cpu", **hp)
+        model = cls("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, **hp, **extra)
         model.set_logger(configure(None, []))
+        devices[name] = str(model.device)
 
         def rollouts(model: BaseAlgorithm = model) -> int:
             model.learn(rollout, reset_num_timesteps=False)
@@ -206,16 +224,14 @@ def bench_on_policy(cfg: DictConfig, seconds: float, seed: int) -> list[dict[str
 
         rollouts()  # warm-up
         jobs[name] = rollouts
-    rates = interleaved(jobs, seconds, "cpu")
-    base = {"agent": cfg.agent.name, "preset": cfg.preset.name, "device": "cpu", "rollout_steps": rollout}
-    notes = {
-        "sb3": f"learn() over {rollout:,}-step rollouts (n_envs {n_envs}), collect + update",
-        "fast": "same, lean rollout collection + FreshInfoVecEnv",
-    }
+    rates = interleaved(jobs, seconds, device)
+    base = {"agent": cfg.agent.name, "preset": cfg.preset.name, "rollout_steps": rollout}
+    note = f"learn() over {rollout:,}-step rollouts (n_envs {n_envs}), collect + update"
     rows = [
-        {**base, "variant": name, "env_steps_per_s": rate, "env_steps_per_hour": rate * 3600, "note": notes[name]}
+        {**base, "variant": name, "device": devices[name], "env_steps_per_s": rate, "env_steps_per_hour": rate * 3600,
+         "note": NOTES.get(name, note)}
         for name, rate in rates.items()
-    ]
+    ]  # fmt: skip
     return with_speedups(rows, ("env_steps_per_hour",))
 
 
@@ -278,31 +294,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark, print the table, write the JSON; returns what was written."""
+    """Run the benchmark, print the table, write the JSON; returns what was written.
+
+    Each agent and preset's rows are printed and the JSON rewritten as soon as they are measured,
+    so an interrupted or time-limited run keeps what it finished.
+    """
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = [bench_env(args.seconds, args.seed)]
-    cfg = None
-    for agent in args.agents:
-        for preset in args.presets:
-            cfg = compose_cfg(agent, preset)
-            if agent == "sac":
-                results += bench_sac(cfg, args.device, args.seconds, args.prefill, args.seed)
-            else:
-                results += bench_on_policy(cfg, args.seconds, args.seed)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    path = args.json or Path(cfg.paths.output_dir) / "bench" / f"{stamp}.json"
+    path = args.json or Path(compose_config([]).paths.output_dir) / "bench" / f"{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "time": stamp,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": describe_machine(),
         "torch_threads": torch.get_num_threads(),
-        "results": results,
+        "results": [],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    title = f"Training speed on {args.device} ({args.seconds:g} s per measurement, {args.threads} torch thread(s))"
-    Console(width=None if sys.stdout.isatty() else 200).print(table(results, title))
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    title = f"on {args.device} ({args.seconds:g} s per measurement, {args.threads} torch thread(s))"
+    measurements: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
+        ("env", lambda: [bench_env(args.seconds, args.seed)])
+    ]
+    for agent in args.agents:
+        for preset in args.presets:
+            cfg = compose_cfg(agent, preset)
+            if agent == "sac":
+                job = functools.partial(bench_sac, cfg, args.device, args.seconds, args.prefill, args.seed)
+            else:
+                job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed)
+            measurements.append((f"{agent} {preset}", job))
+    for name, job in measurements:
+        rows = job()
+        report["results"] += rows
+        path.write_text(json.dumps(report, indent=2))
+        if len(measurements) > 1:
+            console.print(table(rows, f"{name} {title}"))
+    console.print(table(report["results"], f"Training speed {title}"))
     print(f"JSON: {path}")
     return report
 

@@ -11,6 +11,8 @@ SB3 does) and ``Normal.log_prob`` summed over action dims. The std terms depend 
 which is constant during a rollout, so they are computed once per rollout at the shape SB3 uses per
 step. Same ops, same shapes: the rollouts and the trained weights are bit-identical to SB3's.
 Buffers, updates (``train``), ``save``/``load``/``predict`` are SB3's, so these are drop-ins.
+``cuda_graphs=True`` (CUDA only) swaps ``train`` for ``bess_rl.onpolicy_graphs``' captured update: the
+same losses, replayed as one CUDA graph per minibatch.
 Only the default ``MlpPolicy`` with a diagonal Gaussian (Box actions, no gSDE) is supported;
 anything else is refused at construction. Module hooks are not run by the lean forward.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +34,12 @@ from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
-from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.utils import explained_variance, get_device, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from torch.nn import functional as F
+
+from bess_rl.onpolicy_graphs import Batch, StaticUpdate, evaluate_actions
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant torch.distributions.Normal.log_prob uses
 
@@ -84,11 +89,61 @@ class _LeanActor:
 
 
 class _LeanCollectMixin:
-    """``OnPolicyAlgorithm.collect_rollouts`` with the lean policy forward; mixed in before PPO/A2C."""
+    """``OnPolicyAlgorithm.collect_rollouts`` with the lean policy forward, and with ``cuda_graphs=True``
+    the captured update; mixed in before PPO/A2C, which supply ``_static_loss``/``_static_log``."""
+
+    def __init__(self, *args: Any, cuda_graphs: bool = False, **kwargs: Any) -> None:
+        self.cuda_graphs = cuda_graphs
+        self._static: StaticUpdate | None = None
+        super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
         self._check_supported()
+        if self.cuda_graphs:
+            self._static = StaticUpdate(self, self._static_loss, capture=True)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_static", "_clip", "_clip_vf"]
+
+    def get_parameters(self) -> dict[str, dict]:
+        """What ``save`` writes: the optimiser as SB3 keeps it (float lr, not capturable), so a model
+        trained with CUDA graphs loads anywhere, also into plain SB3 on a CPU."""
+        params = super().get_parameters()
+        if self._static is not None and self._static.lr is not None:
+            for group in params["policy.optimizer"]["param_groups"]:
+                group.update(lr=self.lr_schedule(self._current_progress_remaining), capturable=False, foreach=None)
+        return params
+
+    def _update_learning_rate(self, optimizers: list[torch.optim.Optimizer] | torch.optim.Optimizer) -> None:
+        if self._static is None:
+            super()._update_learning_rate(optimizers)
+            return
+        lr = self.lr_schedule(self._current_progress_remaining)
+        self.logger.record("train/learning_rate", lr)
+        self._static.set_learning_rate(lr)
+
+    def train(self) -> None:
+        """SB3's update, or with a ``StaticUpdate`` the same losses run from a device copy of the rollout."""
+        if self._static is None:
+            super().train()
+            return
+        static = self._static
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        self._static_schedules()
+        n_rows = static.load_rollout()
+        epochs, batch_size = self._static_plan(n_rows)
+        stats = []
+        for _ in range(epochs):
+            perm = static.permutation(n_rows)
+            stats += [static.step(perm[start : start + batch_size]) for start in range(0, n_rows, batch_size)]
+            self._n_updates += 1
+        buf = self.rollout_buffer
+        self.logger.record("train/explained_variance", explained_variance(buf.values.flatten(), buf.returns.flatten()))
+        self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self._static_log(torch.stack(stats).cpu().numpy().reshape(epochs, -1, len(stats[0])))  # the one host read
 
     def _check_supported(self) -> None:
         """Refuse, in one line each, what the lean forward does not reproduce exactly."""
@@ -107,6 +162,8 @@ class _LeanCollectMixin:
             raise ValueError(f"{name} needs Box observations and SB3's FlattenExtractor: use stable_baselines3.{base}")
         if type(policy.mlp_extractor) is not MlpExtractor:
             raise ValueError(f"{name} needs SB3's MlpExtractor, got {type(policy.mlp_extractor).__name__}")
+        if self.cuda_graphs and getattr(self, "target_kl", None) is not None:
+            raise ValueError(f"{name}: target_kl stops on a host decision per minibatch, not with cuda_graphs=True")
 
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
@@ -164,8 +221,87 @@ class _LeanCollectMixin:
 
 
 class FastPPO(_LeanCollectMixin, PPO):
-    """``stable_baselines3.PPO`` with the lean rollout collection of this module (same constructor)."""
+    """``stable_baselines3.PPO`` with the lean rollout collection of this module (same constructor, plus
+    ``cuda_graphs``)."""
+
+    def _setup_model(self) -> None:
+        self._clip = torch.zeros((), device=get_device(self.device))  # schedules, read by a captured step
+        self._clip_vf = torch.zeros((), device=get_device(self.device))
+        super()._setup_model()
+
+    def _static_schedules(self) -> None:
+        self._clip.fill_(self.clip_range(self._current_progress_remaining))
+        if self.clip_range_vf is not None:
+            self._clip_vf.fill_(self.clip_range_vf(self._current_progress_remaining))
+
+    def _static_plan(self, n_rows: int) -> tuple[int, int]:
+        return self.n_epochs, self.batch_size
+
+    def _static_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``PPO.train``'s loss, line for line; stats: policy, clip fraction, value, entropy, approx KL, loss."""
+        clip_range = self._clip
+        values, log_prob, entropy = evaluate_actions(self.policy, batch.observations, batch.actions)
+        values = values.flatten()
+        advantages = batch.advantages
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        ratio = torch.exp(log_prob - batch.old_log_prob)
+        policy_loss_1 = advantages * ratio
+        policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+        policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
+        clip_fraction = torch.mean((torch.abs(ratio - 1) > clip_range).float())
+        if self.clip_range_vf is None:
+            values_pred = values
+        else:
+            values_pred = batch.old_values + torch.clamp(values - batch.old_values, -self._clip_vf, self._clip_vf)
+        value_loss = F.mse_loss(batch.returns, values_pred)
+        entropy_loss = -torch.mean(entropy)
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        with torch.no_grad():
+            log_ratio = log_prob - batch.old_log_prob
+            approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio)
+        stats = torch.stack([policy_loss, clip_fraction, value_loss, entropy_loss, approx_kl_div, loss])
+        return loss, stats.detach()
+
+    def _static_log(self, stats: np.ndarray) -> None:
+        """``PPO.train``'s records from the (epochs, minibatches, 6) stats."""
+        policy, clip_fraction, value, entropy, approx_kl, loss = np.moveaxis(stats, -1, 0)
+        self.logger.record("train/entropy_loss", entropy.mean())
+        self.logger.record("train/policy_gradient_loss", policy.mean())
+        self.logger.record("train/value_loss", value.mean())
+        self.logger.record("train/approx_kl", approx_kl[-1].mean())  # SB3 keeps the last epoch's
+        self.logger.record("train/clip_fraction", clip_fraction.mean())
+        self.logger.record("train/loss", loss[-1, -1])
+        self.logger.record("train/clip_range", self.clip_range(self._current_progress_remaining))
+        if self.clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", self.clip_range_vf(self._current_progress_remaining))
 
 
 class FastA2C(_LeanCollectMixin, A2C):
-    """``stable_baselines3.A2C`` with the lean rollout collection of this module (same constructor)."""
+    """``stable_baselines3.A2C`` with the lean rollout collection of this module (same constructor, plus
+    ``cuda_graphs``)."""
+
+    def _static_schedules(self) -> None:
+        """A2C schedules only the learning rate."""
+
+    def _static_plan(self, n_rows: int) -> tuple[int, int]:
+        return 1, n_rows  # one step on the whole rollout
+
+    def _static_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A2C.train``'s loss, line for line; stats: policy, value, entropy."""
+        values, log_prob, entropy = evaluate_actions(self.policy, batch.observations, batch.actions)
+        values = values.flatten()
+        advantages = batch.advantages
+        if self.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        policy_loss = -(advantages * log_prob).mean()
+        value_loss = F.mse_loss(batch.returns, values)
+        entropy_loss = -torch.mean(entropy)
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        return loss, torch.stack([policy_loss, value_loss, entropy_loss]).detach()
+
+    def _static_log(self, stats: np.ndarray) -> None:
+        policy, value, entropy = stats[-1, -1]
+        self.logger.record("train/entropy_loss", entropy)
+        self.logger.record("train/policy_loss", policy)
+        self.logger.record("train/value_loss", value)

@@ -26,6 +26,8 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import get_device
 from torch.nn import functional as F
 
+from bess_rl.device_optim import TensorLr
+
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant torch.distributions.Normal.log_prob uses
@@ -219,7 +221,7 @@ class FastSAC(SAC):
         """Write the scheduled rate into the device tensor every optimiser reads (a graph sees it too)."""
         lr = self.lr_schedule(self._current_progress_remaining)
         self.logger.record("train/learning_rate", lr)
-        self._fast.lr.fill_(lr)
+        self._fast.lr.set(lr)
 
     # --- the update ----------------------------------------------------------------------------
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
@@ -286,20 +288,20 @@ class _FastState:
     def __init__(self, model: FastSAC) -> None:
         self.model = model
         device = model.device
-        self.lr = torch.tensor(model.lr_schedule(1), dtype=torch.float32, device=device)
         # Graphs: capturable Adam keeps its step counter on the device and syncs nothing (torch's docs say
         # it slows ungraphed runs); otherwise the fused kernel, on CPU and CUDA alike.
         graphs = model.cuda_graphs
-        self.flags = {"capturable": graphs, "foreach": graphs, "fused": not graphs}
-        model.actor.optimizer = self._rebuild(model.actor.optimizer)
-        model.critic.optimizer = self._rebuild(model.critic.optimizer)
+        flags = {"capturable": graphs, "foreach": graphs, "fused": not graphs}
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.lr = TensorLr(model.lr_schedule(1), device, flags, on_load=self._graphs.clear)
+        model.actor.optimizer = self.lr.rebuild(model.actor.optimizer)
+        model.critic.optimizer = self.lr.rebuild(model.critic.optimizer)
         if model.ent_coef_optimizer is not None:
-            model.ent_coef_optimizer = self._rebuild(model.ent_coef_optimizer)
+            model.ent_coef_optimizer = self.lr.rebuild(model.ent_coef_optimizer)
         self.scaler = torch.amp.GradScaler(device.type) if model.amp == "fp16" else None
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(model.amp)
         self.targets = (list(model.critic.parameters()), list(model.critic_target.parameters()))
         self.stats = (model.batch_norm_stats, model.batch_norm_stats_target)
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         wrap: Callable[[Callable], Callable] = (
             (lambda fn: fn) if model.compile_mode == "none" else (lambda fn: torch.compile(fn, mode=model.compile_mode))
         )
@@ -307,24 +309,6 @@ class _FastState:
         self.target_q = wrap(self._target_q)
         self.critic_loss = wrap(self._critic_loss)
         self.actor_loss = wrap(self._actor_loss)
-
-    def _rebuild(self, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """The same optimiser class and hyper-parameters, with our flags and the shared lr tensor."""
-        groups = [{**group, "lr": self.lr, **self.flags} for group in opt.param_groups]
-        new = type(opt)(groups, **{**opt.defaults, "lr": self.lr, **self.flags})
-        new.register_load_state_dict_post_hook(self.conform)
-        return new
-
-    def conform(self, opt: torch.optim.Optimizer) -> None:
-        """After ``load_state_dict`` (SB3's ``load``/``set_parameters``): restore our flags, lr tensor and
-        Adam step counters on the device, and drop graphs that captured the old state tensors."""
-        for group in opt.param_groups:
-            group.update(lr=self.lr, **self.flags)
-            for p in group["params"]:
-                state = opt.state.get(p)
-                if state and "step" in state:
-                    state["step"] = state["step"].to(dtype=torch.float32, device=p.device)
-        self._graphs.clear()
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:

@@ -73,9 +73,9 @@ def resolve(hw: DictConfig, agent_name: str, agent_device: str = "auto") -> Runt
         # bf16 autocast runs on CPU when the profile asks for it there; a GPU profile's AMP does not.
         keep_bf16 = amp == "bf16" and hw.device == "cpu"
         amp, graphs, tf32 = ("bf16" if keep_bf16 else "none"), False, False
-    if agent_name != "sac" and (amp != "none" or graphs or compile_mode != "none"):
-        notes.append(f"AMP, CUDA graphs and compile apply to the SAC update only: {agent_name.upper()} runs without")
-        amp, graphs, compile_mode = "none", False, "none"
+    if agent_name != "sac" and (amp != "none" or compile_mode != "none"):
+        notes.append(f"AMP and compile apply to the SAC update only: {agent_name.upper()} runs without")
+        amp, compile_mode = "none", "none"
     torch.set_num_threads(int(hw.torch_threads))
     if want == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -28,6 +28,7 @@ from stable_baselines3.common.logger import configure
 from bess_rl import checkpoint, hardware, planner
 from bess_rl.config import ConfigError, validate
 from bess_rl.env import PvBessEvEnv
+from bess_rl.fast_onpolicy import FastA2C, FastPPO
 from bess_rl.fast_sac import FastSAC
 from bess_rl.monitor import ResourceMonitor
 from bess_rl.plots import dispatch_week
@@ -94,23 +95,30 @@ def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, 
 
 
 def build_model(cfg: DictConfig, env: Any, runtime: hardware.Runtime, seed: int) -> BaseAlgorithm:
-    """The SB3 algorithm named by ``agent.algo`` with the config's hyper-parameters.
-
-    ``bess_rl.fast_sac.FastSAC`` (the SAC default) also gets the hardware profile's AMP, CUDA-graph
-    and compile switches; plain SB3 classes take none of them.
-    """
+    """The SB3 algorithm named by ``agent.algo`` with the config's hyper-parameters and ``switches``."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch = hp.pop("net_arch")
     algo = get_class(cfg.agent.algo)
-    if issubclass(algo, FastSAC):
-        hp |= fast_sac_switches(runtime)
     return algo(
-        "MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device=runtime.device, verbose=0, **hp
+        "MlpPolicy",
+        env,
+        policy_kwargs={"net_arch": net_arch},
+        seed=seed,
+        device=runtime.device,
+        verbose=0,
+        **hp,
+        **switches(algo, runtime),
     )
 
 
-def fast_sac_switches(runtime: hardware.Runtime) -> dict[str, Any]:
-    return {"amp": runtime.amp, "cuda_graphs": runtime.cuda_graphs, "compile_mode": runtime.compile}
+def switches(algo: type, runtime: hardware.Runtime) -> dict[str, Any]:
+    """The hardware profile's switches the class takes: ``FastSAC`` AMP, CUDA graphs and compile,
+    ``FastPPO``/``FastA2C`` CUDA graphs; plain SB3 classes none."""
+    if issubclass(algo, FastSAC):
+        return {"amp": runtime.amp, "cuda_graphs": runtime.cuda_graphs, "compile_mode": runtime.compile}
+    if issubclass(algo, FastPPO | FastA2C):
+        return {"cuda_graphs": runtime.cuda_graphs}
+    return {}
 
 
 def reset_peak_memory(device: str) -> None:
@@ -258,8 +266,8 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     log.debug("%s", table)
     planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     if resume:
-        switches = fast_sac_switches(runtime) if fast_sac else {}
-        model = checkpoint.load(run_dir / checkpoint.CHECKPOINT_DIR, cfg.agent.name, runtime.device, **switches)
+        algo_switches = switches(get_class(cfg.agent.algo), runtime)
+        model = checkpoint.load(run_dir / checkpoint.CHECKPOINT_DIR, cfg.agent.name, runtime.device, **algo_switches)
         update_run_info(run_dir, resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
     else:
         write_provenance(cfg, run_dir, scenario, runtime)

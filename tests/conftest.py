@@ -47,3 +47,13 @@ def scenario() -> Scenario:
 @pytest.fixture
 def site() -> SiteParams:
     return SiteParams(pv_kwp=3_000.0, bess_capacity_kwh=1_500.0, bess_power_kw=600.0)
+
+
+@pytest.fixture
+def no_tf32():
+    """Full float32 matmuls for exact comparisons (a GPU profile turns TF32 on); restored afterwards by
+    assignment: monkeypatch's undo deletes these module attributes and breaks later reads."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

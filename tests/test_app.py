@@ -10,11 +10,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from stable_baselines3 import PPO
 
+from bess_rl import hardware
 from bess_rl.config import ConfigError, validate
 from bess_rl.config import compose_config as compose_cfg
+from bess_rl.fast_onpolicy import FastA2C, FastPPO
+from bess_rl.fast_sac import FastSAC
 from bess_rl.replay import replay
-from bess_rl.train import run
+from bess_rl.train import run, switches
 
 AGENTS, HARDWARE, PRESETS = ("sac", "ppo", "a2c"), ("cpu", "cuda", "rtx4060"), ("before", "after")
 
@@ -184,3 +189,16 @@ def test_acceleration_switches_are_recorded_off_for_on_policy_agents(tmp_path):
     runtime = json.loads((tmp_path / "run_info.json").read_text())["runtime"]
     assert (runtime["amp"], runtime["compile"]) == ("none", "none")
     assert any("apply to the SAC update only: PPO runs without" in note for note in runtime["notes"])
+
+
+@pytest.mark.parametrize(("agent", "cls"), [("ppo", FastPPO), ("a2c", FastA2C), ("sac", FastSAC)])
+def test_cuda_graphs_reach_every_fast_agent_on_a_gpu(agent, cls, monkeypatch, no_tf32):
+    """On a GPU (faked: only the resolution is checked) ``hardware.cuda_graphs`` reaches PPO/A2C too,
+    while AMP and compile stay SAC-only."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = compose_cfg([f"agent={agent}", "hardware=rtx4060", "agent.device=cuda"])
+    runtime = hardware.resolve(cfg.hardware, agent, cfg.agent.device)
+    assert runtime.device == "cuda" and runtime.cuda_graphs
+    want = {"cuda_graphs": True} if agent != "sac" else {"amp": "bf16", "cuda_graphs": True, "compile_mode": "none"}
+    assert switches(cls, runtime) == want
+    assert switches(PPO, runtime) == {}  # plain SB3 takes none

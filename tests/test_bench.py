@@ -80,7 +80,11 @@ def test_cuda_refused_without_a_gpu():
 @pytest.mark.gpu
 @CUDA
 def test_bench_on_cuda_compares_graphs(tmp_path):
-    report = run_tiny(["--agents", "sac", "--device", "cuda", "--json", str(tmp_path / "b.json")])
+    report = run_tiny(["--agents", "sac", "a2c", "--device", "cuda", "--json", str(tmp_path / "b.json")])
     sac = [r for r in report["results"] if r["agent"] == "sac"]
     check_sac_rows(sac, {"sb3", "fast eager", "fast bf16", "fast graphs", "fast graphs+bf16"})
     assert all(r["device"].startswith("cuda") for r in sac)
+    a2c = {r["variant"]: r for r in report["results"] if r["agent"] == "a2c"}
+    assert set(a2c) == {"sb3", "fast", "sb3 cuda", "fast cuda", "fast graphs cuda"}
+    assert all(r["device"].startswith("cuda") == name.endswith("cuda") for name, r in a2c.items())
+    assert all(r["env_steps_per_s"] > 0 for r in a2c.values())
