@@ -20,7 +20,6 @@ anything else is refused at construction. Module hooks are not run by the lean f
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -39,9 +38,8 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from torch.nn import functional as F
 
+from bess_rl.gaussian import LOG_SQRT_2PI
 from bess_rl.onpolicy_graphs import Batch, StaticUpdate, evaluate_actions
-
-_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant torch.distributions.Normal.log_prob uses
 
 
 def _bind(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -84,7 +82,7 @@ class _LeanActor:
         values = self._run(self.vf_layers, features)
         eps = torch.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_()  # Normal.rsample's draw
         actions = mean + eps * self.scale
-        log_probs = (-((actions - mean) ** 2) / self.two_var - self.log_scale - _LOG_SQRT_2PI).sum(dim=1)
+        log_probs = (-((actions - mean) ** 2) / self.two_var - self.log_scale - LOG_SQRT_2PI).sum(dim=1)
         return actions, values, log_probs
 
 
@@ -116,12 +114,13 @@ class _LeanCollectMixin:
         return params
 
     def _update_learning_rate(self, optimizers: list[torch.optim.Optimizer] | torch.optim.Optimizer) -> None:
-        if self._static is None:
+        """SB3's float learning rate, or with a captured update the device tensor its graph reads."""
+        if self._static is None or self._static.lr is None:
             super()._update_learning_rate(optimizers)
             return
         lr = self.lr_schedule(self._current_progress_remaining)
         self.logger.record("train/learning_rate", lr)
-        self._static.set_learning_rate(lr)
+        self._static.lr.set(lr)
 
     def train(self) -> None:
         """SB3's update, or with a ``StaticUpdate`` the same losses run from a device copy of the rollout."""

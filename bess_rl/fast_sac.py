@@ -13,7 +13,6 @@ The losses, their order and the polyak update are exactly ``stable_baselines3.SA
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,10 +26,10 @@ from stable_baselines3.common.utils import get_device
 from torch.nn import functional as F
 
 from bess_rl.device_optim import TensorLr
+from bess_rl.gaussian import log_prob as normal_log_prob
 
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
-_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant torch.distributions.Normal.log_prob uses
 _SQUASH_EPS = 1e-6  # SB3's SquashedDiagGaussianDistribution epsilon
 _STATS = ("critic_loss", "actor_loss", "ent_coef_loss", "ent_coef")
 
@@ -142,7 +141,7 @@ def squashed_sample(
     std = torch.ones_like(mean) * log_std.exp()
     gaussian = mean + noise * std
     action = torch.tanh(gaussian)
-    log_prob = (-((gaussian - mean) ** 2) / (2 * std**2) - std.log() - _LOG_SQRT_2PI).sum(dim=1)
+    log_prob = normal_log_prob(gaussian, mean, std).sum(dim=1)
     log_prob = log_prob - torch.sum(torch.log(1 - action**2 + _SQUASH_EPS), dim=1)
     return action, log_prob.reshape(-1, 1)
 

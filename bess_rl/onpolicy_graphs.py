@@ -12,7 +12,6 @@ is tested against SB3's own ``train``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -20,11 +19,10 @@ import numpy as np
 import torch
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
+from bess_rl import gaussian
 from bess_rl.device_optim import TensorLr
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch's CUDA graph docs advise
-_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # torch.distributions.Normal.log_prob's constant
-_ENTROPY_CONST = 0.5 + 0.5 * math.log(2 * math.pi)  # torch.distributions.Normal.entropy's constant
 COLUMNS = ("observations", "actions", "values", "log_probs", "advantages", "returns")  # RolloutBuffer's own
 
 
@@ -61,10 +59,9 @@ def evaluate_actions(
     latent_pi, latent_vf = mlp.policy_net(features), mlp.value_net(features)
     mean = policy.action_net(latent_pi)
     scale = torch.ones_like(mean) * policy.log_std.exp()
-    log_prob = (-((actions - mean) ** 2) / (2 * scale**2) - scale.log() - _LOG_SQRT_2PI).sum(dim=1)
+    log_prob = gaussian.log_prob(actions, mean, scale).sum(dim=1)
     values = policy.value_net(latent_vf)
-    entropy = (_ENTROPY_CONST + torch.log(scale)).sum(dim=1)
-    return values, log_prob, entropy
+    return values, log_prob, gaussian.entropy(scale).sum(dim=1)
 
 
 Loss = Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]  # batch -> (loss, detached stats vector)
@@ -144,14 +141,6 @@ class StaticUpdate:
             self.idx.copy_(idx)
         self.graph.replay()
         return self.out.clone()
-
-    def set_learning_rate(self, value: float) -> None:
-        """SB3 writes a float into the param groups; a captured step reads the tensor instead."""
-        if self.lr is None:
-            for group in self.model.policy.optimizer.param_groups:
-                group["lr"] = value
-        else:
-            self.lr.set(value)
 
     def permutation(self, n_rows: int) -> torch.Tensor:
         """``RolloutBuffer.get``'s shuffle (numpy's global RNG, as SB3 draws it), on the device."""
