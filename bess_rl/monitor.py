@@ -48,6 +48,11 @@ THRESHOLDS = (
 )
 
 
+def mean(values: Sequence[float]) -> float:
+    """The mean, kept within [min, max]: ``fmean([6.4] * 3)`` is 6.400000000000001, above the max."""
+    return min(max(statistics.fmean(values), min(values)), max(values))
+
+
 def breaches(samples: Sequence[Mapping[str, float]], thresholds: Sequence[Threshold] = THRESHOLDS) -> list[Threshold]:
     """The thresholds the samples cross (pure: the monitor's warnings and the tests use it)."""
     crossed = []
@@ -55,7 +60,7 @@ def breaches(samples: Sequence[Mapping[str, float]], thresholds: Sequence[Thresh
         values = [s[th.key] for s in samples if th.key in s]
         if len(values) < th.min_samples:
             continue
-        stat = statistics.fmean(values) if th.statistic == "mean" else (max(values) if th.above else min(values))
+        stat = mean(values) if th.statistic == "mean" else (max(values) if th.above else min(values))
         if (stat > th.limit) if th.above else (stat < th.limit):
             crossed.append(th)
     return crossed
@@ -193,7 +198,7 @@ class ResourceMonitor(BaseCallback):
         stats = {}
         for key in keys:
             values = [s[key] for s in self.samples if key in s]
-            stats[key] = {"min": min(values), "mean": statistics.fmean(values), "max": max(values)}
+            stats[key] = {"min": min(values), "mean": mean(values), "max": max(values)}
         return {
             "backend": self.backend,
             "gpu": self.gpu.name if self.gpu is not None else None,

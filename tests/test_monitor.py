@@ -35,6 +35,14 @@ def test_cpu_path_samples_while_training_and_summarises(scenario, site, tmp_path
     assert "monitor/rss_mb" in pd.read_csv(tmp_path / "progress.csv")
 
 
+def test_summary_mean_stays_within_min_and_max():
+    """Constant readings: float summation alone put the mean above the max once (CI, ram_pct 6.4)."""
+    monitor = ResourceMonitor()
+    monitor.samples = [{"time_s": float(i), "ram_pct": 6.4} for i in range(3)]
+    stats = monitor.summary()["stats"]["ram_pct"]
+    assert stats == {"min": 6.4, "mean": 6.4, "max": 6.4}
+
+
 def test_thresholds_on_injected_samples():
     healthy = [{"gpu_util_pct": 90.0, "gpu_temp_c": 65.0, "gpu_mem_pct": 40.0, "ram_pct": 30.0}] * 5
     assert breaches(healthy) == []
