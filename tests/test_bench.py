@@ -67,8 +67,8 @@ def test_interleaved_rates_follow_the_work_done():
         return run
 
     rates = interleaved({"one": job(1), "three": job(3)}, seconds=0.3, device="cpu")
-    assert 40 < rates["one"] <= 100  # at most one unit per 10 ms sleep
-    assert rates["three"] / rates["one"] == pytest.approx(3, rel=0.25)
+    assert 10 < rates["one"] <= 100  # at most one unit per 10 ms sleep (a busy CI machine oversleeps)
+    assert rates["three"] / rates["one"] == pytest.approx(3, rel=0.4)  # counting calls would give 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
