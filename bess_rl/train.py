@@ -22,8 +22,13 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import ProgressBarCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import TrainFrequencyUnit
+from tqdm.rich import tqdm
 
 from bess_rl import checkpoint, hardware, planner
 from bess_rl.config import ConfigError, validate
@@ -196,26 +201,51 @@ def update_run_info(run_dir: Path, **fields: Any) -> None:
     write_json(path, info)
 
 
+def steps_to_run(model: BaseAlgorithm, remaining: int) -> int:
+    """The env steps ``learn(remaining)`` really takes: SB3 checks the total only between collections, so
+    PPO/A2C run whole rollouts (``n_steps x n_envs``) and SAC whole ``train_freq`` blocks."""
+    if isinstance(model, OnPolicyAlgorithm):
+        block = model.n_steps * model.n_envs
+    elif isinstance(model, OffPolicyAlgorithm) and model.train_freq.unit == TrainFrequencyUnit.STEP:
+        block = model.train_freq.frequency * model.n_envs
+    else:  # train_freq in episodes: the overshoot depends on where episodes end
+        block = model.n_envs
+    return -(-remaining // block) * block
+
+
+class Progress(ProgressBarCallback):
+    """SB3's progress bar with the steps that will run as its total (SB3's shows 32,768/26,280 for PPO)."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+
+    def _on_training_start(self) -> None:
+        self.pbar = tqdm(total=self.total)
+
+
 def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> tuple[float, dict[str, Any]]:
     """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds and resources used."""
     guard = checkpoint.Guard(cfg.agent.name, run_dir / checkpoint.CHECKPOINT_DIR, cfg.checkpoint_every_steps)
     monitor = ResourceMonitor()
     remaining = cfg.agent.total_timesteps - model.num_timesteps
+    steps = steps_to_run(model, remaining)
     log.info(
-        "training %s (%s preset) for %d steps on %s%s",
+        "training %s (%s preset) for %d steps%s on %s%s",
         cfg.agent.name,
         cfg.preset.name,
         remaining,
+        f" ({steps} in whole rollouts)" if steps != remaining else "",
         model.device,
         f", resuming at step {model.num_timesteps}" if resume else "",
     )
+    callbacks = [guard, monitor, *([Progress(steps)] if cfg.progress_bar else [])]
     t0 = time.perf_counter()
     try:
         model.learn(
             remaining,
-            callback=[guard, monitor],
+            callback=callbacks,
             log_interval=cfg.agent.log_interval,
-            progress_bar=cfg.progress_bar,
             reset_num_timesteps=not resume,
         )
     finally:

@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from stable_baselines3 import PPO
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.env_util import make_vec_env
 
 from bess_rl import hardware
 from bess_rl.config import ConfigError, validate
 from bess_rl.config import compose_config as compose_cfg
+from bess_rl.env import PvBessEvEnv
 from bess_rl.fast_onpolicy import FastA2C, FastPPO
 from bess_rl.fast_sac import FastSAC
 from bess_rl.replay import replay
-from bess_rl.train import run, switches
+from bess_rl.train import run, steps_to_run, switches
 
 AGENTS, HARDWARE, PRESETS = ("sac", "ppo", "a2c"), ("cpu", "cuda", "rtx4060"), ("before", "after")
 
@@ -202,3 +204,14 @@ def test_cuda_graphs_reach_every_fast_agent_on_a_gpu(agent, cls, monkeypatch, no
     want = {"cuda_graphs": True} if agent != "sac" else {"amp": "bf16", "cuda_graphs": True, "compile_mode": "none"}
     assert switches(cls, runtime) == want
     assert switches(PPO, runtime) == {}  # plain SB3 takes none
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [(PPO, {"n_steps": 32, "batch_size": 32, "n_epochs": 1}), (SAC, {"train_freq": 3, "learning_starts": 500})],
+)
+def test_progress_total_is_the_steps_learn_runs(cls, kwargs):
+    """SB3 overshoots the requested steps to whole collections; the progress bar and log use the real count."""
+    model = cls("MlpPolicy", make_vec_env(PvBessEvEnv, n_envs=2), policy_kwargs={"net_arch": [8]}, seed=0, **kwargs)
+    model.learn(70)
+    assert model.num_timesteps == steps_to_run(model, 70) > 70  # 2 rollouts of 2 x 32; 12 blocks of 2 x 3
