@@ -13,9 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from gymnasium import spaces
+from hydra.utils import get_class
 from numpy.typing import DTypeLike
 from omegaconf import DictConfig
 
+from bess_rl.fast_sac import FastSAC
 from bess_rl.hardware import requested_device
 
 GB = 1e9
@@ -142,6 +145,19 @@ def estimate(
         optimizer_slots=1 if name == "a2c" and hp.get("use_rms_prop", True) else 2,
     )
     return plan_for(workload)
+
+
+def for_run(cfg: DictConfig, observation_space: spaces.Box, action_space: spaces.Box, device: str) -> MemoryPlan:
+    """The plan a run on ``device`` is checked against (``train.run`` and the doctor alike): FastSAC keeps
+    its replay buffer on the training device, SB3 in host RAM."""
+    return estimate(
+        cfg,
+        observation_space.shape[0],
+        action_space.shape[0],
+        device=device,
+        buffer_on_device=device == "cuda" and issubclass(get_class(cfg.agent.algo), FastSAC),
+        obs_dtype=observation_space.dtype,
+    )
 
 
 def mlp_params(in_dim: int, widths: tuple[int, ...], out_dims: tuple[int, ...]) -> int:

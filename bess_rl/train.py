@@ -282,15 +282,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     scenario = build_scenario(cfg.scenario)
     site = build_site(cfg.site)
     eval_env = make_env(scenario, site, cfg.scenario, training=False)
-    fast_sac = issubclass(get_class(cfg.agent.algo), FastSAC)
-    plan = planner.estimate(
-        cfg,
-        eval_env.observation_space.shape[0],
-        eval_env.action_space.shape[0],
-        device=runtime.device,
-        buffer_on_device=fast_sac and runtime.device == "cuda",
-        obs_dtype=eval_env.observation_space.dtype,
-    )
+    plan = planner.for_run(cfg, eval_env.observation_space, eval_env.action_space, runtime.device)
     table = plan.table()
     log.info("%s, about %s in all", table.splitlines()[0], planner.size(plan.total))
     log.debug("%s", table)

@@ -49,6 +49,22 @@ def test_gpu_profile_without_cuda_warns_and_plans_both_devices(capsys):
     assert "of host RAM (budget 8.6 GB)" in out and "of GPU memory (budget 8.6 GB)" in out
 
 
+@without_cuda
+@pytest.mark.parametrize(("algo", "where"), [("bess_rl.fast_sac.FastSAC", "device"), ("stable_baselines3.SAC", "host")])
+def test_gpu_memory_plan_puts_the_replay_buffer_where_the_run_does(capsys, algo, where):
+    """FastSAC keeps its replay buffer on the GPU, SB3 in host RAM: the doctor plans what ``train.run`` checks."""
+    _, status, out = doctor(capsys, "hardware=rtx4060", "preset=before", f"agent.algo={algo}")
+    gpu_plan = out.split("memory@cuda")[1]
+    assert status["memory@cuda"] == "PASS"
+    assert f"replay buffer   {where:<6}   0.70 GB" in gpu_plan  # 5,000,000 x 140 B
+
+
+def test_algo_that_does_not_import_skips_the_gpu_memory_plan(capsys):
+    rc, status, out = doctor(capsys, "hardware=rtx4060", "agent.algo=nowhere.Algo")
+    assert rc == 1 and status["config"] == "FAIL"
+    assert status["memory@cuda"] == "SKIP" and "no estimate: Error loading 'nowhere.Algo'" in out
+
+
 def test_config_that_does_not_compose_is_a_fail_line(capsys):
     rc, status, out = doctor(capsys, "agent=sacc")
     assert rc == 1
