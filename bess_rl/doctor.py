@@ -60,10 +60,15 @@ class Wants:
         if cfg is None:
             return cls("the config (it did not compose)", False, False, "none", False, False, None)
         hw = cfg.hardware
-        amp = hw.amp.value if hasattr(hw.amp, "value") else str(hw.amp)
         cuda = hardware.requested_device(cfg.hardware, cfg.agent.name, cfg.agent.device) == "cuda"
         return cls(
-            f"hardware={hw.name}", cuda, bool(hw.strict), amp, bool(hw.tf32), bool(hw.cuda_graphs), hw.memory_budget_gb
+            f"hardware={hw.name}",
+            cuda,
+            bool(hw.strict),
+            hardware.amp_mode(hw),
+            bool(hw.tf32),
+            bool(hw.cuda_graphs),
+            hw.memory_budget_gb,
         )
 
 

@@ -52,10 +52,15 @@ def requested_device(hw: DictConfig, agent_name: str, agent_device: str = "auto"
     return str(hw.device)
 
 
+def amp_mode(hw: DictConfig) -> str:
+    """``hardware.amp`` as "none" | "bf16" | "fp16" (the structured config holds an ``Amp`` enum member)."""
+    return hw.amp.value if hasattr(hw.amp, "value") else str(hw.amp)
+
+
 def resolve(hw: DictConfig, agent_name: str, agent_device: str = "auto") -> Runtime:
     """Pick the device and switches for this agent on this machine, applying thread and TF32 settings."""
     notes: list[str] = []
-    amp = hw.amp.value if hasattr(hw.amp, "value") else str(hw.amp)
+    amp = amp_mode(hw)
     graphs, tf32, compile_mode = bool(hw.cuda_graphs), bool(hw.tf32), str(hw.compile)
     want = requested_device(hw, agent_name, agent_device)
     if want != hw.device and agent_device == "auto":
