@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from bess_rl.env import PvBessEvEnv
 from bess_rl.fast_onpolicy import FastA2C, FastPPO
 from bess_rl.fast_sac import FastSAC
 from bess_rl.hardware import describe_machine
+from bess_rl.provenance import write_json
 from bess_rl.vec_env import FreshInfoVecEnv
 
 ROUNDS = 3  # interleaved rounds per measurement
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, job in measurements:
         rows = job()
         report["results"] += rows
-        path.write_text(json.dumps(report, indent=2))
+        write_json(path, report)
         if len(measurements) > 1:
             console.print(table(rows, f"{name} {title}"))
     console.print(table(report["results"], f"Training speed {title}"))

@@ -30,6 +30,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from bess_rl.provenance import write_json
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
@@ -88,7 +90,7 @@ def save(model: BaseAlgorithm, directory: Path, agent: str, reason: str) -> Path
     meta = {"agent": agent, "algo": type(model).__module__ + "." + type(model).__qualname__}
     meta |= {"num_timesteps": model.num_timesteps, "reason": reason, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     (tmp / "rng.json").write_text(json.dumps(_rng_state(model)))
-    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    write_json(tmp / "state.json", meta)
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
     return directory
