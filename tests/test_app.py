@@ -139,10 +139,11 @@ def test_minibatch_larger_than_rollout_is_refused():
         validate(cfg)
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m bess_rl *args`` with every output (run folders, optuna.db) under ``cwd``."""
     env = {**os.environ, "BESS_RL_ROOT": str(cwd)}
     return subprocess.run([sys.executable, "-m", "bess_rl", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=120)  # fmt: skip
+                          cwd=cwd, timeout=timeout)  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -16,16 +14,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bess_rl.config import ConfigError
 from bess_rl.sweeper import OptunaStudyGuard, apply_budget, check_directions
-from tests.test_app import COMMON, TINY, compose_cfg
+from tests.test_app import COMMON, TINY, cli, compose_cfg
 
 COMPLETE, FAIL = TrialState.COMPLETE, TrialState.FAIL
 
 
 def multirun(root: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m bess_rl -m ...`` with every output (run folders, optuna.db) under ``root``."""
-    env = {**os.environ, "BESS_RL_ROOT": str(root)}
-    return subprocess.run([sys.executable, "-m", "bess_rl", "-m", *args], capture_output=True, text=True, env=env,
-                          cwd=root, timeout=240)  # fmt: skip
+    return cli("-m", *args, cwd=root, timeout=240)
 
 
 def trials(root: Path, study: str) -> list[FrozenTrial]:
@@ -138,9 +133,7 @@ def test_budget_refuses_keys_the_agent_lacks():
 def test_the_entry_point_applies_the_budget(tmp_path):
     """Needs ``apply_budget(cfg)`` before ``run`` in bess_rl/__main__.py."""
     args = ["experiment=before_vs_after", "budget.name=cpu", "agent=sac", *COMMON, *TINY["sac"]]
-    env = {**os.environ, "BESS_RL_ROOT": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "bess_rl", *args], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)  # fmt: skip
+    proc = cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = OmegaConf.load(next((tmp_path / "outputs" / "runs").glob("sac-after/*/resolved_config.yaml")))
     assert saved.agent.total_timesteps == 12 and saved.agent.hparams.gradient_steps == 1  # 60 x 0.2, 2 / 256 -> 1
