@@ -46,6 +46,8 @@ from bess_rl.vec_env import FreshInfoVecEnv
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "resolved_config.yaml"
+PROGRESS_FILE = "progress.csv"
+EARLIER_PROGRESS_FILE = "progress.before_resume.csv"  # the rows written before a resume, while it trains
 
 
 def build_scenario(cfg: DictConfig) -> Scenario:
@@ -173,8 +175,7 @@ def resume_config(run_dir: Path, requested: DictConfig, overrides: list[str]) ->
 
 def attach_logger(model: BaseAlgorithm, run_dir: Path, resume: bool) -> None:
     """progress.csv + TensorBoard in the run folder; a resume appends to the earlier rows."""
-    csv = run_dir / "progress.csv"
-    earlier = run_dir / "progress.before_resume.csv"
+    csv, earlier = run_dir / PROGRESS_FILE, run_dir / EARLIER_PROGRESS_FILE
     if resume and csv.is_file() and csv.stat().st_size:
         shutil.move(csv, earlier)
     model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
@@ -182,8 +183,7 @@ def attach_logger(model: BaseAlgorithm, run_dir: Path, resume: bool) -> None:
 
 def merge_progress(run_dir: Path) -> None:
     """Put the rows written before a resume back in front of the resumed ones."""
-    earlier = run_dir / "progress.before_resume.csv"
-    csv = run_dir / "progress.csv"
+    csv, earlier = run_dir / PROGRESS_FILE, run_dir / EARLIER_PROGRESS_FILE
     if earlier.is_file():
         frames = [pd.read_csv(p) for p in (earlier, csv) if p.is_file() and p.stat().st_size]
         pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
