@@ -2,9 +2,9 @@
 
 from gymnasium.envs.registration import register, registry
 
-from bess_rl.env import ENV_ID
+from bess_rl.site.env import ENV_ID
 
 if ENV_ID not in registry:
-    register(id=ENV_ID, entry_point="bess_rl.env:PvBessEvEnv")
+    register(id=ENV_ID, entry_point="bess_rl.site.env:PvBessEvEnv")
 
 __all__ = ["ENV_ID"]

@@ -11,26 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from bess_rl.checkpoint import CheckpointError, NumericalError, TrainingInterrupted
-from bess_rl.config import ConfigError, register_configs
-from bess_rl.hardware import HardwareError
-from bess_rl.planner import MemoryBudgetError
-from bess_rl.scenario import ScenarioError
-from bess_rl.site import SiteError
-from bess_rl.sweeper import apply_budget
-from bess_rl.train import objective_value, print_table, resume_config, run
+from bess_rl.experiment.budget import apply_budget
+from bess_rl.experiment.checkpoint import NumericalError, TrainingInterrupted
+from bess_rl.experiment.config import register_configs
+from bess_rl.experiment.errors import USER_ERRORS
+from bess_rl.experiment.train import objective_value, print_table, resume_config, run
 
 log = logging.getLogger("bess_rl")
-# Failures with a message meant for the user: one line, no traceback (a sweep records them as failed).
-USER_ERRORS = (
-    ConfigError,
-    ScenarioError,
-    SiteError,
-    HardwareError,
-    CheckpointError,
-    NumericalError,
-    MemoryBudgetError,
-)
 
 register_configs()
 

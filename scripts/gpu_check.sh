@@ -14,9 +14,9 @@ python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', 
 step() { local name=$1 limit=$2; shift 2; echo "=== $name"; timeout "$limit" "$@" >"$OUT/$name.log" 2>&1;
          echo "=== $name rc=$?"; grep -v "Warning\|warnings.warn\|^$" "$OUT/$name.log" | tail -n "${TAIL:-25}"; }
 TAIL=8 step gpu_tests 150 python3 -m pytest -q -m gpu -p no:cacheprovider
-TAIL=4 step doctor 60 python3 -m bess_rl.doctor hardware=rtx4060
-TAIL=14 step bench_sac 150 python3 -m bess_rl.bench --agents sac --device cuda --seconds 2 --json "$OUT/bench_sac.json"
-TAIL=14 step bench_onpolicy 120 python3 -m bess_rl.bench --agents ppo a2c --presets after --device cuda --seconds 1 \
+TAIL=4 step doctor 60 python3 -m bess_rl.tools.doctor hardware=rtx4060
+TAIL=14 step bench_sac 150 python3 -m bess_rl.tools.bench --agents sac --device cuda --seconds 2 --json "$OUT/bench_sac.json"
+TAIL=14 step bench_onpolicy 120 python3 -m bess_rl.tools.bench --agents ppo a2c --presets after --device cuda --seconds 1 \
   --json "$OUT/bench_onpolicy.json"
 TAIL=14 step train_ppo 90 python3 -m bess_rl agent=ppo preset=after hardware=rtx4060 agent.device=cuda \
   agent.total_timesteps=8192 plot=false

@@ -1,33 +1,25 @@
-"""Shared fixtures: a tiny synthetic scenario so env tests run in milliseconds."""
+"""Fixtures, and the one hook that skips ``gpu``-marked tests on a machine without CUDA."""
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+
 import pytest
 import torch
 
-from bess_rl.scenario import EvSessions, Scenario
-from bess_rl.site import SiteParams
+from bess_rl.site.params import SiteParams
+from bess_rl.site.scenario import Scenario
+from tests.helpers import SMALL_SITE, make_scenario
 
 
-def make_scenario(days: int = 3, seed: int = 0) -> Scenario:
-    """PV bell 6-18 h, a load with an evening bump, and a handful of EV sessions per day."""
-    rng = np.random.default_rng(seed)
-    hours = 24 * days
-    hod = np.arange(hours) % 24
-    pv = np.clip(np.sin(np.pi * (hod - 6) / 12), 0, None) * 0.8 * rng.uniform(0.6, 1.0, hours)
-    load = 900.0 + 600.0 * ((hod >= 9) & (hod < 22)) + rng.uniform(0, 100, hours)
-    arr, dep, energy, power = [], [], [], []
-    for d in range(days):
-        for a in (9, 11, 13, 18, 19, 20):
-            stay = int(rng.integers(1, 4))
-            p = float(rng.choice([40.0, 60.0]))
-            arr.append(24 * d + a)
-            dep.append(24 * d + min(a + stay, 22))
-            energy.append(p * (dep[-1] - arr[-1]) * rng.uniform(0.3, 0.9))
-            power.append(p)
-    sessions = EvSessions(np.array(arr), np.array(dep), np.array(energy), np.array(power))
-    return Scenario("synthetic", pv, load, np.full(hours, 0.4521), sessions)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests need CUDA: skipped here, with the reason, when this machine has none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (gpu marker)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +38,7 @@ def scenario() -> Scenario:
 
 @pytest.fixture
 def site() -> SiteParams:
-    return SiteParams(pv_kwp=3_000.0, bess_capacity_kwh=1_500.0, bess_power_kw=600.0)
+    return dataclasses.replace(SMALL_SITE)  # a copy: a test may change it
 
 
 @pytest.fixture

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import zipfile
-from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 
-from bess_rl import hardware
-from bess_rl.config import ConfigError, validate
-from bess_rl.config import compose_config as compose_cfg
-from bess_rl.env import PvBessEvEnv
-from bess_rl.fast_onpolicy import FastA2C, FastPPO
-from bess_rl.fast_sac import FastSAC
-from bess_rl.replay import replay
-from bess_rl.train import run, steps_to_run, switches
+from bess_rl.agents.capabilities import capabilities
+from bess_rl.agents.fast_onpolicy import FastA2C, FastPPO
+from bess_rl.agents.fast_sac import DeviceReplayBuffer, FastSAC
+from bess_rl.experiment import hardware as hardware_module
+from bess_rl.experiment import planner
+from bess_rl.experiment.build import algo_class, build_eval_env, build_model
+from bess_rl.experiment.config import ConfigError, validate
+from bess_rl.experiment.train import run, steps_to_run
+from bess_rl.site.env import PvBessEvEnv
+from bess_rl.tools.replay import replay
+from tests.helpers import COMMON, TINY, cli, compose_cfg, small_env
 
 AGENTS, HARDWARE, PRESETS = ("sac", "ppo", "a2c"), ("cpu", "cuda", "rtx4060"), ("before", "after")
 
@@ -38,17 +38,6 @@ SEED_TABLE = {
     ("a2c", "after"): {"n_steps": 128, "rollout": 2048, "learning_rate": 0.001, "total_timesteps": 5 * 8760,
                        "log_interval": 100},
 }  # fmt: skip
-
-# Tiny budgets: a one-week scenario and the smallest updates each algorithm accepts.
-TINY = {
-    "sac": ["agent.total_timesteps=60", "agent.hparams.buffer_size=500", "agent.hparams.learning_starts=20",
-            "agent.hparams.gradient_steps=2", "agent.hparams.batch_size=16", "agent.hparams.net_arch=[16]"],
-    "ppo": ["agent.total_timesteps=64", "agent.hparams.n_steps=64", "agent.hparams.batch_size=32",
-            "agent.hparams.n_epochs=1", "agent.hparams.net_arch=[16]"],
-    "a2c": ["agent.total_timesteps=64", "agent.hparams.net_arch=[16]"],
-}  # fmt: skip
-COMMON = ["scenario.window_hours=168", "progress_bar=false", "plot=false"]
-
 
 @pytest.mark.parametrize("agent", AGENTS)
 @pytest.mark.parametrize("preset", PRESETS)
@@ -69,8 +58,59 @@ def test_presets_are_the_seed_tables(agent, preset):
 @pytest.mark.parametrize("hardware", HARDWARE)
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("agent", AGENTS)
-def test_every_combination_trains_on_cpu(tmp_path, agent, hardware, preset):
-    cfg = compose_cfg([f"agent={agent}", f"hardware={hardware}", f"preset={preset}", *COMMON, *TINY[agent]])
+def test_every_combination_composes_validates_and_resolves_to_the_cpu(agent, hardware, preset):
+    """All 18 combinations take the same CPU fallback here: composed, validated, resolved and planned,
+    while training runs once per distinct code path (``test_distinct_paths_train_and_record_what_ran``)."""
+    cfg = compose_cfg([f"agent={agent}", f"hardware={hardware}", f"preset={preset}"])
+    validate(cfg)
+    runtime = hardware_module.resolve(cfg.hardware, algo_class(cfg.agent.algo), cfg.agent.device)
+    assert runtime.device == "cpu" and not runtime.cuda_graphs and not runtime.tf32
+    if hardware != "cpu":  # why it runs on the CPU is recorded, never silent
+        expected = "has none" if agent == "sac" else "trains on CPU"
+        assert any(expected in note for note in runtime.notes)
+    env = build_eval_env(cfg)
+    plan = planner.for_run(cfg, env.observation_space, env.action_space, runtime.device)
+    assert plan.total > 0
+
+
+def applied(model: BaseAlgorithm) -> dict[str, Any]:
+    """What the model really does, read from the model itself (plain SB3 has no switch: nothing applied)."""
+    return {
+        "device": model.device.type,
+        "amp": model.amp if isinstance(model, FastSAC) else "none",
+        "cuda_graphs": bool(model.cuda_graphs) if isinstance(model, FastSAC | FastPPO | FastA2C) else False,
+        "compile": model.compile_mode if isinstance(model, FastSAC) else "none",
+    }
+
+
+@pytest.mark.parametrize("hardware", HARDWARE)
+@pytest.mark.parametrize(
+    "agent_algo",
+    [("sac", "bess_rl.agents.fast_sac.FastSAC"), ("sac", "stable_baselines3.SAC"),
+     ("ppo", "bess_rl.agents.fast_onpolicy.FastPPO"), ("ppo", "stable_baselines3.PPO"),
+     ("a2c", "bess_rl.agents.fast_onpolicy.FastA2C"), ("a2c", "stable_baselines3.A2C")],
+)  # fmt: skip
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_recorded_runtime_is_what_the_model_applies(agent_algo, hardware, amp):
+    """run_info's runtime (``Runtime.as_dict``) equals the model's own switches, AMP asked or not."""
+    agent, algo = agent_algo
+    overrides = [f"agent={agent}", f"agent.algo={algo}", f"hardware={hardware}", f"hardware.amp={amp}"]
+    cfg = compose_cfg([*overrides, "hardware.compile=default", *COMMON, *TINY[agent]])
+    runtime = hardware_module.resolve(cfg.hardware, algo_class(cfg.agent.algo), cfg.agent.device)
+    model = build_model(cfg, make_vec_env(small_env, n_envs=cfg.agent.n_envs), runtime)
+    recorded = {k: runtime.as_dict()[k] for k in ("device", "amp", "cuda_graphs", "compile")}
+    assert recorded == applied(model)
+    if algo.startswith("stable_baselines3") and (amp != "none" and hardware == "cpu"):
+        assert any("has no bf16 autocast" in note for note in runtime.notes)
+
+
+@pytest.mark.parametrize(
+    ("agent", "overrides"),
+    [("sac", ["hardware=rtx4060"]), ("sac", ["agent.algo=stable_baselines3.SAC", "hardware.amp=bf16"]),
+     ("ppo", ["hardware=cuda"]), ("a2c", ["hardware=cpu"])],
+)  # fmt: skip
+def test_distinct_paths_train_and_record_what_ran(tmp_path, agent, overrides):
+    cfg = compose_cfg([f"agent={agent}", *overrides, *COMMON, *TINY[agent]])
     metrics = run(cfg, tmp_path)
     assert metrics["device"] == "cpu"
     assert metrics["total_timesteps"] >= cfg.agent.total_timesteps
@@ -78,10 +118,10 @@ def test_every_combination_trains_on_cpu(tmp_path, agent, hardware, preset):
         assert (tmp_path / name).is_file(), name
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
     info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["runtime"]["device"] == "cpu" and info["preset"] == preset
-    if hardware != "cpu":  # why it ran on the CPU is recorded, never silent
-        expected = "has none" if agent == "sac" else f"{agent.upper()} trains on CPU"
-        assert any(expected in note for note in info["runtime"]["notes"])
+    model = algo_class(cfg.agent.algo).load(tmp_path / "model.zip", device="cpu")
+    saved = {k: info["runtime"][k] for k in ("amp", "cuda_graphs", "compile")}
+    assert saved == {k: v for k, v in applied(model).items() if k != "device"}
+    assert algo_class(info["runtime"]["algo"]) is algo_class(cfg.agent.algo)
     refs = metrics["references"]
     assert refs["lp_optimum"]["co2_kg"] <= refs["rule_based"]["co2_kg"] * (1 + 1e-7)
 
@@ -107,7 +147,7 @@ def test_replay_gives_identical_metrics(tmp_path, agent):
 
 
 def test_strict_hardware_refuses_to_fall_back(tmp_path):
-    from bess_rl.hardware import HardwareError
+    from bess_rl.experiment.hardware import HardwareError
 
     cfg = compose_cfg(["hardware=rtx4060", "hardware.strict=true", *COMMON, *TINY["sac"]])
     with pytest.raises(HardwareError, match="asks for CUDA but this machine has none"):
@@ -124,7 +164,6 @@ def test_strict_hardware_refuses_to_fall_back(tmp_path):
         ("seed=abc", "seed must be an integer, got 'abc'"),
         ("plot=maybe", "plot must be true or false, got 'maybe'"),
         ("hardware.compile=fastest", "hardware.compile must be one of"),
-        ("agent.algo=stable_baselines3.SACC", "agent.algo 'stable_baselines3.SACC' cannot be imported"),
     ],
 )
 def test_nonsense_values_fail_validation(override, message):
@@ -137,13 +176,6 @@ def test_minibatch_larger_than_rollout_is_refused():
     cfg = compose_cfg(["agent=ppo", "agent.hparams.n_steps=64"])
     with pytest.raises(ConfigError, match="exceeds the rollout n_envs x n_steps = 64"):
         validate(cfg)
-
-
-def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``python -m bess_rl *args`` with every output (run folders, optuna.db) under ``cwd``."""
-    env = {**os.environ, "BESS_RL_ROOT": str(cwd)}
-    return subprocess.run([sys.executable, "-m", "bess_rl", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=timeout)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -173,38 +205,36 @@ def test_cli_errors_are_one_clear_line(tmp_path, args, message):
         (["hardware=cpu"], "FastSAC", "none"),
         (["hardware=cpu", "hardware.amp=bf16"], "FastSAC", "bf16"),  # CPU autocast when the CPU profile asks
         (["hardware=rtx4060"], "FastSAC", "none"),  # a GPU profile's AMP is off after the CPU fallback
-        (["agent.algo=stable_baselines3.SAC"], "SAC", "none"),
+        (["agent.algo=stable_baselines3.SAC", "hardware.amp=bf16"], "SAC", "none"),  # SB3 has no autocast
     ],
 )
-def test_sac_update_path_follows_config(tmp_path, overrides, algo, amp):
+def test_sac_update_path_follows_config(overrides, algo, amp):
     cfg = compose_cfg(["agent=sac", *overrides, *COMMON, *TINY["sac"]])
-    run(cfg, tmp_path)
-    info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["runtime"]["amp"] == amp
-    saved = zipfile.ZipFile(tmp_path / "model.zip").read("data").decode()  # SB3's pickled attributes
-    assert ("DeviceReplayBuffer" in saved) == (algo == "FastSAC")
+    runtime = hardware_module.resolve(cfg.hardware, algo_class(cfg.agent.algo), cfg.agent.device)
+    model = build_model(cfg, make_vec_env(small_env), runtime)
+    assert type(model).__name__ == algo and runtime.amp == amp
+    assert isinstance(model.replay_buffer, DeviceReplayBuffer) == (algo == "FastSAC")
 
 
-def test_acceleration_switches_are_recorded_off_for_on_policy_agents(tmp_path):
-    switches = ["hardware.amp=bf16", "hardware.compile=default"]
-    cfg = compose_cfg(["agent=ppo", "hardware=cpu", *switches, *COMMON, *TINY["ppo"]])
-    run(cfg, tmp_path)
-    runtime = json.loads((tmp_path / "run_info.json").read_text())["runtime"]
-    assert (runtime["amp"], runtime["compile"]) == ("none", "none")
-    assert any("apply to the SAC update only: PPO runs without" in note for note in runtime["notes"])
+def test_acceleration_switches_are_recorded_off_for_on_policy_agents():
+    cfg = compose_cfg(["agent=ppo", "hardware=cpu", "hardware.amp=bf16", "hardware.compile=default"])
+    runtime = hardware_module.resolve(cfg.hardware, algo_class(cfg.agent.algo), cfg.agent.device)
+    assert (runtime.amp, runtime.compile) == ("none", "none")
+    assert any("FastPPO has no bf16 autocast" in note for note in runtime.notes)
+    assert any("FastPPO does not compile its update" in note for note in runtime.notes)
 
 
 @pytest.mark.parametrize(("agent", "cls"), [("ppo", FastPPO), ("a2c", FastA2C), ("sac", FastSAC)])
 def test_cuda_graphs_reach_every_fast_agent_on_a_gpu(agent, cls, monkeypatch, no_tf32):
     """On a GPU (faked: only the resolution is checked) ``hardware.cuda_graphs`` reaches PPO/A2C too,
-    while AMP and compile stay SAC-only."""
+    while AMP and compile stay with the class that declares them (FastSAC)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = compose_cfg([f"agent={agent}", "hardware=rtx4060", "agent.device=cuda"])
-    runtime = hardware.resolve(cfg.hardware, agent, cfg.agent.device)
+    runtime = hardware_module.resolve(cfg.hardware, cls, cfg.agent.device)
     assert runtime.device == "cuda" and runtime.cuda_graphs
     want = {"cuda_graphs": True} if agent != "sac" else {"amp": "bf16", "cuda_graphs": True, "compile_mode": "none"}
-    assert switches(cls, runtime) == want
-    assert switches(PPO, runtime) == {}  # plain SB3 takes none
+    assert runtime.switches(capabilities(cls)) == want
+    assert runtime.switches(capabilities(PPO)) == {}  # plain SB3 takes none
 
 
 @pytest.mark.parametrize(

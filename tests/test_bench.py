@@ -8,9 +8,7 @@ import time
 import pytest
 import torch
 
-from bess_rl.bench import interleaved, main, parse_args
-
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+from bess_rl.tools.bench import interleaved, main, parse_args
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +76,6 @@ def test_cuda_refused_without_a_gpu():
 
 
 @pytest.mark.gpu
-@CUDA
 def test_bench_on_cuda_compares_graphs(tmp_path):
     report = run_tiny(["--agents", "sac", "a2c", "--device", "cuda", "--json", str(tmp_path / "b.json")])
     sac = [r for r in report["results"] if r["agent"] == "sac"]

@@ -9,8 +9,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from bess_rl import ENV_ID
-from bess_rl.env import PvBessEvEnv
-from bess_rl.references import RuleBased, run_episode, uncontrolled
+from bess_rl.baselines.references import RuleBased, run_episode, uncontrolled
+from bess_rl.site.env import PvBessEvEnv
 
 
 def random_policy(seed: int):

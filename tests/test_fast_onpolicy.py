@@ -19,11 +19,11 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from bess_rl.env import PvBessEvEnv
-from bess_rl.fast_onpolicy import FastA2C, FastPPO
-from bess_rl.site import SiteParams
-from bess_rl.vec_env import FreshInfoVecEnv
-from tests.conftest import make_scenario
+from bess_rl.agents.fast_onpolicy import FastA2C, FastPPO
+from bess_rl.agents.vec_env import FreshInfoVecEnv
+from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import SiteParams
+from tests.helpers import make_scenario
 
 SITE = SiteParams(pv_kwp=3_000.0, bess_capacity_kwh=1_500.0, bess_power_kw=600.0)
 EPISODE = 48  # hours: every rollout below crosses a time-limit truncation (and its auto-reset)

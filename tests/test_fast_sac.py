@@ -10,14 +10,13 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from bess_rl.env import PvBessEvEnv
-from bess_rl.fast_sac import DeviceReplayBuffer, FastSAC
-from bess_rl.site import SiteParams
-from tests.conftest import make_scenario
+from bess_rl.agents.fast_sac import DeviceReplayBuffer, FastSAC
+from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import SiteParams
+from tests.helpers import make_scenario
 
 BATCH = 32
 TINY = {"batch_size": BATCH, "buffer_size": 400, "learning_starts": 0, "policy_kwargs": {"net_arch": [32, 32]}}
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def site_env() -> DummyVecEnv:
@@ -228,14 +227,12 @@ def test_learns_as_well_as_sb3():
 
 
 @pytest.mark.gpu
-@CUDA
 def test_cuda_eager_update_matches_sb3(no_tf32):
     sb3, fast = pair(device="cuda")
     assert_same_update(sb3, fast, steps=3, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu
-@CUDA
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 def test_cuda_graphs_replay_real_updates(amp):
     fast = FastSAC("MlpPolicy", site_env(), seed=0, device="cuda", cuda_graphs=True, graph_steps=4, amp=amp, **TINY)

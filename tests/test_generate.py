@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bess_rl.data.generate import DEFAULT_SEED, HOURLY_FILE, SESSIONS_FILE, generate
-from bess_rl.scenario import HOURS_PER_YEAR, Scenario, default_data_dir, default_scenario
+from bess_rl.site.data.generate import DEFAULT_SEED, HOURLY_FILE, SESSIONS_FILE, generate
+from bess_rl.site.scenario import HOURS_PER_YEAR, Scenario, default_data_dir, default_scenario
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 
-from bess_rl.env import PvBessEvEnv
-from bess_rl.monitor import THRESHOLDS, Nvml, ResourceMonitor, breaches
+from bess_rl.experiment.monitor import THRESHOLDS, Nvml, ResourceMonitor, breaches
+from bess_rl.site.env import PvBessEvEnv
 
 
 def test_cpu_path_samples_while_training_and_summarises(scenario, site, tmp_path):
@@ -71,7 +71,7 @@ class HotGpu:
 def test_each_threshold_is_warned_once(caplog):
     monitor = ResourceMonitor()
     monitor.gpu = HotGpu()
-    with caplog.at_level(logging.WARNING, logger="bess_rl.monitor"):
+    with caplog.at_level(logging.WARNING, logger="bess_rl.experiment.monitor"):
         for _ in range(5):
             monitor.take_sample()
     assert sorted(monitor.warnings) == sorted(t.message for t in THRESHOLDS if t.key in ("gpu_util_pct", "gpu_temp_c"))

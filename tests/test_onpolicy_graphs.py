@@ -1,4 +1,4 @@
-"""The device-resident PPO/A2C update (``bess_rl.onpolicy_graphs``): SB3's maths, eager on CPU, captured on CUDA."""
+"""The device-resident PPO/A2C update (``agents.onpolicy_graphs``): SB3's maths, eager on CPU, captured on CUDA."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import KVWriter, Logger
 
-from bess_rl.fast_onpolicy import FastA2C, FastPPO
-from bess_rl.onpolicy_graphs import WARMUP_STEPS, StaticUpdate
-from bess_rl.vec_env import FreshInfoVecEnv
-from tests.test_fast_onpolicy import vec_env
+from bess_rl.agents.fast_onpolicy import FastA2C, FastPPO
+from bess_rl.agents.onpolicy_graphs import WARMUP_STEPS, StaticUpdate
+from bess_rl.agents.vec_env import FreshInfoVecEnv
+from tests.helpers import vec_env
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 pytestmark = pytest.mark.filterwarnings("ignore:You have specified a mini-batch size")  # the short one is on purpose
 # 2 envs x 64 steps = 128 rows: PPO's minibatches of 48 leave a last one of 32 (run eagerly, like SB3's).
 HP = {
@@ -74,7 +73,6 @@ def test_cuda_graphs_needs_cuda_and_no_target_kl():
 
 
 @pytest.mark.gpu
-@CUDA
 @pytest.mark.parametrize(("algo", "rollouts"), [("ppo", 2), ("a2c", WARMUP_STEPS + 3)])
 def test_cuda_graph_replays_match_eager_steps(algo, rollouts, no_tf32):
     """Warm-up, capture and replays (and PPO's short last minibatch, eager) against the eager step on CUDA."""
@@ -89,7 +87,6 @@ def test_cuda_graph_replays_match_eager_steps(algo, rollouts, no_tf32):
 
 
 @pytest.mark.gpu
-@CUDA
 def test_cuda_graphs_model_saves_loads_and_keeps_training(tmp_path):
     model, _ = build("ppo", "cuda", cuda_graphs=True)
     learn(model, 1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bess_rl.optimum import OptimumResult, solve_optimum
-from bess_rl.scenario import EvSessions, Scenario, session_hours
-from bess_rl.site import SiteParams
+from bess_rl.baselines.optimum import OptimumResult, solve_optimum
+from bess_rl.site.params import SiteParams
+from bess_rl.site.scenario import EvSessions, Scenario, session_hours
 
 TOL = 1e-6
 
@@ -197,7 +197,7 @@ def test_larger_battery_never_raises_the_optimum(soc_init: float) -> None:
 def test_solver_failure_raises_runtime_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    import bess_rl.optimum as optimum
+    import bess_rl.baselines.optimum as optimum
 
     def fake_linprog(*args: object, **kwargs: object) -> SimpleNamespace:
         return SimpleNamespace(status=2, x=None, message="The problem is infeasible. (HiGHS Status 8)")

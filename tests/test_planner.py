@@ -10,9 +10,9 @@ import pytest
 from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.buffers import ReplayBuffer, RolloutBuffer
 
-from bess_rl.config import compose_config
-from bess_rl.env import PvBessEvEnv
-from bess_rl.planner import GB, MemoryBudgetError, check, estimate, plan_for
+from bess_rl.experiment.config import compose_config
+from bess_rl.experiment.planner import GB, MemoryBudgetError, check, estimate, plan_for
+from bess_rl.site.env import PvBessEvEnv
 
 ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 

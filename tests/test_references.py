@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bess_rl.env import PvBessEvEnv
-from bess_rl.train import compute_references
-from tests.conftest import make_scenario
+from bess_rl.experiment.train import compute_references
+from bess_rl.site.env import PvBessEvEnv
+from tests.helpers import make_scenario
 
 
 def test_ordering_on_the_default_year():

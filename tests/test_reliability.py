@@ -15,12 +15,12 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from bess_rl import train as train_module
-from bess_rl.checkpoint import NumericalError
-from bess_rl.env import PvBessEvEnv
-from bess_rl.replay import COMPARED
-from bess_rl.train import run
-from tests.test_app import COMMON, TINY, cli, compose_cfg
+from bess_rl.experiment import train as train_module
+from bess_rl.experiment.checkpoint import NumericalError
+from bess_rl.experiment.train import run
+from bess_rl.site.env import PvBessEvEnv
+from bess_rl.tools.replay import COMPARED
+from tests.helpers import COMMON, TINY, cli, compose_cfg
 
 LONG = {
     "sac": ["agent=sac", "agent.total_timesteps=3000", "agent.hparams.learning_starts=100",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bess_rl.report import AGENTS, PRESETS, REWARD, STEPS, curve, main, read_progress, write_report
-from bess_rl.sweeper import apply_budget
-from bess_rl.train import run
-from tests.test_app import TINY, compose_cfg
+from bess_rl.experiment.budget import apply_budget
+from bess_rl.experiment.train import run
+from bess_rl.tools.report import AGENTS, PRESETS, REWARD, STEPS, curve, main, read_progress, write_report
+from tests.helpers import TINY, compose_cfg
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bess_rl.scenario import ScenarioError, load_scenario
+from bess_rl.site.scenario import ScenarioError, load_scenario
 
 HOURS = 48
 

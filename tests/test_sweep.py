@@ -12,9 +12,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from bess_rl.config import ConfigError
-from bess_rl.sweeper import OptunaStudyGuard, apply_budget, check_directions
-from tests.test_app import COMMON, TINY, cli, compose_cfg
+from bess_rl.experiment.budget import apply_budget
+from bess_rl.experiment.config import ConfigError
+from bess_rl.experiment.sweeper import OptunaStudyGuard, check_directions
+from tests.helpers import COMMON, TINY, cli, compose_cfg
 
 COMPLETE, FAIL = TrialState.COMPLETE, TrialState.FAIL
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from gymnasium import spaces
-from hydra.utils import get_class
 from numpy.typing import DTypeLike
 from omegaconf import DictConfig
+from stable_baselines3 import A2C, PPO, SAC
 
-from bess_rl.fast_sac import FastSAC
-from bess_rl.hardware import requested_device
+from bess_rl.agents.capabilities import capabilities
+from bess_rl.experiment.build import algo_class, asked_device
 
 GB = 1e9
 FLOAT32 = 4
@@ -29,7 +29,6 @@ CUDA_CONTEXT_BYTES = 400_000_000
 ACTIVATION_FACTOR = 3
 # SB3 SAC's default n_critics: two Q-networks, each with a target copy.
 N_CRITICS = 2
-ON_POLICY = ("ppo", "a2c")
 
 
 class MemoryBudgetError(ValueError):
@@ -49,7 +48,7 @@ class Workload:
     n_envs: int
     net_arch: tuple[int, ...]
     batch_size: int | None  # SAC and PPO minibatch; A2C trains on the whole rollout
-    buffer_size: int | None  # SAC
+    buffer_size: int | None  # SAC (the replay memory model), None for PPO/A2C
     n_steps: int | None  # PPO and A2C
     optimize_memory_usage: bool
     auto_entropy: bool  # SAC's learned entropy coefficient: one more parameter and its Adam state
@@ -126,11 +125,13 @@ def estimate(
     An agent without a memory model is refused.
     """
     name, hp = str(cfg.agent.name), cfg.agent.hparams
-    if name not in ("sac", *ON_POLICY):
-        raise ValueError(f"no memory model for agent {name!r} (known: sac, ppo, a2c)")
+    algo = algo_class(cfg.agent.algo)
+    sac, on_policy = issubclass(algo, SAC), issubclass(algo, PPO | A2C)
+    if not (sac or on_policy):
+        raise ValueError(f"no memory model for {algo.__name__} (known: SAC, PPO, A2C and their subclasses)")
     workload = Workload(
         agent=name,
-        device=device or requested_device(cfg.hardware, cfg.agent.name, cfg.agent.device),
+        device=device or asked_device(cfg),
         buffer_on_device=buffer_on_device,
         obs_dim=int(obs_dim),
         act_dim=int(act_dim),
@@ -138,24 +139,24 @@ def estimate(
         n_envs=int(cfg.agent.n_envs),
         net_arch=tuple(int(n) for n in hp.net_arch),
         batch_size=int(hp.batch_size) if "batch_size" in hp else None,
-        buffer_size=int(hp.buffer_size) if name == "sac" else None,
-        n_steps=int(hp.n_steps) if name in ON_POLICY else None,
+        buffer_size=int(hp.buffer_size) if sac else None,
+        n_steps=int(hp.n_steps) if on_policy else None,
         optimize_memory_usage=bool(hp.get("optimize_memory_usage", False)),
-        auto_entropy=name == "sac" and str(hp.get("ent_coef", "auto")).startswith("auto"),
-        optimizer_slots=1 if name == "a2c" and hp.get("use_rms_prop", True) else 2,
+        auto_entropy=sac and str(hp.get("ent_coef", "auto")).startswith("auto"),
+        optimizer_slots=1 if issubclass(algo, A2C) and hp.get("use_rms_prop", True) else 2,
     )
     return plan_for(workload)
 
 
 def for_run(cfg: DictConfig, observation_space: spaces.Box, action_space: spaces.Box, device: str) -> MemoryPlan:
-    """The plan a run on ``device`` is checked against (``train.run`` and the doctor alike): FastSAC keeps
-    its replay buffer on the training device, SB3 in host RAM."""
+    """The plan a run on ``device`` is checked against (``train.run`` and the doctor alike): a class that
+    declares ``device_replay_buffer`` (FastSAC) keeps its replay buffer on the training device, SB3 in host RAM."""
     return estimate(
         cfg,
         observation_space.shape[0],
         action_space.shape[0],
         device=device,
-        buffer_on_device=device == "cuda" and issubclass(get_class(cfg.agent.algo), FastSAC),
+        buffer_on_device=device == "cuda" and capabilities(algo_class(cfg.agent.algo)).device_replay_buffer,
         obs_dtype=observation_space.dtype,
     )
 
@@ -175,7 +176,7 @@ def plan_for(w: Workload) -> MemoryPlan:
     net_where = "device" if on_gpu else "host"
     hidden = sum(w.net_arch)
     parts: list[Part] = []
-    if w.agent == "sac":
+    if w.buffer_size is not None:  # SAC: a replay buffer
         rows = max(w.buffer_size // w.n_envs, 1) * w.n_envs  # SB3 gives each env buffer_size // n_envs rows
         obs_copies = 1 if w.optimize_memory_usage else 2
         row_bytes = obs_copies * w.obs_dim * w.obs_itemsize + (w.act_dim + 3) * FLOAT32

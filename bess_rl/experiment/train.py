@@ -7,7 +7,6 @@ measured the same way; ``objective_value`` picks the metric(s) a sweep optimises
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import resource
 import shutil
@@ -18,67 +17,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import ProgressBarCallback
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import TrainFrequencyUnit
 from tqdm.rich import tqdm
 
-from bess_rl import checkpoint, hardware, planner
-from bess_rl.config import ConfigError, validate
-from bess_rl.env import PvBessEvEnv
-from bess_rl.fast_onpolicy import FastA2C, FastPPO
-from bess_rl.fast_sac import FastSAC
-from bess_rl.monitor import ResourceMonitor
-from bess_rl.plots import dispatch_week
-from bess_rl.provenance import git_commit, package_versions, write_json
-from bess_rl.references import EpisodeResult, References, co2_table, compute_references, run_episode
-from bess_rl.scenario import Scenario, default_scenario, load_scenario
-from bess_rl.site import SiteParams
-from bess_rl.vec_env import FreshInfoVecEnv
+from bess_rl.agents.capabilities import capabilities
+from bess_rl.baselines.episode import EpisodeResult, run_episode
+from bess_rl.baselines.references import References, co2_table, compute_references
+from bess_rl.experiment import checkpoint, hardware, planner
+from bess_rl.experiment.build import algo_class, build_scenario, build_site, make_env, new_model
+from bess_rl.experiment.config import validate
+from bess_rl.experiment.monitor import ResourceMonitor
+from bess_rl.experiment.plots import dispatch_week
+from bess_rl.experiment.provenance import git_commit, package_versions
+from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
+from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import SiteParams, penalised_kg
+from bess_rl.site.scenario import Scenario
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "resolved_config.yaml"
-PROGRESS_FILE = "progress.csv"
-EARLIER_PROGRESS_FILE = "progress.before_resume.csv"  # the rows written before a resume, while it trains
-
-
-def build_scenario(cfg: DictConfig) -> Scenario:
-    """The embedded Iquitos year, or the user's files, cut to the configured window."""
-    if cfg.hourly_path is None:
-        scenario = default_scenario(cfg.co2_kg_per_kwh)
-    else:
-        scenario = load_scenario(cfg.hourly_path, cfg.sessions_path, cfg.name, cfg.hours, cfg.co2_kg_per_kwh)
-    if cfg.window_hours is not None or cfg.window_start:
-        hours = cfg.window_hours if cfg.window_hours is not None else scenario.hours - cfg.window_start
-        scenario = scenario.window(cfg.window_start, hours)
-    return scenario
-
-
-def build_site(cfg: DictConfig) -> SiteParams:
-    return SiteParams(**OmegaConf.to_container(cfg, resolve=True))
-
-
-def make_env(scenario: Scenario, site: SiteParams, cfg: DictConfig, training: bool) -> PvBessEvEnv:
-    """Training envs start on random days; the evaluation env runs the scenario from hour 0."""
-    try:
-        return PvBessEvEnv(
-            scenario,
-            site,
-            episode_hours=cfg.episode_hours if training else None,
-            random_start=cfg.random_start if training else False,
-            forecast_hours=cfg.forecast_hours,
-        )
-    except ValueError as exc:  # the env names the argument; the user set it as scenario.<name>
-        raise ConfigError(f"scenario.{exc}") from None
-
 
 def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, float]:
     """CO2 reduction vs uncontrolled and the share of the LP's possible reduction achieved.
@@ -88,7 +51,7 @@ def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, 
     """
     base = refs.uncontrolled.co2_kg
     possible = base - refs.optimum_co2_kg
-    penalised = result.co2_kg + penalty * result.ev_unmet_kwh
+    penalised = penalised_kg(result.co2_kg, result.ev_unmet_kwh, penalty)
     return {
         "co2_kg": result.co2_kg,
         "co2_reduction_pct": 100.0 * (base - result.co2_kg) / base if base > 0 else 0.0,
@@ -99,33 +62,6 @@ def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, 
         "ev_served_kwh": result.ev_served_kwh,
         "grid_import_kwh": result.grid_import_kwh,
     }
-
-
-def build_model(cfg: DictConfig, env: Any, runtime: hardware.Runtime, seed: int) -> BaseAlgorithm:
-    """The SB3 algorithm named by ``agent.algo`` with the config's hyper-parameters and ``switches``."""
-    hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
-    net_arch = hp.pop("net_arch")
-    algo = get_class(cfg.agent.algo)
-    return algo(
-        "MlpPolicy",
-        env,
-        policy_kwargs={"net_arch": net_arch},
-        seed=seed,
-        device=runtime.device,
-        verbose=0,
-        **hp,
-        **switches(algo, runtime),
-    )
-
-
-def switches(algo: type, runtime: hardware.Runtime) -> dict[str, Any]:
-    """The hardware profile's switches the class takes: ``FastSAC`` AMP, CUDA graphs and compile,
-    ``FastPPO``/``FastA2C`` CUDA graphs; plain SB3 classes none."""
-    if issubclass(algo, FastSAC):
-        return {"amp": runtime.amp, "cuda_graphs": runtime.cuda_graphs, "compile_mode": runtime.compile}
-    if issubclass(algo, FastPPO | FastA2C):
-        return {"cuda_graphs": runtime.cuda_graphs}
-    return {}
 
 
 def reset_peak_memory(device: str) -> None:
@@ -149,18 +85,10 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def load_saved_config(run_dir: Path) -> DictConfig:
-    """The resolved config a run folder was trained with."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise checkpoint.CheckpointError(f"{run_dir} is not a bess_rl run folder (no {CONFIG_FILE})")
-    return OmegaConf.load(path)
-
-
 def resume_config(run_dir: Path, requested: DictConfig, overrides: list[str]) -> DictConfig:
     """The saved config of ``run_dir``; refuses overrides that would make it another run."""
-    saved = load_saved_config(run_dir)
-    state = checkpoint.read_state(run_dir / checkpoint.CHECKPOINT_DIR)
+    saved = RunDir(run_dir).load_config()
+    state = checkpoint.read_state(RunDir(run_dir).checkpoint)
     if any(o.startswith("agent=") for o in overrides) and requested.agent.name != state["agent"]:
         raise checkpoint.CheckpointError(
             f"{run_dir} holds a {state['agent']} checkpoint; it cannot be resumed as agent={requested.agent.name}"
@@ -175,7 +103,7 @@ def resume_config(run_dir: Path, requested: DictConfig, overrides: list[str]) ->
 
 def attach_logger(model: BaseAlgorithm, run_dir: Path, resume: bool) -> None:
     """progress.csv + TensorBoard in the run folder; a resume appends to the earlier rows."""
-    csv, earlier = run_dir / PROGRESS_FILE, run_dir / EARLIER_PROGRESS_FILE
+    csv, earlier = RunDir(run_dir).progress, RunDir(run_dir).earlier_progress
     if resume and csv.is_file() and csv.stat().st_size:
         shutil.move(csv, earlier)
     model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
@@ -183,22 +111,11 @@ def attach_logger(model: BaseAlgorithm, run_dir: Path, resume: bool) -> None:
 
 def merge_progress(run_dir: Path) -> None:
     """Put the rows written before a resume back in front of the resumed ones."""
-    csv, earlier = run_dir / PROGRESS_FILE, run_dir / EARLIER_PROGRESS_FILE
+    csv, earlier = RunDir(run_dir).progress, RunDir(run_dir).earlier_progress
     if earlier.is_file():
         frames = [pd.read_csv(p) for p in (earlier, csv) if p.is_file() and p.stat().st_size]
         pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
         earlier.unlink()
-
-
-def update_run_info(run_dir: Path, **fields: Any) -> None:
-    path = run_dir / "run_info.json"
-    info = json.loads(path.read_text()) if path.is_file() else {}
-    for key, value in fields.items():
-        if isinstance(info.get(key), list):
-            info[key].append(value)
-        else:
-            info[key] = value
-    write_json(path, info)
 
 
 def steps_to_run(model: BaseAlgorithm, remaining: int) -> int:
@@ -226,7 +143,7 @@ class Progress(ProgressBarCallback):
 
 def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> tuple[float, dict[str, Any]]:
     """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds and resources used."""
-    guard = checkpoint.Guard(cfg.agent.name, run_dir / checkpoint.CHECKPOINT_DIR, cfg.checkpoint_every_steps)
+    guard = checkpoint.Guard(cfg.agent.name, RunDir(run_dir).checkpoint, cfg.checkpoint_every_steps)
     monitor = ResourceMonitor()
     remaining = cfg.agent.total_timesteps - model.num_timesteps
     steps = steps_to_run(model, remaining)
@@ -255,9 +172,10 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
 
 def write_provenance(cfg: DictConfig, run_dir: Path, scenario: Scenario, runtime: hardware.Runtime) -> None:
     """resolved_config.yaml and run_info.json: what is needed to trust and rerun this run."""
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    rd = RunDir(run_dir)
+    atomic_write_text(rd.config, OmegaConf.to_yaml(cfg, resolve=True))
     write_json(
-        run_dir / "run_info.json",
+        rd.run_info,
         {
             "seed": cfg.seed,
             "agent": cfg.agent.name,
@@ -277,7 +195,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train (or resume), evaluate and write the run folder; returns metrics.json's content."""
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    runtime = hardware.resolve(cfg.hardware, cfg.agent.name, cfg.agent.device)
+    rd = RunDir(run_dir)
+    algo = algo_class(cfg.agent.algo)
+    runtime = hardware.resolve(cfg.hardware, algo, cfg.agent.device)
     reset_peak_memory(runtime.device)
     scenario = build_scenario(cfg.scenario)
     site = build_site(cfg.site)
@@ -288,9 +208,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     log.debug("%s", table)
     planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     if resume:
-        algo_switches = switches(get_class(cfg.agent.algo), runtime)
-        model = checkpoint.load(run_dir / checkpoint.CHECKPOINT_DIR, cfg.agent.name, runtime.device, **algo_switches)
-        update_run_info(run_dir, resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
+        switches = runtime.switches(capabilities(algo))
+        model = checkpoint.load(rd.checkpoint, cfg.agent.name, runtime.device, **switches)
+        rd.update_run_info(resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
     else:
         write_provenance(cfg, run_dir, scenario, runtime)
         model = new_model(cfg, scenario, site, runtime)
@@ -303,9 +223,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         model = retry_after_oom(cfg, run_dir, scenario, site, runtime, exc)
         start_step, (train_s, resources) = 0, learn(cfg, model, run_dir, resume=False)
     merge_progress(run_dir)
-    shutil.rmtree(run_dir / checkpoint.CHECKPOINT_DIR, ignore_errors=True)  # finished: the model is final
+    shutil.rmtree(rd.checkpoint, ignore_errors=True)  # finished: the model is final
     if cfg.save_model:
-        model.save(run_dir / "model.zip")
+        model.save(rd.model)
 
     def policy(env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
@@ -325,34 +245,25 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         "resources": resources,
         "eval_hours": result.hours,
     }
-    write_json(run_dir / "metrics.json", metrics)
+    write_json(rd.metrics, metrics)
     if cfg.plot:
-        dispatch_week(result.trace, run_dir / "dispatch_week.png", f"{cfg.agent.name} ({cfg.preset.name}) dispatch")
+        dispatch_week(result.trace, rd.dispatch_plot, f"{cfg.agent.name} ({cfg.preset.name}) dispatch")
     return metrics
-
-
-def new_model(cfg: DictConfig, scenario: Scenario, site: SiteParams, runtime: hardware.Runtime) -> BaseAlgorithm:
-    """Fresh seeded training envs and an untrained agent."""
-
-    def env_factory() -> PvBessEvEnv:
-        return make_env(scenario, site, cfg.scenario, training=True)
-
-    vec_env = make_vec_env(env_factory, n_envs=cfg.agent.n_envs, seed=cfg.seed, vec_env_cls=FreshInfoVecEnv)
-    return build_model(cfg, vec_env, runtime, cfg.seed)
 
 
 def retry_after_oom(
     cfg: DictConfig, run_dir: Path, scenario: Scenario, site: SiteParams, runtime: hardware.Runtime, exc: Exception
 ) -> BaseAlgorithm:
     """The design note's first remedy, once and on the record: restart with batch_size halved."""
-    if cfg.agent.hparams.get("batch_size", 0) < 2 or (run_dir / "oom_retry.json").exists():
+    rd = RunDir(run_dir)
+    if cfg.agent.hparams.get("batch_size", 0) < 2 or rd.oom_retry.exists():
         raise exc
     old = int(cfg.agent.hparams.batch_size)
     cfg.agent.hparams.batch_size = old // 2
     record = {"error": str(exc).splitlines()[0][:300], "batch_size_from": old, "batch_size_to": old // 2}
-    write_json(run_dir / "oom_retry.json", record)
-    update_run_info(run_dir, oom_retry=record)
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(rd.oom_retry, record)
+    rd.update_run_info(oom_retry=record)
+    atomic_write_text(rd.config, OmegaConf.to_yaml(cfg, resolve=True))
     log.warning("out of memory: restarting once with agent.hparams.batch_size=%d (was %d)", old // 2, old)
     if runtime.device == "cuda":
         torch.cuda.empty_cache()

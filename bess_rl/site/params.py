@@ -42,3 +42,8 @@ class SiteParams:
             raise SiteError(f"site needs 0 <= soc_min < soc_max <= 1, got {self.soc_min}, {self.soc_max}")
         if not self.soc_min <= self.soc_init <= self.soc_max:
             raise SiteError(f"site.soc_init {self.soc_init} must lie in [soc_min, soc_max]")
+
+
+def penalised_kg(co2_kg: float, unmet_kwh: float, penalty_kg_per_kwh: float) -> float:
+    """CO2 plus the EV penalty: the one quantity the env's reward, the scores and the LP optimum minimise."""
+    return co2_kg + penalty_kg_per_kwh * unmet_kwh

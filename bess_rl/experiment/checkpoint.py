@@ -30,11 +30,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from bess_rl.provenance import write_json
+from bess_rl.experiment.run_dir import CHECKPOINT, write_json
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_DIR = CHECKPOINT
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 

@@ -1,4 +1,4 @@
-"""Multirun support: a guard for Optuna studies (a Hydra callback) and the experiment budget.
+"""Multirun support: a guard for Optuna studies (a Hydra callback).
 
 Why a callback and not a sweeper subclass: Hydra instantiates sweepers only from the
 ``hydra_plugins`` package, callbacks from anywhere. hydra-optuna-sweeper 1.3.0 already records a
@@ -9,28 +9,26 @@ trial whose job raised as FAIL (and, with ``max_failure_rate: 1.0``, goes on), b
 - SQLite cannot create the folder of ``sqlite:///outputs/optuna.db`` on a fresh checkout;
 - a resumed study replays the seeded sampler's random start-up trials of the first sweep.
 
-``OptunaStudyGuard`` closes these four gaps; ``apply_budget`` shrinks a preset by stated factors.
+``OptunaStudyGuard`` closes these four gaps.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf, read_write
 from sqlalchemy.engine import make_url
 
-from bess_rl.config import ConfigError
+from bess_rl.experiment.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Objectives (bess_rl.config.OBJECTIVES) where less is better; every other one is maximised.
+# Objectives (bess_rl.experiment.config.OBJECTIVES) where less is better; every other one is maximised.
 MINIMISED = frozenset({"co2_kg", "ev_unmet_kwh"})
 
 
@@ -65,7 +63,7 @@ def non_finite(value: Any) -> bool:
 
 
 def _count_trials(study_name: str, storage: str) -> int:
-    import optuna  # only sweeps need it; keeps ``apply_budget``'s import light for every run
+    import optuna  # only sweeps need it; keeps this module's import light for every run
 
     summaries = optuna.study.get_all_study_summaries(storage)
     return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
@@ -123,39 +121,3 @@ class OptunaStudyGuard(Callback):
             _abort(
                 f"all {len(trials)} trials of this sweep failed (study {sweeper.study_name!r}, {sweeper.storage})", 1
             )
-
-
-def _leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
-def apply_budget(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Multiply this agent's keys by ``budget.scale.<agent>``; record them in ``budget.changed``.
-
-    Why: the design note's SAC presets do 1,024 gradient updates per environment step, days of CPU;
-    a budget shrinks stated keys by stated factors (integers rounded, at least 1) so the comparison
-    runs anywhere, and the resolved config of every run says exactly what differs from the preset.
-    """
-    if OmegaConf.select(cfg, "budget") is None:
-        return []
-    try:
-        scale = OmegaConf.select(cfg, f"budget.scale.{cfg.agent.name}")
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"budget: {exc}".splitlines()[0]) from None
-    changed = []
-    for key, factor in _leaves(OmegaConf.to_container(scale) if scale else {}):
-        path = f"agent.{key}"
-        old = OmegaConf.select(cfg, path)
-        if isinstance(old, bool) or not isinstance(old, int | float):
-            raise ConfigError(f"budget scales {path}, which {cfg.agent.name} has no number for")
-        new = max(1, round(old * factor)) if isinstance(old, int) else old * factor
-        OmegaConf.update(cfg, path, new)
-        changed.append({"key": path, "from": old, "to": new})
-        log.info("budget %s: %s %s -> %s", cfg.budget.get("name", ""), path, old, new)
-    with open_dict(cfg.budget):
-        cfg.budget.changed = changed
-    return changed

@@ -18,7 +18,7 @@ Model, in short:
   dropped when every socket of their type is taken), then aggregated into rows of identical
   (arrival, departure, vehicle type) sessions.
 
-Run ``python -m bess_rl.data.generate [--seed N] [--out DIR]`` to write the two files.
+Run ``python -m bess_rl.site.data.generate [--seed N] [--out DIR]`` to write the two files.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pvlib
 
-from bess_rl.scenario import HOURS_PER_YEAR, IQUITOS_CO2_KG_PER_KWH
+from bess_rl.site.scenario import HOURS_PER_YEAR, IQUITOS_CO2_KG_PER_KWH
 
 DEFAULT_SEED = 2024
 HOURLY_FILE = "iquitos_hourly.parquet"

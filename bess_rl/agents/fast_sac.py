@@ -25,8 +25,10 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import get_device
 from torch.nn import functional as F
 
-from bess_rl.device_optim import TensorLr
-from bess_rl.gaussian import log_prob as normal_log_prob
+from bess_rl.agents import graphs
+from bess_rl.agents.capabilities import Capabilities
+from bess_rl.agents.gaussian import log_prob as normal_log_prob
+from bess_rl.agents.tensor_lr import TensorLr
 
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -154,6 +156,8 @@ class FastSAC(SAC):
     ``cuda_graphs`` capture ``graph_steps`` gradient steps per CUDA graph (CUDA only);
     ``compile_mode`` a ``torch.compile`` mode for the loss functions, or "none".
     """
+
+    capabilities = Capabilities(amp=AMP_MODES, cuda_graphs=True, compile=True, device_replay_buffer=True)
 
     def __init__(
         self,
@@ -387,13 +391,7 @@ class _FastState:
         if batch_size in self._graphs:
             return (*self._graphs[batch_size], 0)
         k = self.model.graph_steps
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: lazy state and kernels settle before capture
-            totals += self.model._steps(0, k, batch_size)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self.model._steps(0, k, batch_size)
+        totals += graphs.warm_up(lambda: self.model._steps(0, k, batch_size))
+        graph, out = graphs.capture(lambda: self.model._steps(0, k, batch_size))
         self._graphs[batch_size] = (graph, out)
         return graph, out, k

@@ -35,8 +35,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from bess_rl.scenario import Scenario, default_scenario, session_hours
-from bess_rl.site import SiteParams
+from bess_rl.site.params import SiteParams, penalised_kg
+from bess_rl.site.scenario import Scenario, default_scenario, session_hours
 
 ENV_ID = "bess_rl/PvBessEv-v0"
 
@@ -214,7 +214,7 @@ class PvBessEvEnv(gym.Env):
         net = load + ev_kw + p - pv
         grid = max(net, 0.0)
         co2 = grid * float(self.co2[t])
-        reward = -(co2 + st.unmet_penalty_kg_per_kwh * unmet) / self.reward_scale_kg
+        reward = -penalised_kg(co2, unmet, st.unmet_penalty_kg_per_kwh) / self.reward_scale_kg
 
         self._k += 1
         self._t = (t + 1) % self.scenario.hours

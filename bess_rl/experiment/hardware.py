@@ -11,15 +11,15 @@ import logging
 import os
 import platform
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import psutil
 import torch
 from omegaconf import DictConfig
 
-log = logging.getLogger(__name__)
+from bess_rl.agents.capabilities import Capabilities, capabilities
 
-# SB3 runs MLP policies of on-policy agents faster on CPU than on a GPU (its docs and our bench).
-CPU_PREFERRING_AGENTS = ("ppo", "a2c")
+log = logging.getLogger(__name__)
 
 
 class HardwareError(RuntimeError):
@@ -28,9 +28,10 @@ class HardwareError(RuntimeError):
 
 @dataclass
 class Runtime:
-    """What a run actually uses; written to the run folder."""
+    """What a run actually applies (device and the switches its algorithm class takes); written to the run folder."""
 
     profile: str
+    algo: str
     device: str
     amp: str
     cuda_graphs: bool
@@ -42,12 +43,16 @@ class Runtime:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def switches(self, caps: Capabilities) -> dict[str, Any]:
+        """The constructor arguments of these switches that the class declares."""
+        return caps.kwargs(self.amp, self.cuda_graphs, self.compile)
 
-def requested_device(hw: DictConfig, agent_name: str, agent_device: str = "auto") -> str:
+
+def requested_device(hw: DictConfig, caps: Capabilities, agent_device: str = "auto") -> str:
     """The device the config asks for, before looking at what this machine has."""
     if agent_device != "auto":
         return str(agent_device)
-    if agent_name in CPU_PREFERRING_AGENTS:
+    if caps.prefers_cpu:
         return "cpu"
     return str(hw.device)
 
@@ -57,15 +62,18 @@ def amp_mode(hw: DictConfig) -> str:
     return hw.amp.value if hasattr(hw.amp, "value") else str(hw.amp)
 
 
-def resolve(hw: DictConfig, agent_name: str, agent_device: str = "auto") -> Runtime:
-    """Pick the device and switches for this agent on this machine, applying thread and TF32 settings."""
+def resolve(hw: DictConfig, algo: type, agent_device: str = "auto") -> Runtime:
+    """Pick the device and the switches ``algo`` declares (``Capabilities``) on this machine, applying
+    thread and TF32 settings; every switch asked for but not applied gets a note."""
+    caps = capabilities(algo)
+    name = algo.__name__
     notes: list[str] = []
     amp = amp_mode(hw)
     graphs, tf32, compile_mode = bool(hw.cuda_graphs), bool(hw.tf32), str(hw.compile)
-    want = requested_device(hw, agent_name, agent_device)
+    want = requested_device(hw, caps, agent_device)
     if want != hw.device and agent_device == "auto":
         notes.append(
-            f"{agent_name.upper()} trains on CPU: SB3 runs MLP on-policy agents faster there "
+            f"{name} trains on CPU: SB3 runs MLP on-policy agents faster there "
             "(set agent.device=cuda to use the GPU anyway)"
         )
     if want == "cuda" and not torch.cuda.is_available():
@@ -78,16 +86,23 @@ def resolve(hw: DictConfig, agent_name: str, agent_device: str = "auto") -> Runt
         # bf16 autocast runs on CPU when the profile asks for it there; a GPU profile's AMP does not.
         keep_bf16 = amp == "bf16" and hw.device == "cpu"
         amp, graphs, tf32 = ("bf16" if keep_bf16 else "none"), False, False
-    if agent_name != "sac" and (amp != "none" or compile_mode != "none"):
-        notes.append(f"AMP and compile apply to the SAC update only: {agent_name.upper()} runs without")
-        amp, compile_mode = "none", "none"
+    if amp not in caps.amp:
+        notes.append(f"{name} has no {amp} autocast: it runs without")
+        amp = "none"
+    if graphs and not caps.cuda_graphs:
+        notes.append(f"{name} cannot capture CUDA graphs: it runs without")
+        graphs = False
+    if compile_mode != "none" and not caps.compile:
+        notes.append(f"{name} does not compile its update: hardware.compile={compile_mode} is not applied")
+        compile_mode = "none"
     torch.set_num_threads(int(hw.torch_threads))
     if want == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     for note in notes:
         log.warning(note)
-    return Runtime(hw.name, want, amp, graphs, tf32, compile_mode, int(hw.torch_threads), notes)
+    algo_path = f"{algo.__module__}.{algo.__qualname__}"
+    return Runtime(hw.name, algo_path, want, amp, graphs, tf32, compile_mode, int(hw.torch_threads), notes)
 
 
 def describe_machine() -> dict:

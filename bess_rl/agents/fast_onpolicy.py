@@ -11,7 +11,7 @@ SB3 does) and ``Normal.log_prob`` summed over action dims. The std terms depend 
 which is constant during a rollout, so they are computed once per rollout at the shape SB3 uses per
 step. Same ops, same shapes: the rollouts and the trained weights are bit-identical to SB3's.
 Buffers, updates (``train``), ``save``/``load``/``predict`` are SB3's, so these are drop-ins.
-``cuda_graphs=True`` (CUDA only) swaps ``train`` for ``bess_rl.onpolicy_graphs``' captured update: the
+``cuda_graphs=True`` (CUDA only) swaps ``train`` for ``bess_rl.agents.onpolicy_graphs``' captured update: the
 same losses, replayed as one CUDA graph per minibatch.
 Only the default ``MlpPolicy`` with a diagonal Gaussian (Box actions, no gSDE) is supported;
 anything else is refused at construction. Module hooks are not run by the lean forward.
@@ -38,8 +38,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from torch.nn import functional as F
 
-from bess_rl.gaussian import LOG_SQRT_2PI
-from bess_rl.onpolicy_graphs import Batch, StaticUpdate, evaluate_actions
+from bess_rl.agents.capabilities import Capabilities
+from bess_rl.agents.gaussian import LOG_SQRT_2PI
+from bess_rl.agents.onpolicy_graphs import Batch, StaticUpdate, evaluate_actions
 
 
 def _bind(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -89,6 +90,8 @@ class _LeanActor:
 class _LeanCollectMixin:
     """``OnPolicyAlgorithm.collect_rollouts`` with the lean policy forward, and with ``cuda_graphs=True``
     the captured update; mixed in before PPO/A2C, which supply ``_static_loss``/``_static_log``."""
+
+    capabilities = Capabilities(cuda_graphs=True, prefers_cpu=True)
 
     def __init__(self, *args: Any, cuda_graphs: bool = False, **kwargs: Any) -> None:
         self.cuda_graphs = cuda_graphs

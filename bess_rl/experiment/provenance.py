@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 PACKAGES = ("bess_rl", "torch", "stable-baselines3", "gymnasium", "numpy", "scipy", "hydra-core", "optuna")
 
@@ -24,7 +22,7 @@ def package_versions() -> dict[str, str]:
 
 def git_commit(repo: Path | None = None) -> str:
     """Commit of the code that ran, with ``+dirty`` when the tree had uncommitted changes."""
-    repo = repo or Path(__file__).resolve().parent.parent
+    repo = repo or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10
@@ -39,8 +37,3 @@ def git_commit(repo: Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return sha + ("+dirty" if dirty else "")
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    return path

@@ -31,8 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-from bess_rl.scenario import Scenario, session_hours
-from bess_rl.site import SiteParams
+from bess_rl.site.params import SiteParams, penalised_kg
+from bess_rl.site.scenario import Scenario, session_hours
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def solve_optimum(scenario: Scenario, site: SiteParams) -> OptimumResult:
         grid_import_kwh=float(g.sum()),
         ev_energy_served_kwh=served,
         ev_energy_unmet_kwh=unmet,
-        objective_kg=co2_kg + penalty * unmet,
+        objective_kg=penalised_kg(co2_kg, unmet, penalty),
         grid_import_kw=g.copy(),
         bess_power_kw=net,
         soc=z[oe:op] / cap,

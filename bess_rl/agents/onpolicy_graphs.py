@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-from bess_rl import gaussian
-from bess_rl.device_optim import TensorLr
+from bess_rl.agents import gaussian, graphs
+from bess_rl.agents.tensor_lr import TensorLr
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch's CUDA graph docs advise
 COLUMNS = ("observations", "actions", "values", "log_probs", "advantages", "returns")  # RolloutBuffer's own
@@ -126,17 +126,10 @@ class StaticUpdate:
         if self.graph is None:
             if self.warm < WARMUP_STEPS:
                 self.warm += 1
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    stats = self._step(idx)
-                torch.cuda.current_stream().wait_stream(side)
-                return stats
-            self.idx = idx.clone()
-            self.graph, self.graph_rows = torch.cuda.CUDAGraph(), len(idx)
+                return graphs.warm_up(lambda: self._step(idx))
+            self.idx, self.graph_rows = idx.clone(), len(idx)
             self.model.policy.optimizer.zero_grad(set_to_none=True)  # gradients are then the graph's own
-            with torch.cuda.graph(self.graph):
-                self.out = self._step(self.idx)
+            self.graph, self.out = graphs.capture(lambda: self._step(self.idx))
         else:
             self.idx.copy_(idx)
         self.graph.replay()

@@ -15,10 +15,9 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from bess_rl.site import SiteParams
+from bess_rl.site.params import SiteParams
 
 
 class ConfigError(ValueError):
@@ -138,7 +137,7 @@ def register_configs() -> None:
     cs.store(group="site", name="site_schema", node=SiteParams)
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -191,12 +190,6 @@ def validate(cfg: DictConfig) -> None:
                 f"agent.hparams.batch_size {agent.hparams.batch_size} exceeds the rollout "
                 f"n_envs x n_steps = {rollout}: lower batch_size or raise n_steps"
             )
-    try:
-        get_class(agent.algo)
-    except (ImportError, ValueError):
-        raise ConfigError(
-            f"agent.algo {agent.algo!r} cannot be imported: give an algorithm class path, e.g. stable_baselines3.SAC"
-        ) from None
     if agent.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"agent.device must be auto, cpu or cuda, got {agent.device!r}")
     if cfg.hardware.device not in ("cpu", "cuda"):

@@ -193,7 +193,7 @@ def default_data_dir() -> Path:
 
 
 def default_scenario(co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH) -> Scenario:
-    """The embedded Iquitos scenario shipped in the package (made by ``python -m bess_rl.data.generate``)."""
+    """The embedded Iquitos scenario shipped in the package (made by ``python -m bess_rl.site.data.generate``)."""
     d = default_data_dir()
     return load_scenario(
         d / "iquitos_hourly.parquet", d / "iquitos_sessions.parquet", "iquitos", co2_kg_per_kwh=co2_kg_per_kwh

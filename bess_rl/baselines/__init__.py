@@ -1,0 +1,1 @@
+"""What agents are judged against, without torch: the episode runner, rule-based control, the LP optimum."""

@@ -1,0 +1,119 @@
+"""One ``make_*``/``build_*`` factory per object a run needs: scenario, site, envs, algorithm, model.
+
+Why here: the task function, resume, the doctor, the bench and the references command build the same
+objects from the same config keys; each key is read by one factory.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+
+from bess_rl.agents.capabilities import capabilities
+from bess_rl.agents.vec_env import FreshInfoVecEnv
+from bess_rl.experiment.config import ConfigError
+from bess_rl.experiment.hardware import Runtime, requested_device
+from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import SiteParams
+from bess_rl.site.scenario import Scenario, default_scenario, load_scenario
+
+# ``agent.algo`` may name only algorithm classes of these packages: a saved config is not a way to run code.
+ALGO_PACKAGES = ("bess_rl.agents.", "stable_baselines3.")
+
+
+def algo_class(path: str) -> type[BaseAlgorithm]:
+    """The algorithm class ``agent.algo`` names, if it is one of bess_rl's or Stable-Baselines3's."""
+    module, _, name = str(path).rpartition(".")
+    if not str(path).startswith(ALGO_PACKAGES) or not module:
+        raise ConfigError(
+            f"agent.algo {path!r} is not allowed: name a class of bess_rl.agents or stable_baselines3, "
+            "e.g. stable_baselines3.SAC"
+        )
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"agent.algo {path!r} cannot be imported: e.g. stable_baselines3.SAC") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseAlgorithm)):
+        raise ConfigError(f"agent.algo {path!r} is not a Stable-Baselines3 algorithm class")
+    return cls
+
+
+def asked_device(cfg: DictConfig) -> str:
+    """The device ``cfg`` asks for (its algorithm class's preference applied), before this machine is looked at."""
+    return requested_device(cfg.hardware, capabilities(algo_class(cfg.agent.algo)), cfg.agent.device)
+
+
+def build_scenario(cfg: DictConfig) -> Scenario:
+    """The embedded Iquitos year, or the user's files, cut to the configured window (``scenario.*``)."""
+    if cfg.hourly_path is None:
+        scenario = default_scenario(cfg.co2_kg_per_kwh)
+    else:
+        scenario = load_scenario(cfg.hourly_path, cfg.sessions_path, cfg.name, cfg.hours, cfg.co2_kg_per_kwh)
+    if cfg.window_hours is not None or cfg.window_start:
+        hours = cfg.window_hours if cfg.window_hours is not None else scenario.hours - cfg.window_start
+        scenario = scenario.window(cfg.window_start, hours)
+    return scenario
+
+
+def build_site(cfg: DictConfig) -> SiteParams:
+    """``site.*`` as validated physical sizes."""
+    return SiteParams(**OmegaConf.to_container(cfg, resolve=True))
+
+
+def make_env(scenario: Scenario, site: SiteParams, cfg: DictConfig, training: bool) -> PvBessEvEnv:
+    """Training envs start on random days; the evaluation env runs the scenario from hour 0."""
+    try:
+        return PvBessEvEnv(
+            scenario,
+            site,
+            episode_hours=cfg.episode_hours if training else None,
+            random_start=cfg.random_start if training else False,
+            forecast_hours=cfg.forecast_hours,
+        )
+    except ValueError as exc:  # the env names the argument; the user set it as scenario.<name>
+        raise ConfigError(f"scenario.{exc}") from None
+
+
+def build_eval_env(cfg: DictConfig) -> PvBessEvEnv:
+    """The evaluation env of a whole run config (the references and the doctor use it alone)."""
+    return make_env(build_scenario(cfg.scenario), build_site(cfg.site), cfg.scenario, training=False)
+
+
+def make_model(
+    algo: type[BaseAlgorithm], env: Any, hparams: Mapping[str, Any], seed: int, device: str, **switches: Any
+) -> BaseAlgorithm:
+    """``algo("MlpPolicy", env, ...)`` from an ``agent.hparams`` mapping (``net_arch`` goes to the policy).
+
+    :param algo: the algorithm class.
+    :param env: a vec env (or env factory SB3 accepts).
+    :param hparams: constructor keyword arguments, plus ``net_arch``.
+    :param seed: the algorithm's seed.
+    :param device: "cpu" or "cuda".
+    :param switches: the hardware switches the class declares (``Runtime.switches``).
+    """
+    hp = dict(hparams)
+    net_arch = hp.pop("net_arch")
+    policy_kwargs = {"net_arch": list(net_arch)}
+    return algo("MlpPolicy", env, policy_kwargs=policy_kwargs, seed=seed, device=device, verbose=0, **hp, **switches)
+
+
+def build_model(cfg: DictConfig, env: Any, runtime: Runtime) -> BaseAlgorithm:
+    """The SB3 algorithm named by ``agent.algo`` with ``agent.hparams`` and the switches it takes."""
+    algo = algo_class(cfg.agent.algo)
+    hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
+    return make_model(algo, env, hp, cfg.seed, runtime.device, **runtime.switches(capabilities(algo)))
+
+
+def new_model(cfg: DictConfig, scenario: Scenario, site: SiteParams, runtime: Runtime) -> BaseAlgorithm:
+    """Fresh seeded training envs (``agent.n_envs``) and an untrained agent."""
+
+    def env_factory() -> PvBessEvEnv:
+        return make_env(scenario, site, cfg.scenario, training=True)
+
+    vec_env = make_vec_env(env_factory, n_envs=cfg.agent.n_envs, seed=cfg.seed, vec_env_cls=FreshInfoVecEnv)
+    return build_model(cfg, vec_env, runtime)

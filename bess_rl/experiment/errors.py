@@ -1,0 +1,22 @@
+"""The failures whose message is meant for the user: one line, no traceback (a sweep marks the trial failed)."""
+
+from __future__ import annotations
+
+from bess_rl.experiment.checkpoint import CheckpointError, NumericalError
+from bess_rl.experiment.config import ConfigError
+from bess_rl.experiment.hardware import HardwareError
+from bess_rl.experiment.planner import MemoryBudgetError
+from bess_rl.experiment.run_dir import RunDirError
+from bess_rl.site.params import SiteError
+from bess_rl.site.scenario import ScenarioError
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    ScenarioError,
+    SiteError,
+    HardwareError,
+    CheckpointError,
+    NumericalError,
+    MemoryBudgetError,
+    RunDirError,
+)

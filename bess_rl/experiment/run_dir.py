@@ -1,0 +1,145 @@
+"""The run folder's layout and every write to it, in one place.
+
+Why: train, resume, replay, report and the checkpoint all read and write the same files; their names
+live here only, and each write is atomic (a temporary file in the same folder, flushed to disk, then
+renamed over the old one), so a kill or a full disk leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG = "resolved_config.yaml"
+RUN_INFO = "run_info.json"
+METRICS = "metrics.json"
+MODEL = "model.zip"
+CHECKPOINT = "checkpoint"
+PROGRESS = "progress.csv"
+EARLIER_PROGRESS = "progress.before_resume.csv"  # the rows written before a resume, while it trains
+OOM_RETRY = "oom_retry.json"
+DISPATCH_PLOT = "dispatch_week.png"
+REPLAYS = "replays"
+HYDRA = ".hydra"
+
+
+class RunDirError(ValueError):
+    """A run folder file that is missing or cannot be read."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a flushed temporary file and a rename (no half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """JSON with sorted keys (stable diffs), written atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from the run folder, or one line saying why it cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} does not hold a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run folder (``outputs/runs/<agent>-<preset>/<time>`` or a sweep job's folder)."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def run_info(self) -> Path:
+        return self.path / RUN_INFO
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def model(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def progress(self) -> Path:
+        return self.path / PROGRESS
+
+    @property
+    def earlier_progress(self) -> Path:
+        return self.path / EARLIER_PROGRESS
+
+    @property
+    def oom_retry(self) -> Path:
+        return self.path / OOM_RETRY
+
+    @property
+    def dispatch_plot(self) -> Path:
+        return self.path / DISPATCH_PLOT
+
+    @property
+    def replays(self) -> Path:
+        return self.path / REPLAYS
+
+    @property
+    def hydra_config(self) -> Path:
+        return self.path / HYDRA / "config.yaml"
+
+    def load_config(self) -> DictConfig:
+        """The resolved config this run was trained with."""
+        if not self.config.is_file():
+            raise RunDirError(f"{self.path} is not a bess_rl run folder (no {CONFIG})")
+        try:
+            cfg = OmegaConf.load(self.config)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise RunDirError(f"{self.config} cannot be read ({type(exc).__name__})") from None
+        if not isinstance(cfg, DictConfig):
+            raise RunDirError(f"{self.config} does not hold a config mapping")
+        return cfg
+
+    def update_run_info(self, **fields: Any) -> None:
+        """Set fields of run_info.json; a field that holds a list gets the value appended."""
+        info = read_json(self.run_info) if self.run_info.is_file() else {}
+        for key, value in fields.items():
+            if isinstance(info.get(key), list):
+                info[key].append(value)
+            else:
+                info[key] = value
+        write_json(self.run_info, info)

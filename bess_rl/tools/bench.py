@@ -1,0 +1,339 @@
+"""``python -m bess_rl.bench``: training speed per agent and preset, plain SB3 against the fast paths.
+
+Why: a speed-up is only worth quoting against its baseline measured in the same process, on the same
+machine, at the same preset. Every number here is measured, nothing is hard-coded: the variants of
+one measurement run in interleaved rounds (so a busy neighbour slows them all alike), each time-boxed
+by ``--seconds``, and the table and JSON give the speed-up over plain SB3 next to the raw rates.
+
+Measured: env steps/s of the raw ``PvBessEvEnv`` (embedded year, random actions); for SAC, gradient
+steps/s of ``SAC.train`` against ``FastSAC`` eager, bf16 autocast and (on CUDA) CUDA graphs at the
+preset's batch size on a pre-filled buffer, the collect cost (predict + env step + store, SB3's own
+``learn`` loop with no updates) and the env-steps/hour they imply at the preset's updates per env
+step; for PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset's sizes, plain SB3 on
+``DummyVecEnv`` against ``FastPPO``/``FastA2C`` (lean rollout collection) on ``FreshInfoVecEnv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from stable_baselines3 import A2C, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from bess_rl.agents.fast_onpolicy import FastA2C, FastPPO
+from bess_rl.agents.fast_sac import FastSAC
+from bess_rl.agents.vec_env import FreshInfoVecEnv
+from bess_rl.experiment.build import make_model
+from bess_rl.experiment.config import compose_config
+from bess_rl.experiment.hardware import describe_machine
+from bess_rl.experiment.run_dir import write_json
+from bess_rl.site.env import PvBessEvEnv
+
+ROUNDS = 3  # interleaved rounds per measurement
+# Per on-policy agent: plain SB3 and the fast path.
+ON_POLICY = {"ppo": (PPO, FastPPO), "a2c": (A2C, FastA2C)}
+NOTES = {
+    "fast": "same, lean rollout collection + FreshInfoVecEnv",
+    "sb3 cuda": "same, plain SB3 with the policy on the GPU",
+    "fast cuda": "same, lean collection with the policy on the GPU",
+    "fast graphs cuda": "same, + rollout on the GPU, one CUDA graph per minibatch step",
+}
+
+
+def compose_cfg(agent: str, preset: str) -> DictConfig:
+    """The training config ``python -m bess_rl agent=<agent> preset=<preset>`` would use."""
+    return compose_config([f"agent={agent}", f"preset={preset}"])
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so a timer measures it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(jobs: dict[str, Callable[[], int]], seconds: float, device: str) -> dict[str, float]:
+    """Units per second of each job (a call returns the units it did), over ``ROUNDS`` interleaved
+    rounds of ``seconds / ROUNDS`` per job; every job runs at least once per round."""
+    done = dict.fromkeys(jobs, 0)
+    spent = dict.fromkeys(jobs, 0.0)
+    for _ in range(ROUNDS):
+        for name, job in jobs.items():
+            sync(device)
+            start, elapsed = time.perf_counter(), 0.0
+            while elapsed < seconds / ROUNDS:
+                done[name] += job()
+                sync(device)
+                elapsed = time.perf_counter() - start
+            spent[name] += elapsed
+    return {name: done[name] / spent[name] for name in jobs}
+
+
+def bench_env(seconds: float, seed: int) -> dict[str, Any]:
+    """Raw env steps/s on the embedded year with random actions (resets included)."""
+    env = PvBessEvEnv()
+    env.reset(seed=seed)
+    actions = np.random.default_rng(seed).uniform(-1, 1, (4096, 2)).astype(np.float32)
+
+    def steps() -> int:
+        for action in actions:
+            if env.step(action)[3]:
+                env.reset()
+        return len(actions)
+
+    steps()
+    return {
+        "agent": "env",
+        "preset": "-",
+        "variant": "PvBessEvEnv",
+        "device": "cpu",
+        "env_steps_per_s": interleaved({"env": steps}, seconds, "cpu")["env"],
+        "note": "raw env, random actions",
+    }
+
+
+def random_transitions(n: int, seed: int) -> list[tuple]:
+    """``n`` transitions of the embedded year under random actions, in SB3's replay ``add`` format."""
+    env = PvBessEvEnv()
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        action = rng.uniform(-1, 1, 2).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        info = {"TimeLimit.truncated": truncated and not terminated}
+        out.append(
+            (obs[None], next_obs[None], action[None], np.array([reward]), np.array([terminated or truncated]), [info])
+        )
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    return out
+
+
+def sac_variants(device: str) -> dict[str, tuple[type[SAC], dict[str, Any]]]:
+    """Plain SB3 and the FastSAC switches worth comparing on this device."""
+    variants: dict[str, tuple[type[SAC], dict[str, Any]]] = {
+        "sb3": (SAC, {}),
+        "fast eager": (FastSAC, {}),
+        "fast bf16": (FastSAC, {"amp": "bf16"}),
+    }
+    if device == "cuda":
+        variants["fast graphs"] = (FastSAC, {"cuda_graphs": True})
+        variants["fast graphs+bf16"] = (FastSAC, {"cuda_graphs": True, "amp": "bf16"})
+    return variants
+
+
+def bench_sac(cfg: DictConfig, device: str, seconds: float, prefill: int, seed: int) -> list[dict[str, Any]]:
+    """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s preset."""
+    hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
+    net_arch, batch_size, preset_buffer = hp["net_arch"], hp["batch_size"], hp["buffer_size"]
+    updates_per_step = hp["gradient_steps"] / hp["train_freq"]
+    note = f"{updates_per_step:,.0f} updates/env step; buffer {prefill:,} random transitions (preset {preset_buffer:,})"
+    hp |= {"buffer_size": max(prefill, batch_size), "learning_starts": 0}
+    transitions = random_transitions(prefill, seed)
+    chunk = 16  # gradient steps per timed call: one CUDA graph of FastSAC's default graph_steps
+    models: dict[str, BaseAlgorithm] = {}
+    for name, (cls, extra) in sac_variants(device).items():
+        env = DummyVecEnv([PvBessEvEnv])
+        model = make_model(cls, env, hp, seed, device, **extra)
+        model.set_logger(configure(None, []))
+        for transition in transitions:
+            model.replay_buffer.add(*transition)
+        model.train(chunk, batch_size)  # warm-up: allocations, cuBLAS, graph capture
+        models[name] = model
+
+    def updates(model: BaseAlgorithm) -> Callable[[], int]:
+        return lambda: (model.train(chunk, batch_size), chunk)[1]
+
+    def collect(model: BaseAlgorithm) -> Callable[[], int]:
+        """SB3's own collect loop (predict, env step, store) with updates switched off."""
+        model.gradient_steps, model.train_freq = 0, TrainFreq(64, TrainFrequencyUnit.STEP)
+        return lambda: (model.learn(64, reset_num_timesteps=False), 64)[1]
+
+    grad_rate = interleaved({name: updates(m) for name, m in models.items()}, seconds, device)
+    collect_rate = interleaved({name: collect(m) for name, m in models.items()}, seconds / 2, device)
+    rows = []
+    for name, model in models.items():
+        step_s = 1 / collect_rate[name] + updates_per_step / grad_rate[name]
+        rows.append(
+            {
+                "agent": "sac",
+                "preset": cfg.preset.name,
+                "variant": name,
+                "device": str(model.device),
+                "batch_size": batch_size,
+                "net_arch": net_arch,
+                "updates_per_env_step": updates_per_step,
+                "buffer_transitions": prefill,
+                "preset_buffer_size": preset_buffer,
+                "grad_steps_per_s": grad_rate[name],
+                "collect_steps_per_s": collect_rate[name],
+                "env_steps_per_hour": 3600 / step_s,
+                "note": note,
+            }
+        )
+    return with_speedups(rows, ("grad_steps_per_s", "env_steps_per_hour"))
+
+
+def on_policy_variants(agent: str, device: str) -> dict[str, tuple[type[BaseAlgorithm], type, str, dict[str, Any]]]:
+    """(class, vec env, device, switches) per variant: plain SB3 on ``DummyVecEnv`` and the fast path
+    on ``FreshInfoVecEnv``, on CPU as training runs them (their ``Capabilities.prefers_cpu``); with
+    ``--device cuda`` also both on the GPU and the captured update, to measure that choice."""
+    sb3, fast = ON_POLICY[agent]
+    variants = {"sb3": (sb3, DummyVecEnv, "cpu", {}), "fast": (fast, FreshInfoVecEnv, "cpu", {})}
+    if device == "cuda":
+        variants |= {
+            "sb3 cuda": (sb3, DummyVecEnv, "cuda", {}),
+            "fast cuda": (fast, FreshInfoVecEnv, "cuda", {}),
+            "fast graphs cuda": (fast, FreshInfoVecEnv, "cuda", {"cuda_graphs": True}),
+        }
+    return variants
+
+
+def bench_on_policy(cfg: DictConfig, device: str, seconds: float, seed: int) -> list[dict[str, Any]]:
+    """Env-steps/hour of ``learn`` over whole rollouts (collect + update) at ``cfg``'s preset, each
+    variant of ``on_policy_variants`` in interleaved rounds."""
+    hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
+    n_envs = cfg.agent.n_envs
+    rollout = n_envs * hp["n_steps"]
+    jobs: dict[str, Callable[[], int]] = {}
+    devices: dict[str, str] = {}
+    for name, (cls, vec_env_cls, where, extra) in on_policy_variants(cfg.agent.name, device).items():
+        env = make_vec_env(PvBessEvEnv, n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
+        model = make_model(cls, env, hp, seed, where, **extra)
+        model.set_logger(configure(None, []))
+        devices[name] = str(model.device)
+
+        def rollouts(model: BaseAlgorithm = model) -> int:
+            model.learn(rollout, reset_num_timesteps=False)
+            return rollout
+
+        rollouts()  # warm-up
+        jobs[name] = rollouts
+    rates = interleaved(jobs, seconds, device)
+    base = {"agent": cfg.agent.name, "preset": cfg.preset.name, "rollout_steps": rollout}
+    note = f"learn() over {rollout:,}-step rollouts (n_envs {n_envs}), collect + update"
+    rows = [
+        {**base, "variant": name, "device": devices[name], "env_steps_per_s": rate, "env_steps_per_hour": rate * 3600,
+         "note": NOTES.get(name, note)}
+        for name, rate in rates.items()
+    ]  # fmt: skip
+    return with_speedups(rows, ("env_steps_per_hour",))
+
+
+def with_speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Add ``speedup_<key>``: each row's ``key`` over the ``sb3`` row's."""
+    base = next(row for row in rows if row["variant"] == "sb3")
+    return [row | {f"speedup_{key}": row[key] / base[key] for key in keys} for row in rows]
+
+
+def table(results: list[dict[str, Any]], title: str) -> Table:
+    """One row per agent, preset and variant; the x SB3 columns are over plain SB3 in the same run."""
+    t = Table(title=title)
+    columns = ("agent", "preset", "variant", "device", "batch", "grad steps/s", "x SB3", "env steps/s",
+               "env-steps/hour", "x SB3 ", "note")  # fmt: skip
+    for col in columns:
+        t.add_column(col, justify="left" if col in ("agent", "preset", "variant", "device", "note") else "right")
+
+    def num(row: dict[str, Any], key: str, fmt: str = ",.0f") -> str:
+        value = row.get(key)
+        return "-" if value is None else format(value, fmt)
+
+    for row in results:
+        t.add_row(
+            row["agent"],
+            row["preset"],
+            row["variant"],
+            row["device"],
+            num(row, "batch_size"),
+            row.get("status") or num(row, "grad_steps_per_s", ",.1f"),
+            num(row, "speedup_grad_steps_per_s", ".2f"),
+            num(row, "collect_steps_per_s") if "collect_steps_per_s" in row else num(row, "env_steps_per_s"),
+            num(row, "env_steps_per_hour"),
+            num(row, "speedup_env_steps_per_hour", ".2f"),
+            row.get("note", ""),
+        )
+    return t
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bess_rl.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--agents", nargs="+", choices=("sac", "ppo", "a2c"), default=["sac", "ppo", "a2c"])
+    p.add_argument("--presets", nargs="+", choices=("before", "after"), default=["before", "after"])
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=5.0,
+        help="seconds each variant is timed per measurement (SAC's collect cost: half)",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, default=None, help="default: <paths.output_dir>/bench/<timestamp>.json")
+    p.add_argument("--prefill", type=int, default=10_000, help="random transitions in the SAC replay buffer")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these MLPs on 2 cores)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda, but this machine has no CUDA device")
+    if args.seconds <= 0 or args.prefill < 1 or args.threads < 1:
+        p.error("--seconds, --prefill and --threads must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table, write the JSON; returns what was written.
+
+    Each agent and preset's rows are printed and the JSON rewritten as soon as they are measured,
+    so an interrupted or time-limited run keeps what it finished.
+    """
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    path = args.json or Path(compose_config([]).paths.output_dir) / "bench" / f"{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "time": stamp,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": describe_machine(),
+        "torch_threads": torch.get_num_threads(),
+        "results": [],
+    }
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    title = f"on {args.device} ({args.seconds:g} s per measurement, {args.threads} torch thread(s))"
+    measurements: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
+        ("env", lambda: [bench_env(args.seconds, args.seed)])
+    ]
+    for agent in args.agents:
+        for preset in args.presets:
+            cfg = compose_cfg(agent, preset)
+            if agent == "sac":
+                job = functools.partial(bench_sac, cfg, args.device, args.seconds, args.prefill, args.seed)
+            else:
+                job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed)
+            measurements.append((f"{agent} {preset}", job))
+    for name, job in measurements:
+        rows = job()
+        report["results"] += rows
+        write_json(path, report)
+        if len(measurements) > 1:
+            console.print(table(rows, f"{name} {title}"))
+    console.print(table(report["results"], f"Training speed {title}"))
+    print(f"JSON: {path}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,68 @@
+"""``python -m bess_rl.replay <run dir>``: rerun a run from its saved config, on CPU, and compare.
+
+Why: a result is only trusted if it can be reproduced. The replay trains again from the run's
+resolved config and seed on the CPU and reports every outcome metric that differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from bess_rl.experiment.checkpoint import CheckpointError
+from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json
+from bess_rl.experiment.train import run
+
+# Outcomes that must replay exactly; timings and memory are measurements, not outcomes.
+COMPARED = ("co2_kg", "co2_reduction_pct", "lp_gap_closed_pct", "ev_unmet_kwh", "ev_served_kwh", "grid_import_kwh")
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The run's saved config, moved to the CPU."""
+    cfg = RunDir(run_dir).load_config()
+    cfg.hardware.device = "cpu"
+    cfg.agent.device = "cpu"
+    cfg.progress_bar = False
+    return cfg
+
+
+def compare(original: dict, replayed: dict, rel: float = 1e-9) -> list[str]:
+    """Lines naming each outcome metric that differs beyond ``rel``."""
+    diffs = []
+    for key in COMPARED:
+        a, b = float(original[key]), float(replayed[key])
+        if abs(a - b) > rel * max(abs(a), abs(b), 1.0):
+            diffs.append(f"{key}: original {a!r} replay {b!r}")
+    return diffs
+
+
+def replay(run_dir: Path) -> tuple[dict, list[str]]:
+    cfg = load_run_config(run_dir)
+    original = read_json(RunDir(run_dir).metrics)
+    out = RunDir(run_dir).replays / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    replayed = run(cfg, out)
+    return replayed, compare(original, replayed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bess_rl.replay", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        replayed, diffs = replay(args.run_dir)
+    except (CheckpointError, RunDirError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if diffs:
+        print("replay DIFFERS from the original run:\n  " + "\n  ".join(diffs))
+        return 1
+    print(f"replay matches: CO2 {replayed['co2_kg']:,.1f} kg, reduction {replayed['co2_reduction_pct']:.4f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

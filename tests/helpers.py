@@ -1,0 +1,73 @@
+"""What several test modules share: a tiny scenario, tiny training budgets, the config and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+from bess_rl.experiment.config import compose_config
+from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import SiteParams
+from bess_rl.site.scenario import EvSessions, Scenario
+
+SMALL_SITE = SiteParams(pv_kwp=3_000.0, bess_capacity_kwh=1_500.0, bess_power_kw=600.0)
+
+
+def make_scenario(days: int = 3, seed: int = 0) -> Scenario:
+    """PV bell 6-18 h, a load with an evening bump, and a handful of EV sessions per day."""
+    rng = np.random.default_rng(seed)
+    hours = 24 * days
+    hod = np.arange(hours) % 24
+    pv = np.clip(np.sin(np.pi * (hod - 6) / 12), 0, None) * 0.8 * rng.uniform(0.6, 1.0, hours)
+    load = 900.0 + 600.0 * ((hod >= 9) & (hod < 22)) + rng.uniform(0, 100, hours)
+    arr, dep, energy, power = [], [], [], []
+    for d in range(days):
+        for a in (9, 11, 13, 18, 19, 20):
+            stay = int(rng.integers(1, 4))
+            p = float(rng.choice([40.0, 60.0]))
+            arr.append(24 * d + a)
+            dep.append(24 * d + min(a + stay, 22))
+            energy.append(p * (dep[-1] - arr[-1]) * rng.uniform(0.3, 0.9))
+            power.append(p)
+    sessions = EvSessions(np.array(arr), np.array(dep), np.array(energy), np.array(power))
+    return Scenario("synthetic", pv, load, np.full(hours, 0.4521), sessions)
+
+
+# Tiny budgets: a one-week scenario and the smallest updates each algorithm accepts.
+TINY = {
+    "sac": ["agent.total_timesteps=60", "agent.hparams.buffer_size=500", "agent.hparams.learning_starts=20",
+            "agent.hparams.gradient_steps=2", "agent.hparams.batch_size=16", "agent.hparams.net_arch=[16]"],
+    "ppo": ["agent.total_timesteps=64", "agent.hparams.n_steps=64", "agent.hparams.batch_size=32",
+            "agent.hparams.n_epochs=1", "agent.hparams.net_arch=[16]"],
+    "a2c": ["agent.total_timesteps=64", "agent.hparams.net_arch=[16]"],
+}  # fmt: skip
+COMMON = ["scenario.window_hours=168", "progress_bar=false", "plot=false"]
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    """The config ``python -m bess_rl`` composes for these overrides."""
+    return compose_config(overrides)
+
+
+def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m bess_rl *args`` with every output (run folders, optuna.db) under ``cwd``."""
+    env = {**os.environ, "BESS_RL_ROOT": str(cwd)}
+    return subprocess.run([sys.executable, "-m", "bess_rl", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout)  # fmt: skip
+
+
+def small_env(episode_hours: int = 48, random_start: bool = False) -> PvBessEvEnv:
+    """The tiny scenario at the small site, ``episode_hours`` long."""
+    return PvBessEvEnv(make_scenario(), SMALL_SITE, episode_hours=episode_hours, random_start=random_start)
+
+
+def vec_env(cls: type[DummyVecEnv], n_envs: int, seed: int = 0, episode_hours: int = 48) -> VecEnv:
+    """Monitor-wrapped, seeded training envs on random days, as ``build.new_model`` builds them."""
+    return make_vec_env(lambda: small_env(episode_hours, True), n_envs=n_envs, seed=seed, vec_env_cls=cls)
