@@ -20,7 +20,7 @@ from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.hardware import Runtime, requested_device
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import SiteParams
-from bess_rl.site.scenario import Scenario, default_scenario, load_scenario
+from bess_rl.site.scenario import Scenario, embedded_scenario, load_scenario
 
 # ``agent.algo`` may name only algorithm classes of these packages: a saved config is not a way to run code.
 ALGO_PACKAGES = ("bess_rl.agents.", "stable_baselines3.")
@@ -48,12 +48,23 @@ def asked_device(cfg: DictConfig) -> str:
     return requested_device(cfg.hardware, capabilities(algo_class(cfg.agent.algo)), cfg.agent.device)
 
 
-def build_scenario(cfg: DictConfig) -> Scenario:
-    """The embedded Iquitos year, or the user's files, cut to the configured window (``scenario.*``)."""
-    if cfg.hourly_path is None:
-        scenario = default_scenario(cfg.co2_kg_per_kwh)
+def build_scenario(cfg: DictConfig, part: str = "train") -> Scenario:
+    """The ``train`` or ``eval`` part of ``scenario.*``: an embedded data set (``data`` / ``eval_data``) or
+    the user's files (``hourly_path`` / ``eval_hourly_path``), cut to the configured window.
+
+    A scenario without an evaluation part is evaluated on its training part (the same year).
+    """
+    prefix = "eval_" if part == "eval" else ""
+    hourly_path, data = cfg.get(f"{prefix}hourly_path"), cfg.get(f"{prefix}data")
+    if part == "eval" and hourly_path is None and data is None:
+        return build_scenario(cfg, "train")
+    if hourly_path is not None:
+        sessions = cfg.get(f"{prefix}sessions_path")
+        scenario = load_scenario(hourly_path, sessions, cfg.name, cfg.hours, cfg.co2_kg_per_kwh)
+    elif data is not None:
+        scenario = embedded_scenario(data, cfg.co2_kg_per_kwh, cfg.name)
     else:
-        scenario = load_scenario(cfg.hourly_path, cfg.sessions_path, cfg.name, cfg.hours, cfg.co2_kg_per_kwh)
+        raise ConfigError("scenario needs data (an embedded data set) or hourly_path (your own file)")
     if cfg.window_hours is not None or cfg.window_start:
         hours = cfg.window_hours if cfg.window_hours is not None else scenario.hours - cfg.window_start
         scenario = scenario.window(cfg.window_start, hours)
@@ -81,7 +92,7 @@ def make_env(scenario: Scenario, site: SiteParams, cfg: DictConfig, training: bo
 
 def build_eval_env(cfg: DictConfig) -> PvBessEvEnv:
     """The evaluation env of a whole run config (the references and the doctor use it alone)."""
-    return make_env(build_scenario(cfg.scenario), build_site(cfg.site), cfg.scenario, training=False)
+    return make_env(build_scenario(cfg.scenario, "eval"), build_site(cfg.site), cfg.scenario, training=False)
 
 
 def make_model(

@@ -15,7 +15,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bess_rl.site.params import SiteParams
 
@@ -114,16 +114,22 @@ class A2cConfig(AgentConfig):
 
 @dataclass
 class ScenarioConfig:
-    name: str = "iquitos"
+    name: str = MISSING
+    # The training part: an embedded data set (bess_rl/site/data/<data>_hourly.parquet) or your files.
+    data: str | None = None
     hourly_path: str | None = None
     sessions_path: str | None = None
-    hours: int = 8_760
-    co2_kg_per_kwh: float = 0.4521
-    window_start: int = 0
+    # The evaluation part, never trained on; both null: evaluated on the training part.
+    eval_data: str | None = None
+    eval_hourly_path: str | None = None
+    eval_sessions_path: str | None = None
+    hours: int = MISSING
+    co2_kg_per_kwh: float = MISSING
+    window_start: int = MISSING
     window_hours: int | None = None
     episode_hours: int | None = None
-    random_start: bool = True
-    forecast_hours: int = 3
+    random_start: bool = MISSING
+    forecast_hours: int = MISSING
 
 
 def register_configs() -> None:

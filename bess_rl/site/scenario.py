@@ -192,9 +192,21 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parent / "data"
 
 
+def embedded_keys() -> list[str]:
+    """Data sets shipped in the package: ``<key>_hourly.parquet`` (+ ``<key>_sessions.parquet``)."""
+    return sorted(p.name.removesuffix("_hourly.parquet") for p in default_data_dir().glob("*_hourly.parquet"))
+
+
+def embedded_scenario(key: str, co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH, name: str | None = None) -> Scenario:
+    """An embedded data set by key (``scenario.data``), e.g. "iquitos"."""
+    d = default_data_dir()
+    hourly = d / f"{key}_hourly.parquet"
+    if not hourly.is_file():
+        raise ScenarioError(f"no embedded data set {key!r}; embedded: {', '.join(embedded_keys())}")
+    sessions = d / f"{key}_sessions.parquet"
+    return load_scenario(hourly, sessions if sessions.is_file() else None, name or key, co2_kg_per_kwh=co2_kg_per_kwh)
+
+
 def default_scenario(co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH) -> Scenario:
     """The embedded Iquitos scenario shipped in the package (made by ``python -m bess_rl.site.data.generate``)."""
-    d = default_data_dir()
-    return load_scenario(
-        d / "iquitos_hourly.parquet", d / "iquitos_sessions.parquet", "iquitos", co2_kg_per_kwh=co2_kg_per_kwh
-    )
+    return embedded_scenario("iquitos", co2_kg_per_kwh)
