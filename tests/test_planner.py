@@ -1,4 +1,4 @@
-"""The memory planner against SB3's real buffers, networks and optimizers, and the seed's presets vs a budget."""
+"""The memory planner against SB3's real buffers, networks and optimizers, and the presets vs a budget."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def test_on_policy_advice_halves_rollout_and_minibatch():
 
 
 def test_domain_note_buffer_figure_is_corrected():
-    """DOMAIN.md: the design note put a 1M buffer of ~500-dim observations at 1 GB."""
+    """The presets' source put a 1M buffer of ~500-dim observations at 1 GB (docs/presets.md): it is ~4.8 GB."""
     cfg = compose_config(["agent=sac", "preset=after"])
     buffer = estimate(cfg, 500, 2, device="cuda").part("replay buffer")
     print(f"1M transitions x 500-dim float32 obs: {buffer.nbytes / GB:.2f} GB in {buffer.where} RAM, not 1 GB")

@@ -254,7 +254,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
 def retry_after_oom(
     cfg: DictConfig, run_dir: Path, scenario: Scenario, site: SiteParams, runtime: hardware.Runtime, exc: Exception
 ) -> BaseAlgorithm:
-    """The design note's first remedy, once and on the record: restart with batch_size halved."""
+    """The out-of-memory remedy of docs/presets.md, once and on the record: restart with batch_size halved."""
     rd = RunDir(run_dir)
     if cfg.agent.hparams.get("batch_size", 0) < 2 or rd.oom_retry.exists():
         raise exc
