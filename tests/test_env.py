@@ -9,7 +9,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from bess_rl import ENV_ID
-from bess_rl.baselines.references import RuleBased, run_episode, uncontrolled
+from bess_rl.baselines.episode import run_episode
+from bess_rl.baselines.rules import RuleBased, uncontrolled
 from bess_rl.site.env import PvBessEvEnv
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bess_rl.experiment.train import compute_references
+from bess_rl.baselines.references import compute_references
 from bess_rl.site.env import PvBessEvEnv
 from tests.helpers import make_scenario
 

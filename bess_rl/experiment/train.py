@@ -114,7 +114,7 @@ def merge_progress(run_dir: Path) -> None:
     csv, earlier = RunDir(run_dir).progress, RunDir(run_dir).earlier_progress
     if earlier.is_file():
         frames = [pd.read_csv(p) for p in (earlier, csv) if p.is_file() and p.stat().st_size]
-        pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
+        atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False))
         earlier.unlink()
 
 
@@ -225,7 +225,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     merge_progress(run_dir)
     shutil.rmtree(rd.checkpoint, ignore_errors=True)  # finished: the model is final
     if cfg.save_model:
-        model.save(rd.model)
+        rd.save_model(model)
 
     def policy(env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
