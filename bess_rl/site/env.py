@@ -140,7 +140,9 @@ class PvBessEvEnv(gym.Env):
         # Import room for battery + EV power each hour: cap + PV - load (no limit without a cap).
         cap = math.inf if st.import_cap_kw is None else st.import_cap_kw
         self._cap = cap
-        self._room = (cap + self.pv_kw - self.load_kw).tolist()  # Python floats: read every step
+        self._room = (cap + self.pv_kw - self.load_kw).tolist()
+        # Per-hour rows as Python floats: step reads them every call, and list indexing beats numpy's.
+        self._hourly = list(zip(*(x.tolist() for x in (self.pv_kw, self.load_kw, self.co2, self.price)), strict=True))
         self.reward_scale_kg = max(float(self.load_kw.mean() * self.co2.mean()), 1e-6)
 
         n_obs = self._exog.shape[1] + 4
@@ -211,18 +213,20 @@ class PvBessEvEnv(gym.Env):
     def step(self, action: np.ndarray):
         st = self.site
         t = self._t
-        flat = np.asarray(action).reshape(-1)
-        if flat.shape != (2,) or not (math.isfinite(flat[0]) and math.isfinite(flat[1])):
+        flat = np.asarray(action, dtype=np.float64).reshape(-1).tolist()
+        if len(flat) != 2 or not (math.isfinite(flat[0]) and math.isfinite(flat[1])):
             raise ValueError(f"action must be 2 finite numbers, got {action!r}")
-        a_bess = min(max(float(flat[0]), -1.0), 1.0)
-        a_ev = min(max(float(flat[1]), -1.0), 1.0)
+        a_bess = min(max(flat[0], -1.0), 1.0)
+        a_ev = min(max(flat[1], -1.0), 1.0)
 
         # EVs: earliest-departure-first share of the power the present vehicles could take.
         idx = self._active[t]
-        budget = 0.0
+        budget = total = 0.0
         if idx.size:
             cap = np.minimum(self._power[idx], self._remaining[idx])
-            budget = 0.5 * (a_ev + 1.0) * float(cap.sum())
+            caps = cap.tolist()  # a few sessions: Python arithmetic beats numpy calls
+            total = sum(caps)
+            budget = 0.5 * (a_ev + 1.0) * total
 
         # Battery, within power and SOC limits.
         p = a_bess * st.bess_power_kw
@@ -241,11 +245,17 @@ class PvBessEvEnv(gym.Env):
             budget = max(budget - excess, 0.0)
 
         ev_kw = 0.0
-        if idx.size:
-            before = np.cumsum(cap) - cap
-            alloc = np.clip(budget - before, 0.0, cap)
+        if budget > 0.0:
+            if budget >= total:
+                alloc, ev_kw = cap, total
+            else:
+                takes, left = [], budget
+                for c in caps:
+                    take = c if c < left else left
+                    takes.append(take)
+                    left -= take
+                alloc, ev_kw = np.array(takes), budget - left
             self._remaining[idx] -= alloc
-            ev_kw = float(alloc.sum())
         gone = self._departing[t]
         unmet = 0.0
         if gone.size:
@@ -256,10 +266,10 @@ class PvBessEvEnv(gym.Env):
         else:
             self._e = max(self._e + p / st.bess_eta_discharge, self._e_min)
 
-        pv, load = float(self.pv_kw[t]), float(self.load_kw[t])
+        pv, load, intensity, price = self._hourly[t]
         net = load + ev_kw + p - pv
         grid = max(net, 0.0)
-        co2 = grid * float(self.co2[t])
+        co2 = grid * intensity
         reward = -penalised_kg(co2, unmet, st.unmet_penalty_kg_per_kwh) / self.reward_scale_kg
 
         self._k += 1
@@ -276,7 +286,7 @@ class PvBessEvEnv(gym.Env):
             "surplus_kw": max(-net, 0.0),
             "co2_kg": co2,
             "ev_unmet_kwh": unmet,
-            "cost": grid * float(self.price[t]),
+            "cost": grid * price,
             "cap_violation_kw": max(grid - self._cap, 0.0),
         }
         return self._obs(), float(reward), False, truncated, info
