@@ -82,6 +82,12 @@ def _read_csv(path: Path, columns: tuple[str, ...], min_rows: int | None = None)
     return df
 
 
+def _cell(df: pd.DataFrame, col: str, row: int) -> str:
+    """A cell as written in the file (plain Python repr, not numpy's)."""
+    value = df[col].iloc[row]
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
 def _numbers(df: pd.DataFrame, col: str, path: Path, rows: np.ndarray | None = None, low: float = 0.0) -> np.ndarray:
     """``df[col]`` (at ``rows``, default all) as finite floats >= ``low``, naming the first bad row."""
     values = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
@@ -90,7 +96,7 @@ def _numbers(df: pd.DataFrame, col: str, path: Path, rows: np.ndarray | None = N
     bad = np.flatnonzero(~np.isfinite(picked) | (picked < low))
     if bad.size:
         row = int(index[bad[0]])
-        raise ConversionError(f"{path}: column {col!r} row {row}: {df[col].iloc[row]!r} is not a number >= {low}")
+        raise ConversionError(f"{path}: column {col!r} row {row}: {_cell(df, col, row)} is not a number >= {low:g}")
     return picked
 
 
@@ -102,7 +108,7 @@ def _soc(df: pd.DataFrame, col: str, path: Path, rows: np.ndarray) -> np.ndarray
     missing = rows[~given[rows]]
     if bad.size or missing.size:
         row = int(min(bad[0] if bad.size else len(values), missing[0] if missing.size else len(values)))
-        raise ConversionError(f"{path}: column {col!r} row {row}: {df[col].iloc[row]!r} is not a SOC in [0, 100] %")
+        raise ConversionError(f"{path}: column {col!r} row {row}: {_cell(df, col, row)} is not a SOC in [0, 100] %")
     return values[rows]
 
 
