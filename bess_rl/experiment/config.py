@@ -130,11 +130,17 @@ class ScenarioConfig:
     eval_sessions_path: str | None = None
     hours: int = MISSING
     co2_kg_per_kwh: float = MISSING
+    # Flat tariff (per kWh) where the hourly data has no price_per_kwh column.
+    price_per_kwh: float = 0.20
     window_start: int = MISSING
     window_hours: int | None = MISSING
     episode_hours: int | None = MISSING
     random_start: bool = MISSING
     forecast_hours: int = MISSING
+    # Forecast error in the observation: exact (oracle), persistence (same hour yesterday) or noise
+    # (relative error forecast_noise x sqrt(lead hours), seeded); see bess_rl/site/env.py.
+    forecast_error: str = "exact"
+    forecast_noise: float = 0.1
 
 
 def register_configs() -> None:
