@@ -27,12 +27,14 @@ class SiteParams:
     # kg CO2-equivalent charged per kWh an EV still lacks when it leaves. It must exceed the grid
     # intensity (0.45), or the cheapest "policy" is to never charge EVs; 2.0 is ~4x that.
     unmet_penalty_kg_per_kwh: float = 2.0
+    # Flat energy price per kWh imported (USD for Iquitos), for the cost KPI of scenarios without a price column.
+    tariff_per_kwh: float = 0.20
 
     def __post_init__(self) -> None:
         for name in ("bess_capacity_kwh", "bess_power_kw"):
             if getattr(self, name) <= 0:
                 raise SiteError(f"site.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("pv_kwp", "unmet_penalty_kg_per_kwh"):
+        for name in ("pv_kwp", "unmet_penalty_kg_per_kwh", "tariff_per_kwh"):
             if getattr(self, name) < 0:
                 raise SiteError(f"site.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("bess_eta_charge", "bess_eta_discharge"):
