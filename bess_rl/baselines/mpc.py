@@ -34,7 +34,7 @@ class MpcSettings:
     """Receding horizon of the MPC references; also the Hydra schema of ``conf/references``."""
 
     horizon_hours: int = 24
-    every_hours: int = 1
+    every_hours: int = 4
 
     def __post_init__(self) -> None:
         for name in ("horizon_hours", "every_hours"):
