@@ -40,6 +40,25 @@ def make_scenario(days: int = 3, seed: int = 0) -> Scenario:
     return Scenario("synthetic", pv, load, np.full(hours, 0.4521), sessions)
 
 
+def make_overnight_scenario(days: int = 4, seed: int = 0) -> Scenario:
+    """``make_scenario``'s PV and load, a grid intensity high in the evening and low at night, and EVs
+    parked from the evening until the next morning: where deferring EVs pays."""
+    base = make_scenario(days, seed)
+    rng = np.random.default_rng(seed)
+    hod = np.arange(base.hours) % 24
+    co2 = 0.45 + 0.25 * np.cos(2 * np.pi * (hod - 19) / 24) + rng.uniform(0, 0.02, base.hours)
+    arr, dep, energy, power = [], [], [], []
+    for d in range(days - 1):
+        for a in (17, 18, 18, 19, 20):
+            p = float(rng.choice([7.0, 11.0]))
+            arr.append(24 * d + a)
+            dep.append(24 * (d + 1) + int(rng.integers(6, 9)))
+            energy.append(p * rng.uniform(2.0, 6.0))
+            power.append(p)
+    sessions = EvSessions(np.array(arr), np.array(dep), np.array(energy), np.array(power))
+    return Scenario("overnight", base.pv_kw_per_kwp, base.load_kw, co2, sessions)
+
+
 # Tiny budgets: a one-week scenario and the smallest updates each algorithm accepts.
 TINY = {
     "sac": ["agent.total_timesteps=60", "agent.hparams.buffer_size=500", "agent.hparams.learning_starts=20",

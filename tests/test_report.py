@@ -49,7 +49,9 @@ def test_report_has_one_row_per_agent_and_preset_from_the_run_folders(sweep_dir,
     assert sac_before[4] == "total_timesteps 60 → 12; hparams.gradient_steps 2 → 1"  # what the budget changed
     speed = table(md, "Speed and memory per agent")
     assert [r[0] for r in speed] == ["SAC", "PPO", "A2C"] and all(r[3].endswith("x") for r in speed)
-    assert [r[0] for r in table(md, "References")] == ["uncontrolled", "rule-based (RBC)", "LP optimum"]
+    assert [r[0] for r in table(md, "References")] == ["uncontrolled", "rule-based (RBC)", "smart-charging rule",
+                                                       "MPC, perfect forecasts", "MPC, persistence forecasts",
+                                                       "LP bound", "LP plan through the env"]  # fmt: skip
     assert "None: every agent and preset has a finished run." in md
     assert len(pd.read_csv(tmp_path / "results.csv")) == 6 and len(pd.read_csv(tmp_path / "speed.csv")) == 3
     figures = ["co2.png", "learning_curves.png", *(f"dispatch_{a}-{p}.png" for a in AGENTS for p in PRESETS)]

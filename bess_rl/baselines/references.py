@@ -1,53 +1,154 @@
 """Reference controllers every agent is judged against, computed on the evaluation env.
 
-Uncontrolled charging is the baseline of the CO2 reduction %, the rule-based controller is what a
-site engineer would deploy without RL, and the LP optimum (``bess_rl.baselines.optimum``) is the floor.
+Uncontrolled charging is the baseline of the reduction %; the battery rule and the smart-charging
+rule are what a site engineer would deploy without optimisation, the MPC (perfect and persistence
+forecasts) what an energy engineer would deploy instead of RL; the LP optimum is a lower bound that
+the env's earliest-departure-first EV split can make unreachable, and ``lp_achievable`` is its plan
+run through the env. Every figure is given as CO2 and as penalised kg (CO2 + penalty x EV unmet),
+which is what the tables rank by.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
+from rich.console import Group
 from rich.table import Table
 
 from bess_rl.baselines.episode import EpisodeResult, run_episode
-from bess_rl.baselines.optimum import solve_optimum
+from bess_rl.baselines.kpis import kpis, prices
+from bess_rl.baselines.mpc import MpcSettings, lp_achievable, run_mpc
+from bess_rl.baselines.optimum import OptimumResult, solve_optimum
 from bess_rl.baselines.rules import RuleBased, uncontrolled
+from bess_rl.baselines.smart import SmartCharging
 from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import penalised_kg
+
+# Below this many kWh (or a part in 10^9 of the baseline) a difference is rounding, not behaviour.
+_TINY = 1e-6
 
 
 @dataclass
 class References:
+    """Every reference's episode on the evaluation env, and the LP bound with the KPIs of its plan."""
+
     uncontrolled: EpisodeResult
     rule_based: EpisodeResult
-    optimum_co2_kg: float
-    optimum_unmet_kwh: float
+    smart_rule: EpisodeResult
+    mpc_perfect: EpisodeResult
+    mpc_persistence: EpisodeResult
+    lp_achievable: EpisodeResult
+    optimum: OptimumResult
+    optimum_kpis: dict[str, float]
+    penalty_kg_per_kwh: float
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def optimum_co2_kg(self) -> float:
+        return self.optimum.co2_kg
+
+    @property
+    def optimum_unmet_kwh(self) -> float:
+        return self.optimum.ev_energy_unmet_kwh
+
+    def _row(self, co2: float, unmet: float, kpi: dict[str, float], seconds: float) -> dict[str, float]:
+        penalised = penalised_kg(co2, unmet, self.penalty_kg_per_kwh)
+        return {"co2_kg": co2, "penalised_kg": penalised, "ev_unmet_kwh": unmet, **kpi, "seconds": seconds}
 
     def table(self) -> dict[str, dict[str, float]]:
-        return {
-            "uncontrolled": {"co2_kg": self.uncontrolled.co2_kg, "ev_unmet_kwh": self.uncontrolled.ev_unmet_kwh},
-            "rule_based": {"co2_kg": self.rule_based.co2_kg, "ev_unmet_kwh": self.rule_based.ev_unmet_kwh},
-            "lp_optimum": {"co2_kg": self.optimum_co2_kg, "ev_unmet_kwh": self.optimum_unmet_kwh},
-        }
+        """Reference name -> CO2 kg, penalised kg, EV unmet kWh, KPIs and the seconds it took."""
+        rows = {}
+        for name in ("uncontrolled", "rule_based", "smart_rule", "mpc_perfect", "mpc_persistence"):
+            r: EpisodeResult = getattr(self, name)
+            rows[name] = self._row(r.co2_kg, r.ev_unmet_kwh, r.kpis(), self.seconds.get(name, 0.0))
+        opt = self.optimum
+        rows["lp_optimum"] = self._row(opt.co2_kg, opt.ev_energy_unmet_kwh, self.optimum_kpis, opt.solve_seconds)
+        r = self.lp_achievable
+        rows["lp_achievable"] = self._row(r.co2_kg, r.ev_unmet_kwh, r.kpis(), self.seconds.get("lp_achievable", 0.0))
+        return rows
 
 
-def compute_references(env: PvBessEvEnv) -> References:
-    """Uncontrolled, rule-based and LP-optimal CO2 of the evaluation env's scenario."""
-    opt = solve_optimum(env.scenario, env.site)
+def _plan_kpis(env: PvBessEvEnv, opt: OptimumResult) -> dict[str, float]:
+    """KPIs of the LP plan itself (it curtails what its balance leaves over)."""
+    net = env.load_kw + opt.ev_power_kw + opt.bess_power_kw - env.pv_kw
+    curtailed = np.maximum(opt.grid_import_kw - net, 0.0)
+    price = prices(env.scenario, env.site)
+    return kpis(opt.grid_import_kw, opt.bess_power_kw, curtailed, env.pv_kw, price, env.site.bess_capacity_kwh)
+
+
+def compute_references(env: PvBessEvEnv, mpc: MpcSettings | None = None) -> References:
+    """Every reference on the evaluation env's scenario (see module doc); ``mpc`` sets the MPC's horizon."""
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, job: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        out = job()
+        seconds[name] = time.perf_counter() - start
+        return out
+
+    opt = timed("lp_optimum", lambda: solve_optimum(env.scenario, env.site))
     return References(
-        uncontrolled=run_episode(env, uncontrolled),
-        rule_based=run_episode(env, RuleBased()),
-        optimum_co2_kg=opt.co2_kg,
-        optimum_unmet_kwh=opt.ev_energy_unmet_kwh,
+        uncontrolled=timed("uncontrolled", lambda: run_episode(env, uncontrolled)),
+        rule_based=timed("rule_based", lambda: run_episode(env, RuleBased())),
+        smart_rule=timed("smart_rule", lambda: run_episode(env, SmartCharging())),
+        mpc_perfect=timed("mpc_perfect", lambda: run_mpc(env, "perfect", mpc)),
+        mpc_persistence=timed("mpc_persistence", lambda: run_mpc(env, "persistence", mpc)),
+        lp_achievable=timed("lp_achievable", lambda: lp_achievable(env, opt)),
+        optimum=opt,
+        optimum_kpis=_plan_kpis(env, opt),
+        penalty_kg_per_kwh=env.site.unmet_penalty_kg_per_kwh,
+        seconds=seconds,
     )
 
 
-def co2_table(rows: list[tuple[str, float, float]], hours: int) -> Table:
-    """(controller, CO2 kg, EV unmet kWh) rows as a table, % relative to the first row."""
-    base = rows[0][1]
-    table = Table(title=f"Grid CO2 over the {hours} h evaluated (deterministic policy)")
-    for col in ("controller", "CO2 kg", "vs uncontrolled", "EV unmet kWh"):
-        table.add_column(col, justify="left" if col == "controller" else "right")
-    for name, co2, unmet in rows:
-        table.add_row(name, f"{co2:,.0f}", f"{100 * (co2 - base) / base:+.2f}%", f"{unmet:,.1f}")
-    return table
+def degenerate(row: dict[str, Any], base: dict[str, Any]) -> str:
+    """Why a controller's result says little (it equals uncontrolled, never uses the battery, leaves
+    EV energy unmet), or "" if none applies; rows without a KPI are not judged on it."""
+    notes = []
+    if abs(row["penalised_kg"] - base["penalised_kg"]) <= max(_TINY, 1e-9 * abs(base["penalised_kg"])):
+        notes.append("equals uncontrolled")
+    if row.get("battery_throughput_kwh") is not None and row["battery_throughput_kwh"] <= _TINY:
+        notes.append("battery never used")
+    if row["ev_unmet_kwh"] > _TINY:
+        notes.append("EV energy unmet")
+    return ", ".join(notes)
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "—" if value is None else format(value, spec) + unit
+
+
+def co2_table(rows: dict[str, dict[str, Any]], hours: int) -> Group:
+    """Controllers (name -> ``References.table`` row) ranked by penalised kg, % against "uncontrolled":
+    the CO2 table, then the KPI table in the same order (two, so each fits a terminal)."""
+    base = rows["uncontrolled"]
+    ref = base["penalised_kg"]
+    ranked = sorted(rows.items(), key=lambda item: item[1]["penalised_kg"])
+    co2 = Table(title=f"Grid CO2 over the {hours} h evaluated (deterministic policy), best first")
+    for col in ("controller", "penalised kg", "vs uncontrolled", "CO2 kg", "EV unmet kWh", "note"):
+        co2.add_column(col, justify="left" if col in ("controller", "note") else "right", no_wrap=col == "controller")
+    kpi = Table(title="KPIs, same order")
+    for col in ("controller", "cost", "peak import kW", "PV self-use", "PV curtailed kWh", "battery cycles"):
+        kpi.add_column(col, justify="left" if col == "controller" else "right", no_wrap=col == "controller")
+    for name, row in ranked:
+        co2.add_row(
+            name,
+            f"{row['penalised_kg']:,.0f}",
+            f"{100 * (row['penalised_kg'] - ref) / ref:+.2f}%" if ref else "—",
+            f"{row['co2_kg']:,.0f}",
+            f"{row['ev_unmet_kwh']:,.1f}",
+            "" if name == "uncontrolled" else degenerate(row, base),
+        )
+        kpi.add_row(
+            name,
+            _fmt(row.get("cost"), ",.0f"),
+            _fmt(row.get("peak_import_kw"), ",.0f"),
+            _fmt(row.get("pv_self_consumption_pct"), ".1f", "%"),
+            _fmt(row.get("curtailed_pv_kwh"), ",.0f"),
+            _fmt(row.get("battery_cycles"), ",.1f"),
+        )
+    return Group(co2, kpi)

@@ -29,14 +29,16 @@ class RuleBased:
         a, b = self.discharge_from_hour, self.discharge_until_hour
         return a <= hour_of_day < b if a < b else hour_of_day >= a or hour_of_day < b
 
-    def __call__(self, env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
+    def battery(self, env: PvBessEvEnv, ev_kw: float) -> float:
+        """Battery action for this hour, given the EV power (the surplus or deficit it leaves)."""
         t = env.hour
-        net = env.load_kw[t] + env.ev_demand_kw() - env.pv_kw[t]
+        net = env.load_kw[t] + ev_kw - env.pv_kw[t]
         p_max = env.site.bess_power_kw
         if net < 0:
-            bess = min(-net / p_max, 1.0)
-        elif self._in_window(t % 24):
-            bess = -min(net / p_max, 1.0)
-        else:
-            bess = 0.0
-        return np.array([bess, 1.0], dtype=np.float32)
+            return min(-net / p_max, 1.0)
+        if self._in_window(t % 24):
+            return -min(net / p_max, 1.0)
+        return 0.0
+
+    def __call__(self, env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
+        return np.array([self.battery(env, env.ev_demand_kw()), 1.0], dtype=np.float32)

@@ -16,6 +16,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.agents.vec_env import FreshInfoVecEnv
+from bess_rl.baselines.mpc import MpcSettings
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.hardware import Runtime, requested_device
 from bess_rl.site.env import PvBessEvEnv
@@ -74,6 +75,14 @@ def build_scenario(cfg: DictConfig, part: str = "train") -> Scenario:
 def build_site(cfg: DictConfig) -> SiteParams:
     """``site.*`` as validated physical sizes."""
     return SiteParams(**OmegaConf.to_container(cfg, resolve=True))
+
+
+def build_mpc_settings(cfg: DictConfig) -> MpcSettings:
+    """``mpc.*`` as the MPC references' horizon."""
+    try:
+        return MpcSettings(**OmegaConf.to_container(cfg, resolve=True))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def make_env(scenario: Scenario, site: SiteParams, cfg: DictConfig, training: bool) -> PvBessEvEnv:

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from bess_rl.baselines.mpc import MpcSettings
 from bess_rl.site.params import SiteParams
 
 
@@ -152,6 +153,7 @@ def register_configs() -> None:
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
     cs.store(group="scenario", name="scenario_schema", node=ScenarioConfig)
     cs.store(group="site", name="site_schema", node=SiteParams)
+    cs.store(group="mpc", name="mpc_schema", node=MpcSettings)
 
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"

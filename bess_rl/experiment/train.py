@@ -31,7 +31,7 @@ from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.episode import EpisodeResult, run_episode
 from bess_rl.baselines.references import References, co2_table, compute_references
 from bess_rl.experiment import checkpoint, hardware, planner
-from bess_rl.experiment.build import algo_class, build_scenario, build_site, make_env, new_model
+from bess_rl.experiment.build import algo_class, build_mpc_settings, build_scenario, build_site, make_env, new_model
 from bess_rl.experiment.config import validate
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
@@ -44,7 +44,7 @@ from bess_rl.site.scenario import Scenario
 log = logging.getLogger(__name__)
 
 def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, float]:
-    """CO2 reduction vs uncontrolled and the share of the LP's possible reduction achieved.
+    """CO2 reduction vs uncontrolled, the share of the LP's possible reduction achieved, and the KPIs.
 
     CO2 alone rewards leaving EVs uncharged, so the penalised figure (CO2 + penalty x unmet EV
     kWh, what the reward and the LP minimise) is reported beside it and is the default objective.
@@ -61,6 +61,7 @@ def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, 
         "ev_unmet_kwh": result.ev_unmet_kwh,
         "ev_served_kwh": result.ev_served_kwh,
         "grid_import_kwh": result.grid_import_kwh,
+        **result.kpis(),
     }
 
 
@@ -214,7 +215,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     else:
         write_provenance(cfg, run_dir, scenario, runtime)
         model = new_model(cfg, scenario, site, runtime)
-    refs = compute_references(eval_env)
+    refs = compute_references(eval_env, build_mpc_settings(cfg.mpc))
     attach_logger(model, run_dir, resume)
     start_step = model.num_timesteps
     try:
@@ -280,9 +281,9 @@ def objective_value(metrics: dict[str, Any], objective: Any) -> float | tuple[fl
 
 
 def print_table(metrics: dict[str, Any], console: Console | None = None) -> None:
-    """CO2 of the references and the agent on the evaluation year."""
-    rows = [(name, r["co2_kg"], r["ev_unmet_kwh"]) for name, r in metrics["references"].items()]
-    rows.append((f"{metrics['agent']} ({metrics['preset']})", metrics["co2_kg"], metrics["ev_unmet_kwh"]))
+    """The references and the agent on the evaluation year, ranked by penalised kg."""
+    rows = dict(metrics["references"])
+    rows[f"{metrics['agent']} ({metrics['preset']})"] = metrics
     (console or Console()).print(co2_table(rows, metrics["eval_hours"]))
     print(
         f"{metrics['agent']}: {metrics['co2_reduction_pct']:.2f}% CO2 reduction "

@@ -175,6 +175,15 @@ class PvBessEvEnv(gym.Env):
         idx = self._active[self._t]
         return float(np.minimum(self._power[idx], self._remaining[idx]).sum())
 
+    def present_evs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(energy still needed [kWh], socket power [kW], departure hour) of the vehicles plugged in
+        this hour, in the order the EV action serves them (earliest departure first).
+
+        What a charge point knows of its cars; the observation carries their sums.
+        """
+        idx = self._active[self._t]
+        return self._remaining[idx].copy(), self._power[idx], self.scenario.sessions.departure[idx]
+
     def _obs(self) -> np.ndarray:
         """Exogenous features of this hour plus battery and EV state, all within the declared bounds.
 

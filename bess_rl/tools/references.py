@@ -1,4 +1,4 @@
-"""``python -m bess_rl.references [overrides]``: the reference CO2 table of a scenario and site."""
+"""``python -m bess_rl.references [overrides]``: the references table of a scenario and site."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 
 from bess_rl.baselines.references import co2_table, compute_references
-from bess_rl.experiment.build import build_eval_env
+from bess_rl.experiment.build import build_eval_env, build_mpc_settings
 from bess_rl.experiment.config import compose_config
 from bess_rl.experiment.errors import USER_ERRORS
 
@@ -17,17 +17,24 @@ def main(argv: list[str] | None = None) -> int:
     """Print the references for these Hydra overrides (``scenario=...``, ``site.*``), as the main command takes."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
-        print("usage: python -m bess_rl.references [scenario=NAME] [site.KEY=VALUE ...] [scenario.KEY=VALUE ...]")
+        print(
+            "usage: python -m bess_rl.references [scenario=NAME] [site.KEY=VALUE ...] [scenario.KEY=VALUE ...] "
+            "[mpc.horizon_hours=H] [mpc.every_hours=K]\n"
+            "Every reference on the evaluation data of that config, ranked by penalised kg (CO2 + penalty x EV "
+            "unmet), with the seconds each took."
+        )
         return 0
     try:
         cfg = compose_config(args)
         env = build_eval_env(cfg)
+        mpc = build_mpc_settings(cfg.mpc)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    refs = compute_references(env)
-    rows = [(name, r["co2_kg"], r["ev_unmet_kwh"]) for name, r in refs.table().items()]
-    Console().print(co2_table(rows, env.scenario.hours))
-    print(f"computed in {time.perf_counter() - t0:.1f} s")
+    refs = compute_references(env, mpc)
+    Console().print(co2_table(refs.table(), env.scenario.hours))
+    timing = ", ".join(f"{name} {s:.1f} s" for name, s in refs.seconds.items())
+    mpc_desc = f"MPC re-solved every {mpc.every_hours} h over {mpc.horizon_hours} h"
+    print(f"computed in {time.perf_counter() - t0:.1f} s ({timing}; {mpc_desc})")
     return 0

@@ -31,7 +31,9 @@ from bess_rl.experiment.run_dir import RunDir, read_json  # noqa: E402
 
 AGENTS = ("sac", "ppo", "a2c")
 PRESETS = ("before", "after")
-REFERENCES = {"uncontrolled": "uncontrolled", "rule_based": "rule-based (RBC)", "lp_optimum": "LP optimum"}
+REFERENCES = {"uncontrolled": "uncontrolled", "rule_based": "rule-based (RBC)", "smart_rule": "smart-charging rule",
+              "mpc_perfect": "MPC, perfect forecasts", "mpc_persistence": "MPC, persistence forecasts",
+              "lp_optimum": "LP bound", "lp_achievable": "LP plan through the env"}  # fmt: skip
 RUN_FILES = (run_dir.METRICS, run_dir.CONFIG, f"{run_dir.HYDRA}/config.yaml")
 # A replay reproduces a run: it is not another result.
 SKIPPED_DIRS = {run_dir.REPLAYS, run_dir.CHECKPOINT, run_dir.HYDRA}
@@ -293,12 +295,13 @@ def _references_table(refs: dict[str, dict[str, float]]) -> str:
             name,
             _num(refs[key]["co2_kg"]),
             _num(100 * (refs[key]["co2_kg"] / base - 1), 2, "%"),
+            _num(refs[key].get("penalised_kg")),
             _num(refs[key]["ev_unmet_kwh"], 1),
         ]
         for key, name in REFERENCES.items()
         if key in refs
     ]
-    return _md_table(["controller", "CO2 kg", "CO2 vs uncontrolled", "EV unmet kWh"], rows)
+    return _md_table(["controller", "CO2 kg", "CO2 vs uncontrolled", "penalised kg", "EV unmet kWh"], rows)
 
 
 def read_progress(path: Path) -> pd.DataFrame:
