@@ -125,14 +125,14 @@ class ScenarioConfig:
     data: str | None = MISSING
     hourly_path: str | None = MISSING
     sessions_path: str | None = MISSING
-    # The evaluation part, never trained on; both null: evaluated on the training part.
-    eval_data: str | None = None
+    # The evaluation part, never trained on (eval_data or eval_hourly_path); null: the training part.
+    eval_data: str | None = MISSING
     eval_hourly_path: str | None = None
     eval_sessions_path: str | None = None
     hours: int = MISSING
     co2_kg_per_kwh: float = MISSING
     # Flat tariff (per kWh) where the hourly data has no price_per_kwh column.
-    price_per_kwh: float = 0.20
+    price_per_kwh: float = MISSING
     window_start: int = MISSING
     window_hours: int | None = MISSING
     episode_hours: int | None = MISSING
@@ -140,8 +140,8 @@ class ScenarioConfig:
     forecast_hours: int = MISSING
     # Forecast error in the observation: exact (oracle), persistence (same hour yesterday) or noise
     # (relative error forecast_noise x sqrt(lead hours), seeded); see bess_rl/site/env.py.
-    forecast_error: str = "exact"
-    forecast_noise: float = 0.1
+    forecast_error: str = MISSING
+    forecast_noise: float = MISSING
 
 
 def register_configs() -> None:
