@@ -57,7 +57,7 @@ def test_gpu_memory_plan_puts_the_replay_buffer_where_the_run_does(capsys, algo,
     _, status, out = doctor(capsys, "hardware=rtx4060", "preset=before", f"agent.algo={algo}")
     gpu_plan = out.split("memory@cuda")[1]
     assert status["memory@cuda"] == "PASS"
-    assert f"replay buffer   {where:<6}   0.70 GB" in gpu_plan  # 5,000,000 x 140 B
+    assert f"replay buffer   {where:<6}   0.98 GB" in gpu_plan  # 5,000,000 x 196 B (22 obs x 2 + 5 floats)
 
 
 def test_algo_that_does_not_import_skips_the_gpu_memory_plan(capsys):

@@ -134,7 +134,7 @@ def test_unsupported_switches_are_refused(kwargs, match):
 def test_replay_buffer_clears_done_on_truncation_and_wraps():
     env = site_env()
     buf = DeviceReplayBuffer(4, env.observation_space, env.action_space, device="cpu")
-    obs = np.arange(15, dtype=np.float32)[None]
+    obs = np.arange(env.observation_space.shape[0], dtype=np.float32)[None]
     for i in range(6):
         buf.add(
             obs + i,

@@ -56,7 +56,7 @@ def test_networks_gradients_and_optimizer_match_a_trained_sb3_model(agent, scena
     algo, hp, steps = TINY[agent]
     overrides = [f"agent={agent}", "agent.hparams.net_arch=[32,16]"]
     overrides += [f"agent.hparams.{k}={v}" for k, v in hp.items() if k != "learning_starts"]
-    plan = estimate(compose_config(overrides), 15, 2, device="cpu")
+    plan = estimate(compose_config(overrides), PvBessEvEnv(scenario, site).observation_space.shape[0], 2, device="cpu")
     model = algo("MlpPolicy", PvBessEvEnv(scenario, site), policy_kwargs={"net_arch": [32, 16]}, device="cpu",
                  seed=0, **hp)  # fmt: skip
     model.learn(steps)
