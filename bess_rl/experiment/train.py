@@ -37,7 +37,7 @@ from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
 from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
-from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.env import ENV_ID, PvBessEvEnv
 from bess_rl.site.params import SiteParams, penalised_kg
 from bess_rl.site.scenario import Scenario
 
@@ -182,6 +182,8 @@ def write_provenance(cfg: DictConfig, run_dir: Path, scenario: Scenario, runtime
             "agent": cfg.agent.name,
             "preset": cfg.preset.name,
             "scenario": scenario.name,
+            # The observation layout's version: a model saved under another one cannot be used with this env.
+            "env_id": ENV_ID,
             "overrides": list(cfg.get("overrides") or []),
             "versions": package_versions(),
             "git_commit": git_commit(),

@@ -122,10 +122,12 @@ def _attributes(spec: dict[str, Any], device: str, where: str) -> dict[str, Any]
     return entry.get("attributes") or {}
 
 
-def _positive(attrs: dict[str, Any], name: str, where: str, default: float | None = None) -> float:
+def _size(attrs: dict[str, Any], name: str, where: str, default: float | None = None, zero_ok: bool = False) -> float:
+    """A schema size: a finite number > 0 (>= 0 with ``zero_ok``)."""
     value = attrs.get(name, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ConversionError(f"{where}: {name} must be a number > 0, got {value!r}")
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value < 0 or (value == 0 and not zero_ok):
+        raise ConversionError(f"{where}: {name} must be a number {'>=' if zero_ok else '>'} 0, got {value!r}")
     return float(value)
 
 
@@ -145,14 +147,14 @@ def charger_sessions(
     soc_arrival = _soc(df, "current_soc", path, starts)
     soc_required = _soc(df, "electric_vehicle_required_soc_departure", path, starts)
     capacity = _numbers(df, "electric_vehicle_battery_capacity_khw", path, starts, low=1e-9)
-    charger_kw = _positive(attrs, "max_charging_power", where, attrs.get("nominal_power"))
+    charger_kw = _size(attrs, "max_charging_power", where, attrs.get("nominal_power"))
     efficiency = attrs.get("efficiency", 1.0)
     if not isinstance(efficiency, int | float) or not 0 < efficiency <= 1:
         raise ConversionError(f"{where}: efficiency must be in (0, 1], got {efficiency!r}")
 
     def ev_kw(name: str) -> float:
         battery = ((ev_defs.get(name) or {}).get("battery") or {}).get("attributes") or {}
-        return min(charger_kw, float(battery.get("nominal_power", charger_kw)))
+        return min(charger_kw, _size(battery, "nominal_power", f"electric_vehicles_def.{name}.battery", charger_kw))
 
     power = np.array([ev_kw(name) for name in ev[starts]], dtype=np.float64)
     dwell = ends - starts
@@ -203,16 +205,16 @@ def convert_building(root: Path, name: str, spec: dict[str, Any], ev_defs: dict[
     battery = _attributes(spec, "electrical_storage", where)
     if battery is None:
         raise ConversionError(f"{where}: no electrical_storage (bess_rl sites have a battery)")
-    eta = math.sqrt(_positive(battery, "efficiency", f"{where}.electrical_storage", 1.0))
+    eta = math.sqrt(_size(battery, "efficiency", f"{where}.electrical_storage", 1.0))
     sizes = {
-        "pv_kwp": float(pv.get("nominal_power", 0.0)) if pv else 0.0,
-        "bess_capacity_kwh": _positive(battery, "capacity", f"{where}.electrical_storage"),
-        "bess_power_kw": _positive(battery, "nominal_power", f"{where}.electrical_storage"),
+        "pv_kwp": _size(pv, "nominal_power", f"{where}.pv", 0.0, zero_ok=True) if pv else 0.0,
+        "bess_capacity_kwh": _size(battery, "capacity", f"{where}.electrical_storage"),
+        "bess_power_kw": _size(battery, "nominal_power", f"{where}.electrical_storage"),
         "bess_eta_charge": eta,
         "bess_eta_discharge": eta,
-        "soc_min": 1.0 - float(battery.get("depth_of_discharge", 1.0)),
+        "soc_min": 1.0 - _size(battery, "depth_of_discharge", f"{where}.electrical_storage", 1.0),
         "soc_max": 1.0,
-        "soc_init": float(battery.get("initial_soc", 0.0)),
+        "soc_init": _size(battery, "initial_soc", f"{where}.electrical_storage", 0.0, zero_ok=True),
     }
     return Site(key, hourly, sessions, sizes)
 
