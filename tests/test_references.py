@@ -23,6 +23,10 @@ def test_ordering_on_the_default_year():
     for r in (refs.uncontrolled, refs.rule_based):
         assert r.ev_unmet_kwh == pytest.approx(0.0, abs=1e-6)
     assert refs.optimum_unmet_kwh == pytest.approx(0.0, abs=1e-6)
+    # Every other reference is an env episode: above the LP bound, every car served.
+    for name, row in refs.table().items():
+        assert row["penalised_kg"] >= lp * (1 - 1e-7), name
+        assert row["ev_unmet_kwh"] == pytest.approx(0.0, abs=1e-6), name
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

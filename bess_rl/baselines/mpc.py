@@ -4,9 +4,10 @@ Why: it is what an energy engineer would deploy instead of RL. Every ``every_hou
 ``horizon_hours`` from the env's actual battery energy and plugged-in cars, with either perfect
 forecasts (the scenario's own future: PV, load, intensity, arrivals) or persistence forecasts (each
 hour as the same hour yesterday, tomorrow's arrivals as today's; ``bess_rl.baselines.forecast``), and
-applies the plan's battery power and total EV power until the next solve. The env splits EV power
-earliest-departure-first, not as the plan does, so the EV budget is raised where needed to the
-least-laxity budget (``edf_min_budget_kw``): no car leaves short of energy uncontrolled would give it.
+applies the plan's battery power and total EV power until the next solve (storing any PV surplus the
+forecast missed rather than curtailing it). The env splits EV power earliest-departure-first, not as
+the plan does, so the EV budget is raised where needed to the least-laxity budget
+(``edf_min_budget_kw``): no car leaves short of energy uncontrolled would give it.
 
 ``PlanReplay`` applies one whole-scenario LP plan the same way: ``lp_achievable`` is the figure the
 LP bound becomes when its plan runs through the env.
@@ -110,7 +111,13 @@ class Mpc:
             self._plan, self._start = self._solve(env), t
         self._next = t + 1
         j = t - self._start
-        return _repaired_action(env, float(self._plan.bess_power_kw[j]), float(self._plan.ev_power_kw[j]))
+        action = _repaired_action(env, float(self._plan.bess_power_kw[j]), float(self._plan.ev_power_kw[j]))
+        # Between solves the plan runs on forecasts: PV surplus it did not expect is stored, not curtailed.
+        remaining, power, _ = env.present_evs()
+        ev_kw = 0.5 * (action[1] + 1.0) * float(np.minimum(power, remaining).sum())
+        surplus = float(env.pv_kw[t] - env.load_kw[t]) - ev_kw
+        action[0] = max(action[0], surplus / env.site.bess_power_kw)
+        return action
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     refs = compute_references(env, mpc)
     Console().print(co2_table(refs.table(), env.scenario.hours))
-    timing = ", ".join(f"{name} {s:.1f} s" for name, s in refs.seconds.items())
+    timing = ", ".join(f"{name} {s:.1f} s (CPU {refs.cpu_seconds[name]:.1f} s)" for name, s in refs.seconds.items())
     mpc_desc = f"MPC re-solved every {mpc.every_hours} h over {mpc.horizon_hours} h"
     print(f"computed in {time.perf_counter() - t0:.1f} s ({timing}; {mpc_desc})")
     return 0
