@@ -13,6 +13,7 @@ from omegaconf import DictConfig, open_dict
 
 from bess_rl.checkpoint import CheckpointError, NumericalError, TrainingInterrupted
 from bess_rl.config import ConfigError, register_configs
+from bess_rl.folders import register_resolvers
 from bess_rl.hardware import HardwareError
 from bess_rl.planner import MemoryBudgetError
 from bess_rl.scenario import ScenarioError
@@ -33,6 +34,7 @@ USER_ERRORS = (
 )
 
 register_configs()
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
