@@ -8,6 +8,7 @@ import torch
 
 from bess_rl.scenario import EvSessions, Scenario
 from bess_rl.site import SiteParams
+from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL server)
 
 
 def make_scenario(days: int = 3, seed: int = 0) -> Scenario:

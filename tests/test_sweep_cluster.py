@@ -1,0 +1,202 @@
+"""Sweeps beyond one process with the real parts: PostgreSQL, concurrent sweeps, a killed sweep, joblib, submitit.
+
+Each cell of route (SQLite / PostgreSQL) x launcher (basic / joblib / submitit_local) checks that every
+trial asked is recorded once, with its own run folder; bad storage input fails in one line before any
+trial trains. The server is tests/pg.py's throwaway PostgreSQL on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from bess_rl.storage import SWEEP_ATTR, StorageError, open_storage
+from bess_rl.sweeper import OptunaStudyGuard
+from tests.pg import PgServer, free_port
+from tests.test_app import COMMON, TINY, cli
+
+COMPLETE, FAIL, RUNNING = TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING
+PPO = ["hparams_search=ppo_optuna", *COMMON, *TINY["ppo"]]
+LR = "agent.hparams.learning_rate"
+# With seed 4 the TPE start-up trials draw soc_min 0.1, then 1.5: the second trial fails its site check.
+ONE_FAILS = ["seed=4", "site.soc_min=choice(0.1,1.5)"]
+# The killed-sweep tests beat every second (failed after > 2 s without a beat) instead of every minute.
+FAST_BEAT = "+hydra.callbacks.optuna_study.heartbeat_interval=1"
+
+
+def sqlite_url(root: Path) -> str:
+    return f"sqlite:///{root}/outputs/optuna.db"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def route(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The storage URL of each route: SQLite in the test's folder, or a fresh database on the server."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    return request.getfixturevalue("pg_url")
+
+
+def multirun(root: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    return cli("-m", *PPO, f"hydra.sweeper.storage={url}", *args, cwd=root, timeout=240)
+
+
+def start(root: Path, url: str, *args: str) -> subprocess.Popen:
+    """``multirun`` without waiting, for sweeps that run beside each other or get killed."""
+    env = {**os.environ, "BESS_RL_ROOT": str(root)}
+    argv = [sys.executable, "-m", "bess_rl", "-m", *PPO, f"hydra.sweeper.storage={url}", *args]
+    return subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def trials(url: str, study: str = "ppo") -> list[FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=url).trials
+
+
+def check_folders(root: Path, study: list[FrozenTrial]) -> dict[int, Path]:
+    """Every trial has exactly one run folder (matched by its overrides), in the sweep folder that asked it;
+    a complete trial's folder holds the metrics its value came from."""
+    runs = {p.parent.parent: OmegaConf.load(p) for p in root.glob("outputs/sweeps/*/*/.hydra/overrides.yaml")}
+    folders = {}
+    for t in study:
+        mine = [d for d, overrides in runs.items() if f"{LR}={t.params[LR]}" in overrides]
+        assert len(mine) == 1, f"trial {t.number}: run folders {mine}"
+        assert str(mine[0].parent) == t.system_attrs[SWEEP_ATTR]
+        if t.state == COMPLETE:
+            metrics = OmegaConf.load(mine[0] / "metrics.json")
+            assert metrics.penalised_reduction_pct == pytest.approx(t.value)
+        folders[t.number] = mine[0]
+    assert len(set(folders.values())) == len(study) == len(runs)
+    return folders
+
+
+def wait_for_job(root: Path, timeout: float = 120) -> None:
+    """Until the first job's folder exists (its trial is asked by then); the study is not read before
+    the sweep has created it, which would race it for a fresh SQLite file's tables."""
+    deadline = time.monotonic() + timeout
+    while not list(root.glob("outputs/sweeps/*/0/.hydra")):
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_share_the_study_without_sharing_folders(tmp_path, route):
+    procs = [start(tmp_path, route, "hydra.sweeper.n_trials=2", f"seed={seed}") for seed in (1, 2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for proc, (out, _) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, out[-3000:]
+        assert "2 of this sweep's 2 trials complete" in out  # each counts its own trials, not the other's
+    study = trials(route)
+    assert sorted(t.number for t in study) == [0, 1, 2, 3] and {t.state for t in study} == {COMPLETE}
+    check_folders(tmp_path, study)
+    results = [OmegaConf.load(p) for p in tmp_path.glob("outputs/sweeps/*/optimization_results.yaml")]
+    assert len(results) == 2
+    best = optuna.load_study(study_name="ppo", storage=route).best_trial
+    assert best.value == max(t.value for t in study) == max(r.best_value for r in results)
+    assert all(r.best_value in {t.value for t in study} for r in results)
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_leaves_no_running_trial_and_a_live_one_is_left_alone(tmp_path, route):
+    long = start(tmp_path, route, "hydra.sweeper.n_trials=1", "agent.total_timesteps=10000000", FAST_BEAT)
+    try:
+        wait_for_job(tmp_path)
+        time.sleep(3)  # past the grace period: only the heartbeat keeps the trial alive now
+        # What the guard does when another sweep opens the study meanwhile: the live trial is left alone.
+        sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
+        assert OptunaStudyGuard(heartbeat_interval=1)._open_study(route, sweeper) == 1
+        assert [t.state for t in trials(route)] == [RUNNING]
+    finally:
+        long.send_signal(signal.SIGKILL)
+        long.communicate(timeout=30)
+    time.sleep(3.5)  # its heartbeat has stopped for longer than the grace period (2 s)
+    resumed = multirun(tmp_path, route, "hydra.sweeper.n_trials=1", FAST_BEAT)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-3000:]
+    assert "trial(s) [0] were left RUNNING by a sweep that stopped (no heartbeat): marked FAIL" in out
+    assert [t.state for t in trials(route)] == [FAIL, COMPLETE]
+    assert "resuming study 'ppo' at trial 1" in out
+
+
+@pytest.mark.slow
+def test_joblib_workers_record_every_trial_once(tmp_path, route):
+    proc = multirun(tmp_path, route, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    "hydra.sweeper.n_jobs=2", *ONE_FAILS)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = trials(route)
+    assert [t.state for t in study] == [COMPLETE, FAIL]
+    # The failure came back from its worker process.
+    assert "site needs 0 <= soc_min < soc_max <= 1" in proc.stdout + proc.stderr
+    folders = check_folders(tmp_path, study)
+    assert sorted(f.name for f in folders.values()) == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_on_postgresql(tmp_path, pg_url):
+    """Real submission: pickled jobs, one array per batch of hydra.sweeper.n_jobs, result files on the sweep path."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+    proc = multirun(tmp_path, pg_url, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                    "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *ONE_FAILS)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = trials(pg_url)
+    assert [t.state for t in study] == [COMPLETE, FAIL]
+    folders = check_folders(tmp_path, study)
+    sweep = folders[0].parent
+    assert sweep.parent == tmp_path / "outputs" / "sweeps"  # run folders and job files on the shared path
+    # One folder per job, named by its job id (the template folder "%j" stays empty): pickles and logs.
+    jobs = sorted(p.parent for p in (sweep / ".submitit").glob("*/*_submitted.pkl"))
+    assert len(jobs) == 2
+    returns = []
+    for job in jobs:
+        assert len(list(job.glob("*_log.out"))) == 1 and len(list(job.glob("*_log.err"))) == 1
+        outcome, job_return = pickle.loads(next(job.glob("*_result.pkl")).read_bytes())
+        assert outcome == "success"  # the job ran; a failed trial is a JobReturn with status FAILED
+        returns.append(job_return)
+    assert sorted(r.status.name for r in returns) == ["COMPLETED", "FAILED"]
+
+
+def test_storage_errors_are_one_line(pg_server: PgServer, pg_url):
+    with pytest.raises(StorageError, match="Connection refused"):
+        open_storage(PgServer(port=free_port()).url("optuna"))
+    with pytest.raises(StorageError, match="password authentication failed"):
+        open_storage(pg_server.url("postgres", password="wrong"))
+    with pytest.raises(StorageError, match="has no driver 'postgresql.psycopg'"):
+        open_storage(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    with pytest.raises(StorageError, match="driver module 'pg8000' is not installed"):
+        open_storage(pg_url.replace("postgresql://", "postgresql+pg8000://"))
+    with pytest.raises(StorageError, match="is not a database URL"):
+        open_storage("not a url")
+    assert open_storage(pg_url).url == pg_url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["unreachable", "credentials", "directions", "driver"])
+def test_bad_storage_input_is_one_line_before_any_trial(tmp_path, pg_server, pg_url, case):
+    url = {
+        "unreachable": PgServer(port=free_port()).url("optuna"),
+        "credentials": pg_server.url(pg_url.rsplit("/", 1)[1], password="wrong"),
+        "directions": pg_url,
+        "driver": pg_url.replace("postgresql://", "postgresql+psycopg://"),
+    }[case]
+    if case == "directions":
+        optuna.create_study(study_name="ppo", storage=pg_url, direction="minimize")
+    proc = multirun(tmp_path, url, "hydra.sweeper.n_trials=1")
+    message = {
+        "unreachable": "Connection refused",
+        "credentials": 'password authentication failed for user "bess"',
+        "directions": "study 'ppo' in postgresql://bess:***@127.0.0.1",
+        "driver": "has no driver 'postgresql+psycopg'",
+    }[case]
+    assert proc.returncode == 2
+    out = proc.stdout + proc.stderr
+    assert [message in line for line in out.splitlines()].count(True) == 1, out[-3000:]
+    assert "Traceback" not in out and "bess-test-pw" not in out
+    assert not list(tmp_path.glob("outputs/sweeps/*/*/metrics.json"))  # nothing trained
