@@ -1,28 +1,34 @@
 """Sweeps beyond one process with the real parts: PostgreSQL, concurrent sweeps, a killed sweep, joblib, submitit.
 
-Each cell of route (SQLite / PostgreSQL) x launcher (basic / joblib / submitit_local) checks that every
-trial asked is recorded once, with its own run folder; bad storage input fails in one line before any
-trial trains. The server is tests/pg.py's throwaway PostgreSQL on 127.0.0.1.
-"""
+On SQLite and on PostgreSQL: two basic-launcher sweeps at once on one study, and a sweep killed
+mid-trial that joblib workers resume; submitit_local on PostgreSQL (the Slurm route's code path).
+Each checks that every trial asked is recorded once with its own run folder. Bad storage input fails
+in one line before any trial trains; the pinned dashboard serves a study and leaves it resumable.
+The server is tests/pg.py's throwaway PostgreSQL on 127.0.0.1"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from bess_rl.storage import SWEEP_ATTR, StorageError, open_storage
+from bess_rl.folders import unique_dir
+from bess_rl.storage import SWEEP_ATTR
 from bess_rl.sweeper import OptunaStudyGuard
-from tests.pg import PgServer, free_port
+from tests.pg import PASSWORD, PgServer, free_port
 from tests.test_app import COMMON, TINY, cli
 
 COMPLETE, FAIL, RUNNING = TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING
@@ -31,7 +37,7 @@ LR = "agent.hparams.learning_rate"
 # With seed 4 the TPE start-up trials draw soc_min 0.1, then 1.5: the second trial fails its site check.
 ONE_FAILS = ["seed=4", "site.soc_min=choice(0.1,1.5)"]
 # The killed-sweep tests beat every second (failed after > 2 s without a beat) instead of every minute.
-FAST_BEAT = "+hydra.callbacks.optuna_study.heartbeat_interval=1"
+FAST_BEAT = "hydra.callbacks.optuna_study.heartbeat_interval=1"
 
 
 def sqlite_url(root: Path) -> str:
@@ -105,11 +111,11 @@ def test_two_sweeps_at_once_share_the_study_without_sharing_folders(tmp_path, ro
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_leaves_no_running_trial_and_a_live_one_is_left_alone(tmp_path, route):
+def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_study(tmp_path, route):
     long = start(tmp_path, route, "hydra.sweeper.n_trials=1", "agent.total_timesteps=10000000", FAST_BEAT)
     try:
         wait_for_job(tmp_path)
-        time.sleep(3)  # past the grace period: only the heartbeat keeps the trial alive now
+        time.sleep(3)  # past the grace period (2 s): only the heartbeat keeps the trial alive now
         # What the guard does when another sweep opens the study meanwhile: the live trial is left alone.
         sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
         assert OptunaStudyGuard(heartbeat_interval=1)._open_study(route, sweeper) == 1
@@ -117,26 +123,21 @@ def test_a_killed_sweep_leaves_no_running_trial_and_a_live_one_is_left_alone(tmp
     finally:
         long.send_signal(signal.SIGKILL)
         long.communicate(timeout=30)
-    time.sleep(3.5)  # its heartbeat has stopped for longer than the grace period (2 s)
-    resumed = multirun(tmp_path, route, "hydra.sweeper.n_trials=1", FAST_BEAT)
+    time.sleep(3.5)  # its heartbeat has stopped for longer than the grace period
+    # Two trials at once in joblib workers; the resumed sampler seed (4 + 1) draws soc_min 1.5, then 0.1.
+    resumed = multirun(tmp_path, route, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                       "hydra.sweeper.n_jobs=2", FAST_BEAT, *ONE_FAILS)  # fmt: skip
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     assert "trial(s) [0] were left RUNNING by a sweep that stopped (no heartbeat): marked FAIL" in out
-    assert [t.state for t in trials(route)] == [FAIL, COMPLETE]
     assert "resuming study 'ppo' at trial 1" in out
-
-
-@pytest.mark.slow
-def test_joblib_workers_record_every_trial_once(tmp_path, route):
-    proc = multirun(tmp_path, route, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                    "hydra.sweeper.n_jobs=2", *ONE_FAILS)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
     study = trials(route)
-    assert [t.state for t in study] == [COMPLETE, FAIL]
-    # The failure came back from its worker process.
-    assert "site needs 0 <= soc_min < soc_max <= 1" in proc.stdout + proc.stderr
+    assert [t.state for t in study] == [FAIL, FAIL, COMPLETE]
+    assert [t.params["site.soc_min"] for t in study[1:]] == [1.5, 0.1]
+    assert "site needs 0 <= soc_min < soc_max <= 1" in out  # the failure came back from its worker process
+    assert "1 of this sweep's 2 trials complete" in out  # the killed sweep's trial is not this one's
     folders = check_folders(tmp_path, study)
-    assert sorted(f.name for f in folders.values()) == ["0", "1"]
+    assert [folders[n].name for n in (0, 1, 2)] == ["0", "0", "1"]  # the killed sweep's job 0, then two jobs
 
 
 @pytest.mark.slow
@@ -163,40 +164,95 @@ def test_submitit_local_sweep_on_postgresql(tmp_path, pg_url):
     assert sorted(r.status.name for r in returns) == ["COMPLETED", "FAILED"]
 
 
-def test_storage_errors_are_one_line(pg_server: PgServer, pg_url):
-    with pytest.raises(StorageError, match="Connection refused"):
-        open_storage(PgServer(port=free_port()).url("optuna"))
-    with pytest.raises(StorageError, match="password authentication failed"):
-        open_storage(pg_server.url("postgres", password="wrong"))
-    with pytest.raises(StorageError, match="has no driver 'postgresql.psycopg'"):
-        open_storage(pg_url.replace("postgresql://", "postgresql+psycopg://"))
-    with pytest.raises(StorageError, match="driver module 'pg8000' is not installed"):
-        open_storage(pg_url.replace("postgresql://", "postgresql+pg8000://"))
-    with pytest.raises(StorageError, match="is not a database URL"):
-        open_storage("not a url")
-    assert open_storage(pg_url).url == pg_url
+BAD_INPUT = {  # case: what the one line says
+    "unreachable": "Connection refused",
+    "credentials": 'password authentication failed for user "bess"',
+    "directions": "study 'ppo' in postgresql://bess:***@127.0.0.1",
+    "driver": "SQLAlchemy 1.4.54 has no driver 'postgresql+psycopg'",
+    "module": "the driver module 'pg8000' is not installed",
+    "url": "is not a database URL",
+}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", ["unreachable", "credentials", "directions", "driver"])
-def test_bad_storage_input_is_one_line_before_any_trial(tmp_path, pg_server, pg_url, case):
-    url = {
+def bad_url(case: str, pg_server: PgServer, pg_url: str) -> str:
+    if case == "directions":
+        optuna.create_study(study_name="ppo", storage=pg_url, direction="minimize")
+    return {
         "unreachable": PgServer(port=free_port()).url("optuna"),
         "credentials": pg_server.url(pg_url.rsplit("/", 1)[1], password="wrong"),
         "directions": pg_url,
         "driver": pg_url.replace("postgresql://", "postgresql+psycopg://"),
+        "module": pg_url.replace("postgresql://", "postgresql+pg8000://"),
+        "url": "postgresql//no-scheme",
     }[case]
-    if case == "directions":
-        optuna.create_study(study_name="ppo", storage=pg_url, direction="minimize")
-    proc = multirun(tmp_path, url, "hydra.sweeper.n_trials=1")
-    message = {
-        "unreachable": "Connection refused",
-        "credentials": 'password authentication failed for user "bess"',
-        "directions": "study 'ppo' in postgresql://bess:***@127.0.0.1",
-        "driver": "has no driver 'postgresql+psycopg'",
-    }[case]
-    assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_storage_input_stops_the_guard_in_one_line(tmp_path, pg_server, pg_url, caplog, case):
+    sweeper = {"direction": "maximize", "storage": bad_url(case, pg_server, pg_url), "study_name": "ppo"}
+    cfg = OmegaConf.create({"objective": "penalised_reduction_pct", "hydra": {"sweeper": sweeper}})
+    with pytest.raises(SystemExit) as stop:
+        OptunaStudyGuard().on_multirun_start(cfg)
+    assert stop.value.code == 2
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert BAD_INPUT[case] in error and "\n" not in error and PASSWORD not in error
+
+
+@pytest.mark.slow
+def test_bad_storage_input_on_the_command_line_is_one_line_before_any_trial(tmp_path, pg_server, pg_url):
+    proc = multirun(tmp_path, bad_url("credentials", pg_server, pg_url), "hydra.sweeper.n_trials=1")
     out = proc.stdout + proc.stderr
-    assert [message in line for line in out.splitlines()].count(True) == 1, out[-3000:]
-    assert "Traceback" not in out and "bess-test-pw" not in out
-    assert not list(tmp_path.glob("outputs/sweeps/*/*/metrics.json"))  # nothing trained
+    assert proc.returncode == 2
+    assert [BAD_INPUT["credentials"] in line for line in out.splitlines()].count(True) == 1, out[-3000:]
+    assert "Traceback" not in out and PASSWORD not in out
+    assert not list(tmp_path.glob("outputs/sweeps/*/*/.hydra"))  # no trial started
+
+
+def test_unique_dir_takes_the_next_free_name(tmp_path):
+    path = str(tmp_path / "sweeps" / "2026-01-01_00-00-00")
+    assert [unique_dir(path) for _ in range(3)] == [path, f"{path}-1", f"{path}-2"]
+    assert all(Path(p).is_dir() for p in (path, f"{path}-1", f"{path}-2"))
+
+
+def get_json(url: str, timeout: float = 60) -> dict:
+    """GET ``url`` as JSON, retrying while the server starts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.loads(response.read())
+        except OSError:
+            assert time.monotonic() < deadline, f"no answer from {url}"
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study_and_leaves_it_resumable(tmp_path):
+    """The pinned optuna-dashboard (extra ``dashboard``) reads optuna 2.10's schema as it is."""
+    pytest.importorskip("optuna_dashboard", reason="pip install -e '.[dashboard]'")
+    url = sqlite_url(tmp_path)
+    first = multirun(tmp_path, url, "hydra.sweeper.n_trials=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (trial,) = trials(url)
+    schema = "SELECT version_num FROM alembic_version"
+    with sqlalchemy.create_engine(url).connect() as conn:
+        version = conn.execute(sqlalchemy.text(schema)).scalar_one()
+    port = free_port()
+    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), url, "--host", "127.0.0.1",
+                                  "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        (summary,) = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+        assert summary["study_name"] == "ppo" and summary["directions"] == ["maximize"]
+        (served,) = get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")["trials"]
+    finally:
+        dashboard.terminate()
+        dashboard.communicate(timeout=30)
+    assert served["number"] == 0 and served["state"] == "Complete" and served["values"] == [trial.value]
+    attrs = {a["key"]: a["value"] for a in served["user_attrs"]}
+    assert attrs == {k: str(v) for k, v in trial.user_attrs.items()} and attrs["agent.total_timesteps"] == "64"
+    assert {p["name"] for p in served["params"]} == set(trial.params)
+    with sqlalchemy.create_engine(url).connect() as conn:
+        assert conn.execute(sqlalchemy.text(schema)).scalar_one() == version == "v2.6.0.a"  # no schema upgrade
+    again = multirun(tmp_path, url, "hydra.sweeper.n_trials=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [t.state for t in trials(url)] == [COMPLETE, COMPLETE]
