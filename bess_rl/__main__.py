@@ -15,11 +15,13 @@ from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.checkpoint import NumericalError, TrainingInterrupted
 from bess_rl.experiment.config import register_configs
 from bess_rl.experiment.errors import USER_ERRORS
+from bess_rl.experiment.folders import register_resolvers
 from bess_rl.experiment.train import objective_value, print_table, resume_config, run
 
 log = logging.getLogger("bess_rl")
 
 register_configs()
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

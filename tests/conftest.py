@@ -10,6 +10,7 @@ import torch
 from bess_rl.site.params import SiteParams
 from bess_rl.site.scenario import Scenario
 from tests.helpers import SMALL_SITE, make_scenario
+from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL server)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,24 +7,27 @@ trial whose job raised as FAIL (and, with ``max_failure_rate: 1.0``, goes on), b
 - a NaN/inf objective makes its ``study.tell`` raise twice: the whole sweep aborts, the trial stays RUNNING;
 - a sweep whose trials all fail exits 0 when the study is multi-objective or held completed trials before;
 - SQLite cannot create the folder of ``sqlite:///outputs/optuna.db`` on a fresh checkout;
-- a resumed study replays the seeded sampler's random start-up trials of the first sweep.
+- a resumed study replays the seeded sampler's random start-up trials of the first sweep;
+- a sweep killed mid-trial leaves that trial RUNNING for ever (bess_rl.experiment.storage: heartbeats);
+- a bad storage URL, an unreachable server or a study with other directions fails with a traceback.
 
-``OptunaStudyGuard`` closes these four gaps.
+``OptunaStudyGuard`` closes these gaps.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
-from sqlalchemy.engine import make_url
 
 from bess_rl.experiment.config import ConfigError
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,15 @@ def _abort(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _directions(direction: Any) -> list[str]:
+    directions = [direction] if isinstance(direction, str) else list(direction)
+    return [str(getattr(d, "name", d)) for d in directions]
+
+
 def check_directions(objective: Any, direction: Any) -> None:
     """Refuse a sweep whose directions cannot match the task's return before any trial trains."""
     names = [objective] if isinstance(objective, str) else list(objective)
-    directions = [direction] if isinstance(direction, str) else list(direction)
-    directions = [str(getattr(d, "name", d)) for d in directions]
+    directions = _directions(direction)
     if len(names) != len(directions):
         raise ConfigError(
             f"objective {names} has {len(names)} value(s), hydra.sweeper.direction {directions} {len(directions)}"
@@ -62,18 +69,54 @@ def non_finite(value: Any) -> bool:
         return False
 
 
-def _count_trials(study_name: str, storage: str) -> int:
-    import optuna  # only sweeps need it; keeps this module's import light for every run
-
-    summaries = optuna.study.get_all_study_summaries(storage)
-    return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
+def storage_url(storage: Any) -> str:
+    """``hydra.sweeper.storage`` as given, or the URL inside the node the guard put in its place."""
+    return storage if isinstance(storage, str) else str(storage.url)
 
 
 class OptunaStudyGuard(Callback):
-    """Hydra callback for Optuna sweeps with a storage (``hydra.callbacks`` in conf/hparams_search)."""
+    """Hydra callback for Optuna sweeps with a storage (``hydra.callbacks`` in conf/hparams_search).
 
-    def __init__(self) -> None:
+    ``heartbeat_interval``/``grace_period`` (s): a RUNNING trial whose sweep has not beaten for
+    ``grace_period`` (default twice the interval) is marked FAIL when the study is next opened.
+    """
+
+    def __init__(self, heartbeat_interval: int = 60, grace_period: int | None = None) -> None:
         self.first_trial = 0
+        self.heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
+
+    def _open_study(self, url: str, sweeper: DictConfig) -> int:
+        """Check the server and the study before any trial trains; fail stale trials; return the trial count."""
+        from bess_rl.experiment.storage import open_storage  # optuna: only sweeps need it, not every run importing this
+
+        storage = open_storage(url, **self.heartbeat)
+        try:
+            return self._check_study(storage, url, sweeper)
+        finally:
+            storage.engine.dispose()  # the sweeper opens its own; no idle connection for the whole sweep
+
+    def _check_study(self, storage: RDBStorage, url: str, sweeper: DictConfig) -> int:
+        from bess_rl.experiment.storage import StorageError, shown
+
+        try:
+            study_id = storage.get_study_id_from_name(sweeper.study_name)
+        except KeyError:
+            return 0  # a new study
+        have = [d.name.lower() for d in storage.get_study_directions(study_id)]
+        want = [d.lower() for d in _directions(sweeper.direction)]
+        if have != want:
+            raise StorageError(
+                f"study {sweeper.study_name!r} in {shown(url)} has directions {have}, this sweep {want}: "
+                "set another hydra.sweeper.study_name"
+            )
+        stale = [storage.get_trial_number_from_id(i) for i in storage.fail_stale_trials(study_id)]
+        if stale:
+            log.warning(
+                "study %r: trial(s) %s were left RUNNING by a sweep that stopped (no heartbeat): marked FAIL",
+                sweeper.study_name,
+                stale,
+            )
+        return storage.get_n_trials(study_id)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweeper = config.hydra.sweeper
@@ -83,10 +126,16 @@ class OptunaStudyGuard(Callback):
             _abort(str(exc), 2)
         if sweeper.storage is None:
             return
-        url = make_url(sweeper.storage)
-        if url.get_backend_name() == "sqlite" and url.database:
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        self.first_trial = _count_trials(sweeper.study_name, sweeper.storage)
+        from bess_rl.experiment.storage import StorageError
+
+        url = storage_url(sweeper.storage)
+        try:
+            self.first_trial = self._open_study(url, sweeper)
+        except StorageError as exc:
+            _abort(str(exc), 2)
+        with read_write(sweeper):  # the sweeper instantiates this node after the callback: a beating storage
+            sweeper.storage = {"_target_": "bess_rl.experiment.storage.HeartbeatStorage", "url": url, **self.heartbeat,
+                               "sweep_dir": str(config.hydra.sweep.dir)}  # fmt: skip
         seed = OmegaConf.select(sweeper, "sampler.seed")
         if self.first_trial and seed is not None:
             # Same seed on resume would replay the first sweep's start-up trials; offset it reproducibly.
@@ -110,14 +159,19 @@ class OptunaStudyGuard(Callback):
         import optuna
         from optuna.trial import TrialState
 
+        from bess_rl.experiment.storage import SWEEP_ATTR, shown
+
         sweeper = config.hydra.sweeper
         if sweeper.storage is None:
             return
-        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
-        trials = [t for t in study.get_trials(deepcopy=False) if t.number >= self.first_trial]
+        study = optuna.load_study(study_name=sweeper.study_name, storage=storage_url(sweeper.storage))
+        sweep_dir = str(config.hydra.sweep.dir)  # concurrent sweeps on the study: count only this one's trials
+        trials = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get(SWEEP_ATTR) == sweep_dir]
         complete = sum(t.state == TrialState.COMPLETE for t in trials)
         log.info("study %r: %d of this sweep's %d trials complete", sweeper.study_name, complete, len(trials))
         if trials and not complete:
             _abort(
-                f"all {len(trials)} trials of this sweep failed (study {sweeper.study_name!r}, {sweeper.storage})", 1
+                f"all {len(trials)} trials of this sweep failed (study {sweeper.study_name!r}, "
+                f"{shown(storage_url(sweeper.storage))})",
+                1,
             )

@@ -1,0 +1,138 @@
+"""Optuna storage for sweeps beyond one process: trial heartbeats, and one-line storage errors.
+
+Why: hydra-optuna-sweeper asks and tells trials itself (never ``study.optimize``), so Optuna's own
+heartbeat never beats and a sweep killed mid-trial leaves its trial RUNNING for ever. The guard
+(bess_rl.experiment.sweeper) swaps the storage URL for a ``HeartbeatStorage``, which beats for the trials its
+process asked; the next sweep on the study fails those whose beat stopped (by the database's clock,
+so from any host), while a live concurrent sweep's trials keep beating and are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+from optuna.exceptions import StorageInternalError
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
+
+log = logging.getLogger(__name__)
+# alembic 1.19 logs each of its plugins at INFO whenever optuna opens a storage: noise around a one-line error.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+# Trial system attribute naming the sweep folder whose process asked the trial (its jobs are under it).
+SWEEP_ATTR = "bess_rl:sweep_dir"
+# Two processes creating a fresh database's tables at once: the loser's insert fails; opening again works.
+SCHEMA_RACE_TRIES = 5
+
+
+class StorageError(Exception):
+    """A storage URL that cannot be used, said in one line (the guard exits with it)."""
+
+
+def shown(url: str) -> str:
+    """The URL as logs may show it: password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _one_line(exc: BaseException) -> str:
+    """The driver's message (psycopg2 spreads one over several lines), without SQLAlchemy's wrapping."""
+    inner = getattr(exc, "orig", None) or (exc.__cause__ if isinstance(exc, StorageInternalError) else None) or exc
+    return " ".join(str(getattr(inner, "orig", None) or inner).split())
+
+
+class HeartbeatStorage(RDBStorage):
+    """An RDBStorage that beats every ``heartbeat_interval`` s for the RUNNING trials this process created."""
+
+    def __init__(self, url: str, heartbeat_interval: int = 60, grace_period: int | None = None,
+                 sweep_dir: str | None = None) -> None:  # fmt: skip
+        super().__init__(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        self.sweep_dir = sweep_dir
+        self._mine: set[int] = set()
+        self._lock = threading.Lock()
+        self._beating = False
+
+    def __str__(self) -> str:  # the sweeper logs "Storage: <this>"
+        return shown(self.url)
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)
+        if trial.state == TrialState.RUNNING:
+            self.record_heartbeat(trial._trial_id)
+            if self.sweep_dir:
+                self.set_trial_system_attr(trial._trial_id, SWEEP_ATTR, self.sweep_dir)
+            with self._lock:
+                self._mine.add(trial._trial_id)
+                if not self._beating:
+                    self._beating = True
+                    threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True).start()
+        return trial
+
+    def _beat(self) -> None:
+        """Dies with the process (daemon): a killed sweep stops beating, which is what marks its trials stale."""
+        assert self.heartbeat_interval is not None
+        while True:
+            time.sleep(self.heartbeat_interval)
+            with self._lock:
+                ids = list(self._mine)
+            for trial_id in ids:
+                try:
+                    if self.get_trial(trial_id).state.is_finished():
+                        with self._lock:
+                            self._mine.discard(trial_id)
+                    else:
+                        self.record_heartbeat(trial_id)
+                except Exception as exc:  # a database hiccup must not end the beat; stale only after grace_period
+                    log.warning("heartbeat of trial id %d: %s", trial_id, _one_line(exc))
+
+
+def open_storage(url: str, **kwargs: Any) -> RDBStorage:
+    """``HeartbeatStorage(url, **kwargs)``, or a StorageError naming what is wrong with the URL or server."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(
+            f"hydra.sweeper.storage {url!r} is not a database URL (e.g. sqlite:///outputs/optuna.db)"
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
+    where = f"storage {shown(url)}"
+    attempt = 0
+    while True:
+        try:
+            return HeartbeatStorage(url, **kwargs)
+        except NoSuchModuleError:
+            raise StorageError(
+                f"{where}: SQLAlchemy {sqlalchemy.__version__} has no driver {parsed.drivername!r} "
+                "(for PostgreSQL use postgresql://, i.e. psycopg2 from the cluster extra)"
+            ) from None
+        except ImportError as exc:
+            module = getattr(exc.__cause__, "name", None) or "its driver"
+            raise StorageError(
+                f"{where}: the driver module {module!r} is not installed (pip install -e '.[cluster]' for PostgreSQL)"
+            ) from None
+        except (IntegrityError, ProgrammingError) as exc:
+            attempt += 1
+            if attempt == SCHEMA_RACE_TRIES:
+                raise StorageError(f"{where}: {_one_line(exc)}") from None
+            time.sleep(0.2 * attempt)
+        except OperationalError as exc:
+            raise StorageError(f"cannot open {where}: {_one_line(exc)}") from None
+        except (SQLAlchemyError, StorageInternalError, RuntimeError, ValueError) as exc:
+            raise StorageError(f"{where}: {_one_line(exc)}") from None

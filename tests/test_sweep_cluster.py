@@ -1,0 +1,258 @@
+"""Sweeps beyond one process with the real parts: PostgreSQL, concurrent sweeps, a killed sweep, joblib, submitit.
+
+On SQLite and on PostgreSQL: two basic-launcher sweeps at once on one study, and a sweep killed
+mid-trial that joblib workers resume; submitit_local on PostgreSQL (the Slurm route's code path).
+Each checks that every trial asked is recorded once with its own run folder. Bad storage input fails
+in one line before any trial trains; the pinned dashboard serves a study and leaves it resumable.
+The server is tests/pg.py's throwaway PostgreSQL on 127.0.0.1"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from bess_rl.experiment.folders import unique_dir
+from bess_rl.experiment.storage import SWEEP_ATTR
+from bess_rl.experiment.sweeper import OptunaStudyGuard
+from tests.pg import PASSWORD, PgServer, free_port
+from tests.test_app import COMMON, TINY, cli
+
+COMPLETE, FAIL, RUNNING = TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING
+PPO = ["hparams_search=ppo_optuna", *COMMON, *TINY["ppo"]]
+LR = "agent.hparams.learning_rate"
+# With seed 4 the TPE start-up trials draw soc_min 0.1, then 1.5: the second trial fails its site check.
+ONE_FAILS = ["seed=4", "site.soc_min=choice(0.1,1.5)"]
+# The killed-sweep tests beat every second (failed after > 2 s without a beat) instead of every minute.
+FAST_BEAT = "hydra.callbacks.optuna_study.heartbeat_interval=1"
+
+
+def sqlite_url(root: Path) -> str:
+    return f"sqlite:///{root}/outputs/optuna.db"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def route(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The storage URL of each route: SQLite in the test's folder, or a fresh database on the server."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    return request.getfixturevalue("pg_url")
+
+
+def multirun(root: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    return cli("-m", *PPO, f"hydra.sweeper.storage={url}", *args, cwd=root, timeout=240)
+
+
+def start(root: Path, url: str, *args: str) -> subprocess.Popen:
+    """``multirun`` without waiting, for sweeps that run beside each other or get killed."""
+    env = {**os.environ, "BESS_RL_ROOT": str(root)}
+    argv = [sys.executable, "-m", "bess_rl", "-m", *PPO, f"hydra.sweeper.storage={url}", *args]
+    return subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def trials(url: str, study: str = "ppo") -> list[FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=url).trials
+
+
+def check_folders(root: Path, study: list[FrozenTrial]) -> dict[int, Path]:
+    """Every trial has exactly one run folder (matched by its overrides), in the sweep folder that asked it;
+    a complete trial's folder holds the metrics its value came from."""
+    runs = {p.parent.parent: OmegaConf.load(p) for p in root.glob("outputs/sweeps/*/*/.hydra/overrides.yaml")}
+    folders = {}
+    for t in study:
+        mine = [d for d, overrides in runs.items() if f"{LR}={t.params[LR]}" in overrides]
+        assert len(mine) == 1, f"trial {t.number}: run folders {mine}"
+        assert str(mine[0].parent) == t.system_attrs[SWEEP_ATTR]
+        if t.state == COMPLETE:
+            metrics = OmegaConf.load(mine[0] / "metrics.json")
+            assert metrics.penalised_reduction_pct == pytest.approx(t.value)
+        folders[t.number] = mine[0]
+    assert len(set(folders.values())) == len(study) == len(runs)
+    return folders
+
+
+def wait_for_job(root: Path, timeout: float = 120) -> None:
+    """Until the first job's folder exists (its trial is asked by then); the study is not read before
+    the sweep has created it, which would race it for a fresh SQLite file's tables."""
+    deadline = time.monotonic() + timeout
+    while not list(root.glob("outputs/sweeps/*/0/.hydra")):
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_share_the_study_without_sharing_folders(tmp_path, route):
+    procs = [start(tmp_path, route, "hydra.sweeper.n_trials=2", f"seed={seed}") for seed in (1, 2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for proc, (out, _) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, out[-3000:]
+        assert "2 of this sweep's 2 trials complete" in out  # each counts its own trials, not the other's
+    study = trials(route)
+    assert sorted(t.number for t in study) == [0, 1, 2, 3] and {t.state for t in study} == {COMPLETE}
+    check_folders(tmp_path, study)
+    results = [OmegaConf.load(p) for p in tmp_path.glob("outputs/sweeps/*/optimization_results.yaml")]
+    assert len(results) == 2
+    best = optuna.load_study(study_name="ppo", storage=route).best_trial
+    assert best.value == max(t.value for t in study) == max(r.best_value for r in results)
+    assert all(r.best_value in {t.value for t in study} for r in results)
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_study(tmp_path, route):
+    long = start(tmp_path, route, "hydra.sweeper.n_trials=1", "agent.total_timesteps=10000000", FAST_BEAT)
+    try:
+        wait_for_job(tmp_path)
+        time.sleep(3)  # past the grace period (2 s): only the heartbeat keeps the trial alive now
+        # What the guard does when another sweep opens the study meanwhile: the live trial is left alone.
+        sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
+        assert OptunaStudyGuard(heartbeat_interval=1)._open_study(route, sweeper) == 1
+        assert [t.state for t in trials(route)] == [RUNNING]
+    finally:
+        long.send_signal(signal.SIGKILL)
+        long.communicate(timeout=30)
+    time.sleep(3.5)  # its heartbeat has stopped for longer than the grace period
+    # Two trials at once in joblib workers; the resumed sampler seed (4 + 1) draws soc_min 1.5, then 0.1.
+    resumed = multirun(tmp_path, route, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                       "hydra.sweeper.n_jobs=2", FAST_BEAT, *ONE_FAILS)  # fmt: skip
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-3000:]
+    assert "trial(s) [0] were left RUNNING by a sweep that stopped (no heartbeat): marked FAIL" in out
+    assert "resuming study 'ppo' at trial 1" in out
+    study = trials(route)
+    assert [t.state for t in study] == [FAIL, FAIL, COMPLETE]
+    assert [t.params["site.soc_min"] for t in study[1:]] == [1.5, 0.1]
+    assert "site needs 0 <= soc_min < soc_max <= 1" in out  # the failure came back from its worker process
+    assert "1 of this sweep's 2 trials complete" in out  # the killed sweep's trial is not this one's
+    folders = check_folders(tmp_path, study)
+    assert [folders[n].name for n in (0, 1, 2)] == ["0", "0", "1"]  # the killed sweep's job 0, then two jobs
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_on_postgresql(tmp_path, pg_url):
+    """Real submission: pickled jobs, one array per batch of hydra.sweeper.n_jobs, result files on the sweep path."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+    proc = multirun(tmp_path, pg_url, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                    "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *ONE_FAILS)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = trials(pg_url)
+    assert [t.state for t in study] == [COMPLETE, FAIL]
+    folders = check_folders(tmp_path, study)
+    sweep = folders[0].parent
+    assert sweep.parent == tmp_path / "outputs" / "sweeps"  # run folders and job files on the shared path
+    # One folder per job, named by its job id (the template folder "%j" stays empty): pickles and logs.
+    jobs = sorted(p.parent for p in (sweep / ".submitit").glob("*/*_submitted.pkl"))
+    assert len(jobs) == 2
+    returns = []
+    for job in jobs:
+        assert len(list(job.glob("*_log.out"))) == 1 and len(list(job.glob("*_log.err"))) == 1
+        outcome, job_return = pickle.loads(next(job.glob("*_result.pkl")).read_bytes())
+        assert outcome == "success"  # the job ran; a failed trial is a JobReturn with status FAILED
+        returns.append(job_return)
+    assert sorted(r.status.name for r in returns) == ["COMPLETED", "FAILED"]
+
+
+BAD_INPUT = {  # case: what the one line says
+    "unreachable": "Connection refused",
+    "credentials": 'password authentication failed for user "bess"',
+    "directions": "study 'ppo' in postgresql://bess:***@127.0.0.1",
+    "driver": "SQLAlchemy 1.4.54 has no driver 'postgresql+psycopg'",
+    "module": "the driver module 'pg8000' is not installed",
+    "url": "is not a database URL",
+}
+
+
+def bad_url(case: str, pg_server: PgServer, pg_url: str) -> str:
+    if case == "directions":
+        optuna.create_study(study_name="ppo", storage=pg_url, direction="minimize")
+    return {
+        "unreachable": PgServer(port=free_port()).url("optuna"),
+        "credentials": pg_server.url(pg_url.rsplit("/", 1)[1], password="wrong"),
+        "directions": pg_url,
+        "driver": pg_url.replace("postgresql://", "postgresql+psycopg://"),
+        "module": pg_url.replace("postgresql://", "postgresql+pg8000://"),
+        "url": "postgresql//no-scheme",
+    }[case]
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_storage_input_stops_the_guard_in_one_line(tmp_path, pg_server, pg_url, caplog, case):
+    sweeper = {"direction": "maximize", "storage": bad_url(case, pg_server, pg_url), "study_name": "ppo"}
+    cfg = OmegaConf.create({"objective": "penalised_reduction_pct", "hydra": {"sweeper": sweeper}})
+    with pytest.raises(SystemExit) as stop:
+        OptunaStudyGuard().on_multirun_start(cfg)
+    assert stop.value.code == 2
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert BAD_INPUT[case] in error and "\n" not in error and PASSWORD not in error
+
+
+@pytest.mark.slow
+def test_bad_storage_input_on_the_command_line_is_one_line_before_any_trial(tmp_path, pg_server, pg_url):
+    proc = multirun(tmp_path, bad_url("credentials", pg_server, pg_url), "hydra.sweeper.n_trials=1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert [BAD_INPUT["credentials"] in line for line in out.splitlines()].count(True) == 1, out[-3000:]
+    assert "Traceback" not in out and PASSWORD not in out
+    assert not list(tmp_path.glob("outputs/sweeps/*/*/.hydra"))  # no trial started
+
+
+def test_unique_dir_takes_the_next_free_name(tmp_path):
+    path = str(tmp_path / "sweeps" / "2026-01-01_00-00-00")
+    assert [unique_dir(path) for _ in range(3)] == [path, f"{path}-1", f"{path}-2"]
+    assert all(Path(p).is_dir() for p in (path, f"{path}-1", f"{path}-2"))
+
+
+def get_json(url: str, timeout: float = 60) -> dict:
+    """GET ``url`` as JSON, retrying while the server starts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.loads(response.read())
+        except OSError:
+            assert time.monotonic() < deadline, f"no answer from {url}"
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study_and_leaves_it_resumable(tmp_path):
+    """The pinned optuna-dashboard (extra ``dashboard``) reads optuna 2.10's schema as it is."""
+    pytest.importorskip("optuna_dashboard", reason="pip install -e '.[dashboard]'")
+    url = sqlite_url(tmp_path)
+    first = multirun(tmp_path, url, "hydra.sweeper.n_trials=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (trial,) = trials(url)
+    schema = "SELECT version_num FROM alembic_version"
+    with sqlalchemy.create_engine(url).connect() as conn:
+        version = conn.execute(sqlalchemy.text(schema)).scalar_one()
+    port = free_port()
+    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), url, "--host", "127.0.0.1",
+                                  "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        (summary,) = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+        assert summary["study_name"] == "ppo" and summary["directions"] == ["maximize"]
+        (served,) = get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")["trials"]
+    finally:
+        dashboard.terminate()
+        dashboard.communicate(timeout=30)
+    assert served["number"] == 0 and served["state"] == "Complete" and served["values"] == [trial.value]
+    attrs = {a["key"]: a["value"] for a in served["user_attrs"]}
+    assert attrs == {k: str(v) for k, v in trial.user_attrs.items()} and attrs["agent.total_timesteps"] == "64"
+    assert {p["name"] for p in served["params"]} == set(trial.params)
+    with sqlalchemy.create_engine(url).connect() as conn:
+        assert conn.execute(sqlalchemy.text(schema)).scalar_one() == version == "v2.6.0.a"  # no schema upgrade
+    again = multirun(tmp_path, url, "hydra.sweeper.n_trials=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [t.state for t in trials(url)] == [COMPLETE, COMPLETE]
