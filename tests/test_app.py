@@ -188,7 +188,8 @@ def test_minibatch_larger_than_rollout_is_refused():
         (["agent.n_envs=0"], "agent.n_envs must be > 0, got 0"),
         (["scenario.hourly_path=/no/such.csv"], "scenario file not found: /no/such.csv"),
         (["site.soc_min=1.5"], "site needs 0 <= soc_min < soc_max <= 1"),
-        (["scenario.episode_hours=100000"], "scenario.episode_hours must be in [1, 8760], got 100000"),
+        (["scenario=iquitos", "scenario.episode_hours=100000"],
+         "scenario.episode_hours must be in [1, 8760], got 100000"),
         (["scenario.forecast_hours=-1"], "scenario.forecast_hours must be >= 0, got -1"),
     ],
 )
