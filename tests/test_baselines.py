@@ -139,3 +139,5 @@ def test_references_command_takes_the_overrides_and_help(capsys):
         assert name in out
     assert references_main(["mpc.every_hours=0"]) == 2
     assert "mpc.every_hours must be >= 1" in capsys.readouterr().err
+    assert references_main(["scenario=nope"]) == 2
+    assert capsys.readouterr().err == "error: In 'train': Could not find 'scenario/nope'\n"
