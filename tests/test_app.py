@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 import torch
+from hydra.errors import HydraException
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
@@ -18,6 +20,8 @@ from bess_rl.experiment import hardware as hardware_module
 from bess_rl.experiment import planner
 from bess_rl.experiment.build import algo_class, build_eval_env, build_model
 from bess_rl.experiment.config import ConfigError, validate
+from bess_rl.experiment.errors import USER_ERRORS
+from bess_rl.experiment.run_dir import RunDir
 from bess_rl.experiment.train import run, steps_to_run
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.tools.replay import replay
@@ -25,8 +29,8 @@ from tests.helpers import COMMON, TINY, cli, compose_cfg, small_env
 
 AGENTS, HARDWARE, PRESETS = ("sac", "ppo", "a2c"), ("cpu", "cuda", "rtx4060"), ("before", "after")
 
-# What shared/seed/GPU_QUICK_REFERENCE.md tables say, as SB3 parameters (see conf/agent_preset).
-SEED_TABLE = {
+# What docs/presets.md's tables say, as SB3 parameters (see conf/agent_preset).
+PRESET_TABLES = {
     ("sac", "before"): {"batch_size": 512, "buffer_size": 5_000_000, "gradient_steps": 1024, "train_freq": 1,
                         "learning_starts": 1000, "log_interval": 100},
     ("sac", "after"): {"batch_size": 256, "buffer_size": 1_000_000, "gradient_steps": 2048, "train_freq": 2,
@@ -41,17 +45,17 @@ SEED_TABLE = {
 
 @pytest.mark.parametrize("agent", AGENTS)
 @pytest.mark.parametrize("preset", PRESETS)
-def test_presets_are_the_seed_tables(agent, preset):
+def test_presets_are_the_documented_tables(agent, preset):
     cfg = compose_cfg([f"agent={agent}", f"preset={preset}"])
     hp = cfg.agent.hparams
-    for key, want in SEED_TABLE[(agent, preset)].items():
+    for key, want in PRESET_TABLES[(agent, preset)].items():
         if key == "rollout":
             got = cfg.agent.n_envs * hp.n_steps
         elif key in ("log_interval", "total_timesteps"):
             got = cfg.agent[key]
         else:
             got = hp[key]
-        assert got == want, f"{agent}/{preset}: {key} = {got}, seed says {want}"
+        assert got == want, f"{agent}/{preset}: {key} = {got}, docs/presets.md says {want}"
     validate(cfg)
 
 
@@ -178,25 +182,51 @@ def test_minibatch_larger_than_rollout_is_refused():
         validate(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["agent=sacc"], "Could not find 'agent/sacc'"),
         (["agent.hparams.batch_size=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
-        (["agent.hparams.batch_sise=3"], "Could not override 'agent.hparams.batch_sise'"),
-        (["hardware.amp=fp8"], "Invalid value 'fp8', expected one of [none, bf16, fp16]"),
-        (["agent.n_envs=0"], "agent.n_envs must be > 0, got 0"),
         (["scenario.hourly_path=/no/such.csv"], "scenario file not found: /no/such.csv"),
-        (["site.soc_min=1.5"], "site needs 0 <= soc_min < soc_max <= 1"),
-        (["scenario.episode_hours=100000"], "scenario.episode_hours must be in [1, 8760], got 100000"),
-        (["scenario.forecast_hours=-1"], "scenario.forecast_hours must be >= 0, got -1"),
     ],
 )
 def test_cli_errors_are_one_clear_line(tmp_path, args, message):
+    """Hydra's composition errors, a schema type error and our own: one line from the real entry point."""
     proc = cli(*args, "progress_bar=false", cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["agent.hparams.batch_sise=3"], "Could not override 'agent.hparams.batch_sise'"),
+        (["hardware.amp=fp8"], "Invalid value 'fp8', expected one of [none, bf16, fp16]"),
+    ],
+)
+def test_composition_errors_name_the_override(args, message):
+    """Hydra refuses these at compose time; its message (with its cause, as the CLI prints) names the fix."""
+    with pytest.raises(HydraException) as excinfo:
+        compose_cfg(args)
+    assert message in f"{excinfo.value} {excinfo.value.__cause__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["agent.n_envs=0"], "agent.n_envs must be > 0, got 0"),
+        (["site.soc_min=1.5"], "site needs 0 <= soc_min < soc_max <= 1"),
+        (["scenario.episode_hours=100000"], "scenario.episode_hours must be in [1, 168], got 100000"),
+        (["scenario.forecast_hours=-1"], "scenario.forecast_hours must be >= 0, got -1"),
+    ],
+)
+def test_bad_values_are_user_errors_before_training(tmp_path, args, message):
+    """What the entry point prints as one line (``USER_ERRORS``), raised before any training."""
+    with pytest.raises(USER_ERRORS, match=re.escape(message)):
+        run(compose_cfg([*args, *COMMON]), tmp_path)
+    assert not RunDir(tmp_path).model.exists()
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bess_rl.experiment.config import compose_config
+from bess_rl.site.env import PvBessEvEnv
 from bess_rl.tools.doctor import Wants, check_cuda_graph, main
 
 GPU_ITEMS = ("CUDA", "GPU", "fp16", "TF32", "CUDA graph")
@@ -57,7 +58,9 @@ def test_gpu_memory_plan_puts_the_replay_buffer_where_the_run_does(capsys, algo,
     _, status, out = doctor(capsys, "hardware=rtx4060", "preset=before", f"agent.algo={algo}")
     gpu_plan = out.split("memory@cuda")[1]
     assert status["memory@cuda"] == "PASS"
-    assert f"replay buffer   {where:<6}   0.70 GB" in gpu_plan  # 5,000,000 x 140 B
+    obs = PvBessEvEnv().observation_space.shape[0]
+    gb = 5_000_000 * (2 * obs * 4 + (2 + 3) * 4) / 1e9  # rows x (obs, next obs, 2 actions + reward, done, timeout)
+    assert f"replay buffer   {where:<6}   {gb:.2f} GB" in gpu_plan
 
 
 def test_algo_that_does_not_import_skips_the_gpu_memory_plan(capsys):

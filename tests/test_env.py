@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from bess_rl import ENV_ID
-from bess_rl.baselines.references import RuleBased, run_episode, uncontrolled
+from bess_rl.baselines.episode import run_episode
+from bess_rl.baselines.rules import RuleBased, uncontrolled
 from bess_rl.site.env import PvBessEvEnv
 
 
@@ -117,3 +120,45 @@ def test_bad_action_is_a_clear_error(scenario, site, bad):
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action must be 2 finite numbers"):
         env.step(bad)
+
+
+def test_observation_layout_v1_and_forecast_errors(scenario, site):
+    k = 3
+    exact = PvBessEvEnv(scenario, site, forecast_hours=k)
+    assert exact.observation_space.shape == (6 + 4 * k + 4,)
+    t = 30
+    row = exact._exog[t]
+    intensity = scenario.co2_kg_per_kwh / scenario.co2_kg_per_kwh.max()
+    price = scenario.price_per_kwh / scenario.price_per_kwh.max()
+    assert row[4] == pytest.approx(intensity[t]) and row[5] == pytest.approx(price[t])
+    np.testing.assert_allclose(row[6 + 2 * k : 6 + 3 * k], intensity[t + 1 : t + 1 + k], rtol=1e-6)
+    pv = exact.pv_kw / exact.pv_kw.max()
+    np.testing.assert_allclose(row[6 : 6 + k], pv[t + 1 : t + 1 + k], rtol=1e-6)
+    persist = PvBessEvEnv(scenario, site, forecast_hours=k, forecast_error="persistence")._exog[t]
+    np.testing.assert_allclose(persist[6 : 6 + k], pv[t + 1 - 24 : t + 1 + k - 24], rtol=1e-6)  # yesterday
+    noisy = [PvBessEvEnv(scenario, site, forecast_error="noise", forecast_seed=s)._exog for s in (1, 1, 2)]
+    np.testing.assert_array_equal(noisy[0], noisy[1])  # seeded
+    assert not np.array_equal(noisy[0], noisy[2])
+    np.testing.assert_array_equal(noisy[0][:, :6], exact._exog[:, :6])  # the nowcast stays exact
+    assert noisy[0].min() >= -1.0 and noisy[0][:, 2:].min() >= 0.0 and noisy[0].max() <= 1.0
+    with pytest.raises(ValueError, match="forecast_error must be one of exact, persistence, noise"):
+        PvBessEvEnv(scenario, site, forecast_error="oracle")
+
+
+def test_import_cap_cuts_battery_then_ev_charging_and_reports_what_the_load_alone_exceeds(scenario, site):
+    pv = site.pv_kwp * scenario.pv_kw_per_kwp
+    cap = float(np.percentile(scenario.load_kw - pv, 95))
+    capped = dataclasses.replace(site, import_cap_kw=cap)
+    env = PvBessEvEnv(scenario, capped)
+    full = run_episode(env, lambda e, o: np.array([1.0, 1.0], np.float32)).trace
+    allowed = np.maximum(cap, scenario.load_kw - pv)
+    assert np.all(full["grid_import_kw"] <= allowed + 1e-9)
+    # Where the cap binds, battery charging goes first: EVs charge only once the battery is at 0.
+    binding = full["grid_import_kw"] >= cap - 1e-9
+    assert np.all(full["bess_kw"][binding & (full["ev_kw"] > 1e-9)] <= 1e-9)
+    env.reset(seed=0)
+    violations = []
+    for _ in range(scenario.hours):
+        info = env.step(np.array([0.0, -1.0], np.float32))[4]
+        violations.append(info["cap_violation_kw"])
+    np.testing.assert_allclose(violations, np.maximum(scenario.load_kw - pv - cap, 0.0), atol=1e-9)

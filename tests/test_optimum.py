@@ -205,3 +205,14 @@ def test_solver_failure_raises_runtime_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(optimum, "linprog", fake_linprog)
     with pytest.raises(RuntimeError, match="infeasible"):
         solve_optimum(_scenario(np.zeros(24), 100.0, 0.45), SiteParams())
+
+
+def test_import_cap_bounds_grid_import_except_where_the_load_alone_exceeds_it() -> None:
+    scen = _random_scenario(3)
+    free = solve_optimum(scen, SiteParams())
+    cap = 0.9 * float(free.grid_import_kw.max())
+    capped = solve_optimum(scen, SiteParams(import_cap_kw=cap))
+    pv = SiteParams().pv_kwp * scen.pv_kw_per_kwp
+    bound = np.maximum(cap, scen.load_kw - pv)
+    assert np.all(capped.grid_import_kw <= bound + TOL)
+    assert capped.objective_kg >= free.objective_kg - TOL  # a constraint never helps

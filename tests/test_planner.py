@@ -1,4 +1,4 @@
-"""The memory planner against SB3's real buffers, networks and optimizers, and the seed's presets vs a budget."""
+"""The memory planner against SB3's real buffers, networks and optimizers, and the presets vs a budget."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def test_networks_gradients_and_optimizer_match_a_trained_sb3_model(agent, scena
     algo, hp, steps = TINY[agent]
     overrides = [f"agent={agent}", "agent.hparams.net_arch=[32,16]"]
     overrides += [f"agent.hparams.{k}={v}" for k, v in hp.items() if k != "learning_starts"]
-    plan = estimate(compose_config(overrides), 15, 2, device="cpu")
-    model = algo("MlpPolicy", PvBessEvEnv(scenario, site), policy_kwargs={"net_arch": [32, 16]}, device="cpu",
-                 seed=0, **hp)  # fmt: skip
+    env = PvBessEvEnv(scenario, site)
+    plan = estimate(compose_config(overrides), env.observation_space.shape[0], 2, device="cpu")
+    model = algo("MlpPolicy", env, policy_kwargs={"net_arch": [32, 16]}, device="cpu", seed=0, **hp)
     model.learn(steps)
     params = list(model.policy.parameters())
     optimizers = [model.policy.optimizer] if agent != "sac" else [model.actor.optimizer, model.critic.optimizer]
@@ -120,7 +120,7 @@ def test_on_policy_advice_halves_rollout_and_minibatch():
 
 
 def test_domain_note_buffer_figure_is_corrected():
-    """DOMAIN.md: the design note put a 1M buffer of ~500-dim observations at 1 GB."""
+    """The presets' source put a 1M buffer of ~500-dim observations at 1 GB (docs/presets.md): it is ~4.8 GB."""
     cfg = compose_config(["agent=sac", "preset=after"])
     buffer = estimate(cfg, 500, 2, device="cuda").part("replay buffer")
     print(f"1M transitions x 500-dim float32 obs: {buffer.nbytes / GB:.2f} GB in {buffer.where} RAM, not 1 GB")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from bess_rl.experiment.train import compute_references
+from bess_rl.baselines.references import compute_references
 from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import penalised_kg
 from tests.helpers import make_scenario
 
 
@@ -33,3 +36,15 @@ def test_ordering_when_the_battery_is_small(site, seed):
     env = PvBessEvEnv(make_scenario(days=3, seed=seed), small)
     refs = compute_references(env)
     assert refs.optimum_co2_kg < refs.rule_based.co2_kg < refs.uncontrolled.co2_kg
+
+
+def test_lp_stays_a_lower_bound_under_an_import_cap(site):
+    """The env cuts charging to the cap; the LP with the same cap must still be below every env policy."""
+    scenario = make_scenario(days=3, seed=4)
+    capped = dataclasses.replace(site, import_cap_kw=1_200.0)
+    refs = compute_references(PvBessEvEnv(scenario, capped))
+    pen = capped.unmet_penalty_kg_per_kwh
+    lp = penalised_kg(refs.optimum_co2_kg, refs.optimum_unmet_kwh, pen)
+    for res in (refs.uncontrolled, refs.rule_based):
+        assert lp <= penalised_kg(res.co2_kg, res.ev_unmet_kwh, pen) * (1 + 1e-7)
+    assert refs.uncontrolled.ev_unmet_kwh > 0  # the cap binds: uncontrolled charging is cut

@@ -61,6 +61,7 @@ def outcome(run_dir: Path) -> dict[str, float]:
     return {k: metrics[k] for k in COMPARED} | {"total_timesteps": metrics["total_timesteps"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("agent", "sig"), [("ppo", signal.SIGINT), ("sac", signal.SIGTERM)])
 def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, agent, sig):
     args = [*LONG[agent], *COMMON]
@@ -88,6 +89,7 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, agent, si
     assert outcome(run_dir) == outcome(run_dirs(straight)[0])
 
 
+@pytest.mark.slow
 def test_resume_refusals(tmp_path):
     not_a_run = cli(f"resume={tmp_path}", cwd=tmp_path)
     assert not_a_run.returncode == 2 and "is not a bess_rl run folder" in not_a_run.stderr
@@ -169,6 +171,7 @@ def test_out_of_memory_twice_is_an_error(tmp_path, monkeypatch):
         run(compose_cfg(["agent=ppo", *COMMON, *TINY["ppo"]]), tmp_path)
 
 
+@pytest.mark.slow
 def test_malformed_csv_is_one_clear_line(tmp_path):
     bad = tmp_path / "hourly.csv"
     bad.write_text('pv_kw_per_kwp,load_kw\n0.1,"1000\n')
@@ -177,6 +180,7 @@ def test_malformed_csv_is_one_clear_line(tmp_path):
     assert "cannot be read as csv" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_buffer_over_the_memory_budget_is_refused_before_training(tmp_path):
     proc = cli("agent=sac", "preset=before", "hardware.memory_budget_gb=0.5", *COMMON, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bess_rl.site.scenario import ScenarioError, load_scenario
+from bess_rl.site.scenario import ScenarioError, embedded_scenario, load_scenario
 
 HOURS = 48
 
@@ -45,6 +45,10 @@ def test_good_files_load(tmp_path, fmt):
     sc = load_scenario(h, s, hours=HOURS)
     assert sc.hours == HOURS and len(sc.sessions) == 2
     np.testing.assert_allclose(sc.co2_kg_per_kwh, 0.4521)  # default constant when the column is absent
+    np.testing.assert_allclose(sc.price_per_kwh, 0.20)  # the flat tariff likewise
+    priced = hourly_frame().assign(price_per_kwh=np.linspace(0.1, 0.3, HOURS))
+    h, s = write(tmp_path, priced, sessions_frame(), fmt)
+    np.testing.assert_allclose(load_scenario(h, s, hours=HOURS).window(24, 24).price_per_kwh, priced.price_per_kwh[24:])
     assert sc.sessions.departure.dtype == np.int64
 
 
@@ -71,6 +75,11 @@ def _break(frame: pd.DataFrame, col: str, row: int, value) -> pd.DataFrame:
             r"column 'load_kw' row 3: not a finite number \('abc'\)",
         ),
         ("hourly", lambda f: f.iloc[:-1], r"has 47 rows, expected 48"),
+        (
+            "hourly",
+            lambda f: _break(f.assign(price_per_kwh=0.2), "price_per_kwh", 9, np.nan),
+            r"column 'price_per_kwh' row 9: not a finite number",
+        ),
         ("sessions", lambda f: f.drop(columns="energy_kwh"), r"missing column 'energy_kwh'"),
         (
             "sessions",
@@ -113,3 +122,14 @@ def test_window_keeps_sessions_inside(tmp_path):
     assert sc.hours == 24 and list(sc.sessions.arrival) == [9]
     with pytest.raises(ScenarioError, match="outside"):
         sc.window(10, 20)
+
+
+def test_embedded_parts_split_one_year():
+    train = embedded_scenario("citylearn_building_1[0:6552]")
+    held_out = embedded_scenario("citylearn_building_1[6552:]")
+    full = embedded_scenario("citylearn_building_1")
+    assert (train.hours, held_out.hours) == (6552, 2208)
+    np.testing.assert_array_equal(held_out.price_per_kwh, full.price_per_kwh[6552:])
+    assert held_out.sessions.arrival.min() >= 0 and len(train.sessions) + len(held_out.sessions) <= len(full.sessions)
+    with pytest.raises(ScenarioError, match="no embedded data set 'nope'"):
+        embedded_scenario("nope[0:24]")

@@ -35,6 +35,7 @@ def finished_runs(root: Path) -> list[Path]:
 PPO_SWEEP = ["hparams_search=ppo_optuna", "hydra.sweeper.n_trials=2", *COMMON, *TINY["ppo"]]
 
 
+@pytest.mark.slow
 def test_sweep_resumes_and_a_resumed_sweep_that_only_fails_exits_nonzero(tmp_path):
     first = multirun(tmp_path, *PPO_SWEEP)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -56,6 +57,7 @@ def test_sweep_resumes_and_a_resumed_sweep_that_only_fails_exits_nonzero(tmp_pat
     assert [t.state for t in trials(tmp_path, "ppo")] == [COMPLETE] * 4 + [FAIL] * 2
 
 
+@pytest.mark.slow
 def test_sweep_where_every_trial_fails_exits_nonzero_and_records_them(tmp_path):
     proc = multirun(tmp_path, *PPO_SWEEP, "site.soc_min=1.5")
     assert proc.returncode != 0
@@ -63,6 +65,7 @@ def test_sweep_where_every_trial_fails_exits_nonzero_and_records_them(tmp_path):
     assert [t.state for t in trials(tmp_path, "ppo")] == [FAIL] * 2
 
 
+@pytest.mark.slow
 def test_multi_objective_sweep_on_the_joblib_launcher(tmp_path):
     proc = multirun(tmp_path, "hparams_search=sac_optuna_mo", "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
                     "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", *COMMON, *TINY["sac"])  # fmt: skip
@@ -131,6 +134,7 @@ def test_budget_refuses_keys_the_agent_lacks():
         apply_budget(cfg)
 
 
+@pytest.mark.slow
 def test_the_entry_point_applies_the_budget(tmp_path):
     """Needs ``apply_budget(cfg)`` before ``run`` in bess_rl/__main__.py."""
     args = ["experiment=before_vs_after", "budget.name=cpu", "agent=sac", *COMMON, *TINY["sac"]]

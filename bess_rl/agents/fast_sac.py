@@ -1,6 +1,6 @@
 """SB3's SAC with a fused, device-resident update: the same maths, far fewer host round trips.
 
-Why: the seed's SAC presets do 1,024 gradient steps per env step, so ``train`` is the run time.
+Why: the SAC presets (docs/presets.md) do 1,024 gradient steps per env step, so ``train`` is the run time.
 SB3's loop draws numpy indices, copies every batch to the device, builds distribution objects and
 calls ``.item()`` four times per step. Here the replay storage is one tensor on the model's device,
 indices are drawn there, losses are summed there and read once per ``train`` call, the optimisers

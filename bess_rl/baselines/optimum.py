@@ -13,7 +13,7 @@ the plan through the env and reports what it reaches).
 
 Model, hours t = 0..T-1 of one hour each (kWh = kW):
 
-    variables   g_t >= 0 grid import, x_t >= 0 surplus (curtailed, earns nothing),
+    variables   g_t in [0, G_t] grid import, x_t >= 0 surplus (curtailed, earns nothing),
                 c_t, d_t in [0, P] battery charge / discharge (AC side),
                 e_t in [soc_min Cap, soc_max Cap] battery energy at the END of hour t,
                 p_{s,t} in [0, max_power_s] for arrival_s <= t < departure_s only.
@@ -21,6 +21,9 @@ Model, hours t = 0..T-1 of one hour each (kWh = kW):
     battery     e_t = e_{t-1} + eta_c c_t - d_t / eta_d,   e_{-1} = e0, no terminal constraint
     EVs         sum_t p_{s,t} <= energy_s                  (unmet_s = energy_s - sum_t p_{s,t} >= 0)
     minimise    sum_t co2_t g_t + penalty sum_s unmet_s
+
+G_t is ``site.import_cap_kw`` (infinite without a cap), raised to load_t - pv_t where the load alone
+exceeds it: the env serves the load regardless and counts that as a cap violation, so the LP must too.
 
 The unmet energy is not a variable: the penalty term is the constant ``penalty * sum(energy)``
 minus ``penalty`` times each p_{s,t}. Session-hours are expanded with numpy index arithmetic, and
@@ -130,6 +133,8 @@ def solve_window(
 
     lb = np.zeros(n)
     ub = np.full(n, np.inf)
+    if site.import_cap_kw is not None:
+        ub[og:ox] = np.maximum(site.import_cap_kw, load - pv)
     ub[oc:oe] = pmax
     lb[oe:op] = site.soc_min * cap
     ub[oe:op] = site.soc_max * cap

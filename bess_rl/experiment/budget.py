@@ -30,7 +30,7 @@ def _leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]
 def apply_budget(cfg: DictConfig) -> list[dict[str, Any]]:
     """Multiply this agent's keys by ``budget.scale.<agent>``; record them in ``budget.changed``.
 
-    Why: the design note's SAC presets do 1,024 gradient updates per environment step, days of CPU;
+    Why: the SAC presets (docs/presets.md) do 1,024 gradient updates per environment step, days of CPU;
     a budget shrinks stated keys by stated factors (integers rounded, at least 1) so the comparison
     runs anywhere, and the resolved config of every run says exactly what differs from the preset.
     """

@@ -61,9 +61,9 @@ def build_scenario(cfg: DictConfig, part: str = "train") -> Scenario:
         return build_scenario(cfg, "train")
     if hourly_path is not None:
         sessions = cfg.get(f"{prefix}sessions_path")
-        scenario = load_scenario(hourly_path, sessions, cfg.name, cfg.hours, cfg.co2_kg_per_kwh)
+        scenario = load_scenario(hourly_path, sessions, cfg.name, cfg.hours, cfg.co2_kg_per_kwh, cfg.price_per_kwh)
     elif data is not None:
-        scenario = embedded_scenario(data, cfg.co2_kg_per_kwh, cfg.name)
+        scenario = embedded_scenario(data, cfg.co2_kg_per_kwh, cfg.name, cfg.price_per_kwh)
     else:
         raise ConfigError("scenario needs data (an embedded data set) or hourly_path (your own file)")
     if cfg.window_hours is not None or cfg.window_start:
@@ -94,6 +94,8 @@ def make_env(scenario: Scenario, site: SiteParams, cfg: DictConfig, training: bo
             episode_hours=cfg.episode_hours if training else None,
             random_start=cfg.random_start if training else False,
             forecast_hours=cfg.forecast_hours,
+            forecast_error=cfg.forecast_error,
+            forecast_noise=cfg.forecast_noise,
         )
     except ValueError as exc:  # the env names the argument; the user set it as scenario.<name>
         raise ConfigError(f"scenario.{exc}") from None

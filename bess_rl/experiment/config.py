@@ -38,64 +38,69 @@ class CompileMode(str, Enum):
     max_autotune = "max-autotune"
 
 
+# The schemas state types only (MISSING: the group's YAML must supply the value). Each value lives in
+# one place: conf/agent/<agent>.yaml the algorithm's own defaults, conf/agent_preset/<agent>_<preset>.yaml
+# only the preset tables (docs/presets.md), conf/hardware/<profile>.yaml each profile.
+
+
 @dataclass
 class HardwareConfig:
-    name: str = "cpu"
-    device: str = "cpu"
-    torch_threads: int = 1
-    amp: Amp = Amp.none
-    cuda_graphs: bool = False
-    tf32: bool = False
-    compile: str = "none"
-    memory_budget_gb: float | None = None
-    strict: bool = False
+    name: str = MISSING
+    device: str = MISSING
+    torch_threads: int = MISSING
+    amp: Amp = MISSING
+    cuda_graphs: bool = MISSING
+    tf32: bool = MISSING
+    compile: str = MISSING
+    memory_budget_gb: float | None = MISSING
+    strict: bool = MISSING
 
 
 @dataclass
 class SacHparams:
-    learning_rate: float = 3e-4
-    buffer_size: int = 1_000_000
-    learning_starts: int = 100
-    batch_size: int = 256
-    tau: float = 0.005
-    gamma: float = 0.99
-    train_freq: int = 1
-    gradient_steps: int = 1
-    ent_coef: Any = "auto"
-    net_arch: list[int] = field(default_factory=lambda: [256, 256])
+    learning_rate: float = MISSING
+    buffer_size: int = MISSING
+    learning_starts: int = MISSING
+    batch_size: int = MISSING
+    tau: float = MISSING
+    gamma: float = MISSING
+    train_freq: int = MISSING
+    gradient_steps: int = MISSING
+    ent_coef: Any = MISSING
+    net_arch: list[int] = MISSING
 
 
 @dataclass
 class PpoHparams:
-    learning_rate: float = 3e-4
-    n_steps: int = 2048
-    batch_size: int = 64
-    n_epochs: int = 10
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    ent_coef: float = 0.0
-    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    learning_rate: float = MISSING
+    n_steps: int = MISSING
+    batch_size: int = MISSING
+    n_epochs: int = MISSING
+    gamma: float = MISSING
+    gae_lambda: float = MISSING
+    clip_range: float = MISSING
+    ent_coef: float = MISSING
+    net_arch: list[int] = MISSING
 
 
 @dataclass
 class A2cHparams:
-    learning_rate: float = 7e-4
-    n_steps: int = 5
-    gamma: float = 0.99
-    gae_lambda: float = 1.0
-    ent_coef: float = 0.0
-    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    learning_rate: float = MISSING
+    n_steps: int = MISSING
+    gamma: float = MISSING
+    gae_lambda: float = MISSING
+    ent_coef: float = MISSING
+    net_arch: list[int] = MISSING
 
 
 @dataclass
 class AgentConfig:
-    name: str = "sac"
-    algo: str = "stable_baselines3.SAC"
-    device: str = "auto"
-    n_envs: int = 1
-    total_timesteps: int = 26_280
-    log_interval: int = 100
+    name: str = MISSING
+    algo: str = MISSING
+    device: str = MISSING
+    n_envs: int = MISSING
+    total_timesteps: int = MISSING
+    log_interval: int = MISSING
 
 
 @dataclass
@@ -117,20 +122,26 @@ class A2cConfig(AgentConfig):
 class ScenarioConfig:
     name: str = MISSING
     # The training part: an embedded data set (bess_rl/site/data/<data>_hourly.parquet) or your files.
-    data: str | None = None
-    hourly_path: str | None = None
-    sessions_path: str | None = None
-    # The evaluation part, never trained on; both null: evaluated on the training part.
-    eval_data: str | None = None
+    data: str | None = MISSING
+    hourly_path: str | None = MISSING
+    sessions_path: str | None = MISSING
+    # The evaluation part, never trained on (eval_data or eval_hourly_path); null: the training part.
+    eval_data: str | None = MISSING
     eval_hourly_path: str | None = None
     eval_sessions_path: str | None = None
     hours: int = MISSING
     co2_kg_per_kwh: float = MISSING
+    # Flat tariff (per kWh) where the hourly data has no price_per_kwh column.
+    price_per_kwh: float = MISSING
     window_start: int = MISSING
-    window_hours: int | None = None
-    episode_hours: int | None = None
+    window_hours: int | None = MISSING
+    episode_hours: int | None = MISSING
     random_start: bool = MISSING
     forecast_hours: int = MISSING
+    # Forecast error in the observation: exact (oracle), persistence (same hour yesterday) or noise
+    # (relative error forecast_noise x sqrt(lead hours), seeded); see bess_rl/site/env.py.
+    forecast_error: str = MISSING
+    forecast_noise: float = MISSING
 
 
 def register_configs() -> None:

@@ -1,6 +1,6 @@
 """Resource monitor for SB3 training: GPU (NVML) or CPU (psutil) samples, thresholds, a summary.
 
-Why: the design note's speed-ups rest on a busy, cool GPU with memory to spare; this measures that
+Why: the presets' expected speed-ups (docs/presets.md) rest on a busy, cool GPU with memory to spare; this measures that
 in every run instead of trusting a table. A background thread samples every few seconds; the values
 go to the SB3 logger (TensorBoard, progress.csv, under ``monitor/``), min/mean/max go to
 metrics.json, and the note's thresholds (utilisation < 50 %, temperature > 75 C, memory > 90 %)
@@ -37,7 +37,7 @@ class Threshold:
     min_samples: int = 1
 
 
-# shared/seed/GPU_QUICK_REFERENCE.md, "Critical Thresholds"; RAM is the CPU run's OOM risk.
+# The critical thresholds of docs/presets.md; RAM is the CPU run's OOM risk.
 THRESHOLDS = (
     Threshold(
         "gpu_util_pct", 50.0, False, "mean", "GPU utilisation below 50 %: bottlenecked, raise batch_size or n_steps", 3

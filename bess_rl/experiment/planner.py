@@ -1,11 +1,11 @@
 """Estimate a run's memory from its config and spaces, and refuse a run that cannot fit its budget.
 
-Why: the design note sized its replay buffer as if SB3 kept it on the GPU and as if a 1M buffer of
+Why: the presets' source (docs/presets.md) sized its replay buffer as if SB3 kept it on the GPU and as if a 1M buffer of
 ~500-dim observations took 1 GB (it takes ~4 GB, in host RAM). An OOM an hour into training, or a
 machine swapping, costs more than a one-paragraph refusal before the model is built. The layouts
 below follow ``stable_baselines3.common.buffers`` exactly (tests compare with the real buffers);
 networks, optimizer state and activations are counted from ``net_arch`` as SB3 builds them.
-Sizes are in decimal GB (1e9 bytes), the unit of the seed's "8.6 GB" RTX 4060.
+Sizes are in decimal GB (1e9 bytes), the unit of the RTX 4060's "8.6 GB" (docs/presets.md).
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def plan_for(w: Workload) -> MemoryPlan:
 
 
 def halved(w: Workload) -> tuple[Workload, dict[str, int]]:
-    """The seed's OOM advice applied: half the batch and the buffer (on-policy: the rollout)."""
+    """The out-of-memory remedy of docs/presets.md applied: half the batch and the buffer (on-policy: the rollout)."""
     changes = {}
     if w.buffer_size is not None:
         changes["buffer_size"] = max(w.buffer_size // 2, 1)
@@ -251,6 +251,6 @@ def check(plan: MemoryPlan, budget_gb: float | None, what: str) -> None:
     raise MemoryBudgetError(
         f"{what}: {plan.workload.agent} needs about {size(plan.budgeted)} of {memory} but the budget is "
         f"{budget_gb:g} GB; the biggest part is the {biggest.name} ({size(biggest.nbytes)}: {biggest.detail}). "
-        f"As the seed advises for OOM, halve them: {overrides} needs about {size(after)} "
+        f"To fit, halve them: {overrides} needs about {size(after)} "
         f"({verdict}); or raise hardware.memory_budget_gb if the machine really has more."
     )

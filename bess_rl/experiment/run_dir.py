@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.base_class import BaseAlgorithm
 
 CONFIG = "resolved_config.yaml"
 RUN_INFO = "run_info.json"
@@ -121,6 +122,15 @@ class RunDir:
     @property
     def hydra_config(self) -> Path:
         return self.path / HYDRA / "config.yaml"
+
+    def save_model(self, model: BaseAlgorithm) -> Path:
+        """model.zip via a temporary zip and a rename: a kill mid-save leaves the old file or none, never half."""
+        tmp = self.path / f".{MODEL}.tmp.zip"
+        model.save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.model)
+        return self.model
 
     def load_config(self) -> DictConfig:
         """The resolved config this run was trained with."""

@@ -37,7 +37,7 @@ from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
 from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
-from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.env import ENV_ID, PvBessEvEnv
 from bess_rl.site.params import SiteParams, penalised_kg
 from bess_rl.site.scenario import Scenario
 
@@ -115,7 +115,7 @@ def merge_progress(run_dir: Path) -> None:
     csv, earlier = RunDir(run_dir).progress, RunDir(run_dir).earlier_progress
     if earlier.is_file():
         frames = [pd.read_csv(p) for p in (earlier, csv) if p.is_file() and p.stat().st_size]
-        pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
+        atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False))
         earlier.unlink()
 
 
@@ -182,6 +182,8 @@ def write_provenance(cfg: DictConfig, run_dir: Path, scenario: Scenario, runtime
             "agent": cfg.agent.name,
             "preset": cfg.preset.name,
             "scenario": scenario.name,
+            # The observation layout's version: a model saved under another one cannot be used with this env.
+            "env_id": ENV_ID,
             "overrides": list(cfg.get("overrides") or []),
             "versions": package_versions(),
             "git_commit": git_commit(),
@@ -226,7 +228,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     merge_progress(run_dir)
     shutil.rmtree(rd.checkpoint, ignore_errors=True)  # finished: the model is final
     if cfg.save_model:
-        model.save(rd.model)
+        rd.save_model(model)
 
     def policy(env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
@@ -255,7 +257,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
 def retry_after_oom(
     cfg: DictConfig, run_dir: Path, scenario: Scenario, site: SiteParams, runtime: hardware.Runtime, exc: Exception
 ) -> BaseAlgorithm:
-    """The design note's first remedy, once and on the record: restart with batch_size halved."""
+    """The out-of-memory remedy of docs/presets.md, once and on the record: restart with batch_size halved."""
     rd = RunDir(run_dir)
     if cfg.agent.hparams.get("batch_size", 0) < 2 or rd.oom_retry.exists():
         raise exc

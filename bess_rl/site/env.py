@@ -1,30 +1,44 @@
 """Gymnasium environment of the PV + BESS + EV-charging site, one hourly step per call.
 
 Why its shape: the agent sees only what a site controller could know at the start of an hour
-(this hour's PV/load as a nowcast, short forecasts, battery state, EVs present) and sets two
-knobs; the physics (battery limits, EV session limits, energy balance) is enforced here so no
-policy can break it, and the reward is exactly minus the CO2 the LP optimum minimises.
+(this hour's PV/load/intensity/price as a nowcast, short forecasts, battery state, EVs present) and
+sets two knobs; the physics (battery limits, EV session limits, the import cap, the energy balance) is
+enforced here so no policy can break it, and the reward is exactly minus what the LP optimum minimises.
 
 Action, ``Box([-1, -1], [1, 1])``:
     0  battery setpoint: x ``bess_power_kw`` (> 0 charges, < 0 discharges), clipped to SOC limits
     1  EV charging level: (a + 1) / 2 of the power the EVs present could take, given to the
        sessions that leave first (earliest-departure-first); +1 is uncontrolled charging
+With ``site.import_cap_kw`` set, battery charging and then EV charging are cut so that grid import
+stays within the cap; the site load itself is always served, so where load minus PV alone exceeds the
+cap the excess is reported as ``cap_violation_kw`` (never shed, never penalised).
 
-Observation (float32), index: meaning [unit before scaling] / scale
-    0, 1      sin, cos of hour of day
-    2         PV this hour [kW] / peak PV
-    3         site load this hour [kW] / peak load
-    4         grid CO2 intensity this hour [kg/kWh] / max intensity
-    5..4+k    PV forecast for the next k hours [kW] / peak PV
-    5+k..4+2k load forecast for the next k hours [kW] / peak load
-    5+2k      battery state of charge [fraction of capacity]
-    6+2k      EV energy still needed by vehicles present [kWh] / ev_scale_kw
-    7+2k      EV power the present vehicles can take [kW] / ev_scale_kw
-    8+2k      EV energy needed by vehicles leaving after this hour [kWh] / ev_scale_kw
+Observation (float32), k = ``forecast_hours``; index: meaning [unit before scaling] / scale
+    0, 1          sin, cos of hour of day
+    2             PV this hour [kW] / peak PV
+    3             site load this hour [kW] / peak load
+    4             grid CO2 intensity this hour [kg/kWh] / max intensity
+    5             grid price this hour [per kWh] / max price
+    6..5+k        PV forecast for the next k hours [kW] / peak PV
+    6+k..5+2k     load forecast for the next k hours [kW] / peak load
+    6+2k..5+3k    intensity forecast for the next k hours [kg/kWh] / max intensity
+    6+3k..5+4k    price forecast for the next k hours [per kWh] / max price
+    6+4k          battery state of charge [fraction of capacity]
+    7+4k          EV energy still needed by vehicles present [kWh] / ev_scale_kw
+    8+4k          EV power the present vehicles can take [kW] / ev_scale_kw
+    9+4k          EV energy needed by vehicles leaving after this hour [kWh] / ev_scale_kw
 (peaks and ev_scale_kw, the largest socket power ever plugged in at once, come from the scenario.)
+Forecasts (``forecast_error``): ``exact`` (default: the future values, an oracle over k hours, as the
+perfect-forecast references see them), ``persistence`` (the same hour on the last day already seen:
+yesterday for leads up to 24 h) or ``noise`` (exact x (1 + forecast_noise x sqrt(lead) x N(0, 1)),
+drawn once per env from ``forecast_seed``, clipped to the feature's range).
 
 Reward: -(CO2 of grid import [kg] + unmet_penalty_kg_per_kwh x EV energy missing at departure
 [kWh]) / reward_scale_kg, with reward_scale_kg = mean load x mean intensity (one typical hour).
+
+Versions (``ENV_ID``; a model saved under one layout cannot be used with another):
+    v0  4 + 2k exogenous features (hour, PV, load, intensity now; PV and load forecasts, exact) + 4 state
+    v1  price now; intensity and price forecasts; ``forecast_error``; ``site.import_cap_kw``
 """
 
 from __future__ import annotations
@@ -38,7 +52,20 @@ import numpy as np
 from bess_rl.site.params import SiteParams, penalised_kg
 from bess_rl.site.scenario import Scenario, default_scenario, session_hours
 
-ENV_ID = "bess_rl/PvBessEv-v0"
+ENV_ID = "bess_rl/PvBessEv-v1"
+FORECAST_ERRORS = ("exact", "persistence", "noise")
+
+
+def forecasts(series: np.ndarray, k: int, error: str, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """(hours, k) forecasts of ``series`` in [0, 1] for leads 1..k; the year wraps around (see module doc)."""
+    n = series.shape[0]
+    lead = np.arange(1, k + 1)
+    if error == "persistence":
+        lead = lead - 24 * np.ceil(lead / 24).astype(np.int64)  # the same hour on the last day seen
+    ahead = series[(np.arange(n)[:, None] + lead[None, :]) % n]
+    if error == "noise":
+        ahead = np.clip(ahead * (1.0 + noise * np.sqrt(np.arange(1, k + 1)) * rng.standard_normal((n, k))), 0.0, 1.0)
+    return ahead
 
 
 def _group_by_hour(hours: np.ndarray, sessions: np.ndarray, order_key: np.ndarray, n_hours: int) -> list:
@@ -66,6 +93,9 @@ class PvBessEvEnv(gym.Env):
         episode_hours: int | None = None,
         random_start: bool = False,
         forecast_hours: int = 3,
+        forecast_error: str = "exact",
+        forecast_noise: float = 0.1,
+        forecast_seed: int = 0,
     ) -> None:
         self.scenario = scenario if scenario is not None else default_scenario()
         self.site = site if site is not None else SiteParams()
@@ -75,8 +105,13 @@ class PvBessEvEnv(gym.Env):
             raise ValueError(f"episode_hours must be in [1, {n}], got {self.episode_hours}")
         if forecast_hours < 0:
             raise ValueError(f"forecast_hours must be >= 0, got {forecast_hours}")
+        if forecast_error not in FORECAST_ERRORS:
+            raise ValueError(f"forecast_error must be one of {', '.join(FORECAST_ERRORS)}, got {forecast_error!r}")
+        if not forecast_noise >= 0:
+            raise ValueError(f"forecast_noise must be >= 0, got {forecast_noise}")
         self.random_start = random_start
         self.forecast_hours = forecast_hours
+        self.forecast_error = forecast_error
 
         sc, st = self.scenario, self.site
         self.pv_kw = st.pv_kwp * sc.pv_kw_per_kwp
@@ -92,23 +127,22 @@ class PvBessEvEnv(gym.Env):
         plugged_kw = np.bincount(pair_hour, weights=self._power[pair_session], minlength=n)
         self.ev_scale_kw = float(max(plugged_kw.max(initial=0.0), 1.0))
 
-        pv_peak = max(float(self.pv_kw.max(initial=0.0)), 1e-6)
-        load_peak = max(float(self.load_kw.max(initial=0.0)), 1e-6)
-        co2_peak = max(float(self.co2.max(initial=0.0)), 1e-6)
+        self.price = sc.price_per_kwh
         hod = np.arange(n) % 24
+        # Each exogenous series over its peak, so every feature lies in [0, 1].
+        scaled = [x / max(float(x.max(initial=0.0)), 1e-6) for x in (self.pv_kw, self.load_kw, self.co2, self.price)]
+        rng = np.random.default_rng(forecast_seed)
         k = forecast_hours
-        ahead = (np.arange(n)[:, None] + np.arange(1, k + 1)[None, :]) % n  # the year wraps around
         self._exog = np.column_stack(
-            [
-                np.sin(2 * np.pi * hod / 24),
-                np.cos(2 * np.pi * hod / 24),
-                self.pv_kw / pv_peak,
-                self.load_kw / load_peak,
-                self.co2 / co2_peak,
-                self.pv_kw[ahead] / pv_peak,
-                self.load_kw[ahead] / load_peak,
-            ]
+            [np.sin(2 * np.pi * hod / 24), np.cos(2 * np.pi * hod / 24), *scaled]
+            + [forecasts(x, k, forecast_error, forecast_noise, rng) for x in scaled]
         ).astype(np.float32)
+        # Import room for battery + EV power each hour: cap + PV - load (no limit without a cap).
+        cap = math.inf if st.import_cap_kw is None else st.import_cap_kw
+        self._cap = cap
+        self._room = (cap + self.pv_kw - self.load_kw).tolist()
+        # Per-hour rows as Python floats: step reads them every call, and list indexing beats numpy's.
+        self._hourly = list(zip(*(x.tolist() for x in (self.pv_kw, self.load_kw, self.co2, self.price)), strict=True))
         self.reward_scale_kg = max(float(self.load_kw.mean() * self.co2.mean()), 1e-6)
 
         n_obs = self._exog.shape[1] + 4
@@ -188,41 +222,63 @@ class PvBessEvEnv(gym.Env):
     def step(self, action: np.ndarray):
         st = self.site
         t = self._t
-        flat = np.asarray(action).reshape(-1)
-        if flat.shape != (2,) or not (math.isfinite(flat[0]) and math.isfinite(flat[1])):
+        flat = np.asarray(action, dtype=np.float64).reshape(-1).tolist()
+        if len(flat) != 2 or not (math.isfinite(flat[0]) and math.isfinite(flat[1])):
             raise ValueError(f"action must be 2 finite numbers, got {action!r}")
-        a_bess = min(max(float(flat[0]), -1.0), 1.0)
-        a_ev = min(max(float(flat[1]), -1.0), 1.0)
+        a_bess = min(max(flat[0], -1.0), 1.0)
+        a_ev = min(max(flat[1], -1.0), 1.0)
 
         # EVs: earliest-departure-first share of the power the present vehicles could take.
         idx = self._active[t]
-        ev_kw = 0.0
+        budget = total = 0.0
         if idx.size:
             cap = np.minimum(self._power[idx], self._remaining[idx])
-            budget = 0.5 * (a_ev + 1.0) * cap.sum()
-            before = np.cumsum(cap) - cap
-            alloc = np.clip(budget - before, 0.0, cap)
-            self._remaining[idx] -= alloc
-            ev_kw = float(alloc.sum())
-        gone = self._departing[t]
-        unmet = 0.0
-        if gone.size:
-            unmet = float(self._remaining[gone].sum())
-            self._remaining[gone] = 0.0
+            caps = cap.tolist()  # a few sessions: Python arithmetic beats numpy calls
+            total = sum(caps)
+            budget = 0.5 * (a_ev + 1.0) * total
 
         # Battery, within power and SOC limits.
         p = a_bess * st.bess_power_kw
         if p >= 0:
             p = min(p, (self._e_max - self._e) / st.bess_eta_charge)
-            self._e = min(self._e + p * st.bess_eta_charge, self._e_max)
         else:
             p = -min(-p, (self._e - self._e_min) * st.bess_eta_discharge)
+
+        # Import cap: cut battery charging first, then EV charging (the load itself is always served).
+        excess = budget + p - self._room[t]
+        if excess > 0:
+            if p > 0:
+                cut = min(p, excess)
+                p -= cut
+                excess -= cut
+            budget = max(budget - excess, 0.0)
+
+        ev_kw = 0.0
+        if budget > 0.0:
+            if budget >= total:
+                alloc, ev_kw = cap, total
+            else:
+                takes, left = [], budget
+                for c in caps:
+                    take = c if c < left else left
+                    takes.append(take)
+                    left -= take
+                alloc, ev_kw = np.array(takes), budget - left
+            self._remaining[idx] -= alloc
+        gone = self._departing[t]
+        unmet = 0.0
+        if gone.size:
+            unmet = float(self._remaining[gone].sum())
+            self._remaining[gone] = 0.0
+        if p >= 0:
+            self._e = min(self._e + p * st.bess_eta_charge, self._e_max)
+        else:
             self._e = max(self._e + p / st.bess_eta_discharge, self._e_min)
 
-        pv, load = float(self.pv_kw[t]), float(self.load_kw[t])
+        pv, load, intensity, price = self._hourly[t]
         net = load + ev_kw + p - pv
         grid = max(net, 0.0)
-        co2 = grid * float(self.co2[t])
+        co2 = grid * intensity
         reward = -penalised_kg(co2, unmet, st.unmet_penalty_kg_per_kwh) / self.reward_scale_kg
 
         self._k += 1
@@ -239,5 +295,7 @@ class PvBessEvEnv(gym.Env):
             "surplus_kw": max(-net, 0.0),
             "co2_kg": co2,
             "ev_unmet_kwh": unmet,
+            "cost": grid * price,
+            "cap_violation_kw": max(grid - self._cap, 0.0),
         }
         return self._obs(), float(reward), False, truncated, info

@@ -27,6 +27,10 @@ class SiteParams:
     # kg CO2-equivalent charged per kWh an EV still lacks when it leaves. It must exceed the grid
     # intensity (0.45), or the cheapest "policy" is to never charge EVs; 2.0 is ~4x that.
     unmet_penalty_kg_per_kwh: float = 2.0
+    # Grid connection limit on import (kW); None = no limit. Flexible demand (battery charging, then EV
+    # charging) is cut to respect it; the site load is always served, so load alone above the cap is
+    # counted as a cap violation, not shed.
+    import_cap_kw: float | None = None
     # Flat energy price per kWh imported (USD for Iquitos), for the cost KPI of scenarios without a price column.
     tariff_per_kwh: float = 0.20
 
@@ -40,6 +44,8 @@ class SiteParams:
         for name in ("bess_eta_charge", "bess_eta_discharge"):
             if not 0 < getattr(self, name) <= 1:
                 raise SiteError(f"site.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.import_cap_kw is not None and self.import_cap_kw <= 0:
+            raise SiteError(f"site.import_cap_kw must be > 0 or null, got {self.import_cap_kw}")
         if not 0 <= self.soc_min < self.soc_max <= 1:
             raise SiteError(f"site needs 0 <= soc_min < soc_max <= 1, got {self.soc_min}, {self.soc_max}")
         if not self.soc_min <= self.soc_init <= self.soc_max:

@@ -9,6 +9,7 @@ hourly table, exactly ``hours`` rows (8,760 for a year), one row per hour in tim
     pv_kw_per_kwp   float >= 0   PV AC output per kWp installed (kW/kWp)
     load_kw         float >= 0   site (mall) demand without EV charging (kW)
     co2_kg_per_kwh  float >= 0   grid carbon intensity (kg CO2/kWh); optional, a constant is used if absent
+    price_per_kwh   float >= 0   grid import price (currency/kWh); optional, a flat tariff is used if absent
 
 sessions table, one row per charging session (a row may stand for several identical vehicles):
     arrival_hour    int          hour index the vehicle plugs in, 0 <= arrival_hour < hours
@@ -19,7 +20,8 @@ sessions table, one row per charging session (a row may stand for several identi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ import pandas as pd
 
 HOURS_PER_YEAR = 8_760
 IQUITOS_CO2_KG_PER_KWH = 0.4521
+FLAT_TARIFF_PER_KWH = 0.20  # the Iquitos tariff (USD/kWh), used where a scenario has no price column
 
 HOURLY_COLUMNS = ("pv_kw_per_kwp", "load_kw")
 SESSION_COLUMNS = ("arrival_hour", "departure_hour", "energy_kwh", "max_power_kw")
@@ -51,13 +54,18 @@ class EvSessions:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One site-year of exogenous data."""
+    """One site-year of exogenous data; ``price_per_kwh`` defaults to the flat tariff every hour."""
 
     name: str
     pv_kw_per_kwp: np.ndarray
     load_kw: np.ndarray
     co2_kg_per_kwh: np.ndarray
     sessions: EvSessions
+    price_per_kwh: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.price_per_kwh is None:
+            object.__setattr__(self, "price_per_kwh", np.full(self.hours, FLAT_TARIFF_PER_KWH))
 
     @property
     def hours(self) -> int:
@@ -82,6 +90,7 @@ class Scenario:
             load_kw=self.load_kw[sl],
             co2_kg_per_kwh=self.co2_kg_per_kwh[sl],
             sessions=sessions,
+            price_per_kwh=self.price_per_kwh[sl],
         )
 
 
@@ -133,18 +142,17 @@ def _numeric_column(df: pd.DataFrame, col: str, where: str, minimum: float | Non
 
 
 def hourly_from_frame(
-    df: pd.DataFrame, where: str, hours: int, default_co2: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validated (pv_kw_per_kwp, load_kw, co2_kg_per_kwh) arrays from an hourly table."""
+    df: pd.DataFrame, where: str, hours: int, default_co2: float, default_price: float = FLAT_TARIFF_PER_KWH
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (pv_kw_per_kwp, load_kw, co2_kg_per_kwh, price_per_kwh) arrays from an hourly table."""
     if len(df) != hours:
         raise ScenarioError(f"{where}: has {len(df)} rows, expected {hours} (one per hour)")
     pv = _numeric_column(df, "pv_kw_per_kwp", where)
     load = _numeric_column(df, "load_kw", where)
-    if "co2_kg_per_kwh" in df.columns:
-        co2 = _numeric_column(df, "co2_kg_per_kwh", where)
-    else:
-        co2 = np.full(hours, float(default_co2))
-    return pv, load, co2
+    optional = {}
+    for col, default in (("co2_kg_per_kwh", default_co2), ("price_per_kwh", default_price)):
+        optional[col] = _numeric_column(df, col, where) if col in df.columns else np.full(hours, float(default))
+    return pv, load, optional["co2_kg_per_kwh"], optional["price_per_kwh"]
 
 
 def sessions_from_frame(df: pd.DataFrame, where: str, hours: int) -> EvSessions:
@@ -174,18 +182,22 @@ def load_scenario(
     hourly_path: str | Path,
     sessions_path: str | Path | None = None,
     name: str | None = None,
-    hours: int = HOURS_PER_YEAR,
+    hours: int | None = HOURS_PER_YEAR,
     co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH,
+    price_per_kwh: float = FLAT_TARIFF_PER_KWH,
 ) -> Scenario:
-    """Load a user scenario from CSV/Parquet files (schema in this module's docstring)."""
+    """Load a user scenario from CSV/Parquet files (schema in this module's docstring); ``hours=None``
+    takes the hourly file's length (embedded data sets know their own)."""
     hourly_path = Path(hourly_path)
-    pv, load, co2 = hourly_from_frame(_read_table(hourly_path), str(hourly_path), hours, co2_kg_per_kwh)
+    table = _read_table(hourly_path)
+    hours = len(table) if hours is None else hours
+    pv, load, co2, price = hourly_from_frame(table, str(hourly_path), hours, co2_kg_per_kwh, price_per_kwh)
     if sessions_path is None:
         sessions = EvSessions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     else:
         sessions_path = Path(sessions_path)
         sessions = sessions_from_frame(_read_table(sessions_path), str(sessions_path), hours)
-    return Scenario(name or hourly_path.stem, pv, load, co2, sessions)
+    return Scenario(name or hourly_path.stem, pv, load, co2, sessions, price)
 
 
 def default_data_dir() -> Path:
@@ -197,14 +209,32 @@ def embedded_keys() -> list[str]:
     return sorted(p.name.removesuffix("_hourly.parquet") for p in default_data_dir().glob("*_hourly.parquet"))
 
 
-def embedded_scenario(key: str, co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH, name: str | None = None) -> Scenario:
-    """An embedded data set by key (``scenario.data``), e.g. "iquitos"."""
+_PART = re.compile(r"(?P<key>[^\[\]]+?)(?:\[(?P<start>\d*):(?P<end>\d*)\])?")
+
+
+def embedded_scenario(
+    key: str,
+    co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH,
+    name: str | None = None,
+    price_per_kwh: float = FLAT_TARIFF_PER_KWH,
+) -> Scenario:
+    """An embedded data set by key (``scenario.data``), e.g. "iquitos", or hours of it: "key[start:end]"
+    (Python slice of hour indices), so training and evaluation parts of one year need no copies of it."""
+    part = _PART.fullmatch(key.strip())
+    if part is None:
+        raise ScenarioError(f"embedded data set {key!r}: expected KEY or KEY[start:end]")
     d = default_data_dir()
-    hourly = d / f"{key}_hourly.parquet"
+    hourly = d / f"{part['key']}_hourly.parquet"
     if not hourly.is_file():
-        raise ScenarioError(f"no embedded data set {key!r}; embedded: {', '.join(embedded_keys())}")
-    sessions = d / f"{key}_sessions.parquet"
-    return load_scenario(hourly, sessions if sessions.is_file() else None, name or key, co2_kg_per_kwh=co2_kg_per_kwh)
+        raise ScenarioError(f"no embedded data set {part['key']!r}; embedded: {', '.join(embedded_keys())}")
+    sessions = d / f"{part['key']}_sessions.parquet"
+    sessions_path = sessions if sessions.is_file() else None
+    sc = load_scenario(hourly, sessions_path, name or part["key"], None, co2_kg_per_kwh, price_per_kwh)
+    if part["start"] is None:
+        return sc
+    start = int(part["start"] or 0)
+    end = int(part["end"]) if part["end"] else sc.hours
+    return sc.window(start, end - start)  # named "<name>[start:end]"
 
 
 def default_scenario(co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH) -> Scenario:

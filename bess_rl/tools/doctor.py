@@ -1,6 +1,6 @@
-"""``python -m bess_rl.doctor hardware=rtx4060 agent=sac``: the seed's pre-training checklist, run for real.
+"""``python -m bess_rl.doctor hardware=rtx4060 agent=sac``: the pre-training checklist of docs/presets.md, run for real.
 
-Why: the seed's checklist (torch build, CUDA, the RTX 4060 and its memory, no other GPU processes,
+Why: the checklist (torch build, CUDA, the RTX 4060 and its memory, no other GPU processes,
 configs applied) was ticked by hand. Here each item is measured: AMP and CUDA graphs run a tiny
 matmul, the config is composed with the same overrides as a run and resolved by
 ``hardware.resolve``, and the memory plan is checked against the profile's budget. Each line is
@@ -27,7 +27,7 @@ from bess_rl.experiment.build import algo_class, asked_device
 from bess_rl.experiment.config import ConfigError, compose_config, validate
 from bess_rl.site.env import PvBessEvEnv
 
-# The seed's thresholds: "GPU temp > 75 C = throttling".
+# docs/presets.md's thresholds: "GPU temp > 75 C = throttling".
 MAX_TEMP_C = 75
 # A 32x32 matmul in bf16 (8 mantissa bits) is off by ~0.3% of its norm; 2% means autocast is broken.
 AUTOCAST_RTOL = 2e-2

@@ -1,6 +1,6 @@
 """``python -m bess_rl.report <sweep or run dirs...> [--out DIR]``: the before/after tables and plots, measured.
 
-Why: the design note's table states speeds, memory and CO2 it never measured. This one is built only
+Why: the presets' source table (docs/presets.md) states speeds, memory and CO2 it never measured. This one is built only
 from what run folders recorded (metrics.json, run_info.json, resolved_config.yaml, progress.csv,
 dispatch_week.png), nothing is retrained, and a run that is missing or failed is listed, never dropped.
 """
@@ -153,7 +153,7 @@ def _changes_text(run: Run) -> str:
 
 
 def result_rows(chosen: dict[tuple[str, str], Run]) -> list[dict[str, Any]]:
-    """One row per agent and preset of the design note (absent ones too), then any other agent found."""
+    """One row per agent and preset (absent ones too), then any other agent found."""
     keys = [(a, p) for a in AGENTS for p in PRESETS] + sorted(k for k in chosen if k[0] not in AGENTS)
     rows = []
     for agent, preset in keys:
@@ -188,7 +188,7 @@ def result_rows(chosen: dict[tuple[str, str], Run]) -> list[dict[str, Any]]:
 
 
 def speed_rows(chosen: dict[tuple[str, str], Run]) -> list[dict[str, Any]]:
-    """The design note's speed table per agent: old (before) vs new (after), measured."""
+    """The presets' speed table (docs/presets.md) per agent: old (before) vs new (after), measured."""
     rows = []
     for agent in AGENTS:
         before, after = chosen.get((agent, "before")), chosen.get((agent, "after"))
@@ -427,7 +427,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
             if r["resource_warnings"]
         ),
         "",
-        "## Speed and memory per agent (the design note's table, measured)",
+        "## Speed and memory per agent (the presets' table, measured)",
         "",
         _speed_table(speeds),
         "",

@@ -4,7 +4,8 @@ Why this exists: the package ships one ready-to-use site-year (``iquitos_hourly.
 ``iquitos_sessions.parquet``) so training and tests run without user data. Shipping opaque files would leave
 their origin unverifiable; this script regenerates them bit-for-bit from a seed (``tests/test_generate.py``
 checks that the shipped files equal a fresh ``generate()``), and every modelling assumption is a named
-constant below. Site facts are from ``DOMAIN.md``; the series are synthetic, not measurements.
+constant below. The site facts (location, sizes, opening hours) are the named constants; the series are
+synthetic, not measurements.
 
 Model, in short:
 
