@@ -32,6 +32,15 @@ def test_edf_budget_covers_the_earlier_cars_of_a_car_that_must_charge():
     assert edf_min_budget_kw(np.array([1.0]), np.array([2.0]), np.array([12]), hour=10) == 0.0
 
 
+def test_edf_budget_under_an_import_cap_charges_now_what_the_later_room_cannot_carry():
+    # 10 kWh at 10 kW over this hour and two more, but only 2 kW of room in each later hour: 6 kW now.
+    one = np.array([10.0]), np.array([10.0]), np.array([13])
+    assert edf_min_budget_kw(*one, hour=10) == 0.0
+    assert edf_min_budget_kw(*one, hour=10, room_kw=np.array([2.0, 2.0])) == pytest.approx(6.0, abs=0.02)
+    # Not even all of its power now would do: all of it.
+    assert edf_min_budget_kw(*one, hour=10, room_kw=np.array([0.0, 0.0])) == 10.0
+
+
 @pytest.mark.parametrize("make", [make_overnight_scenario, make_scenario])
 def test_smart_rule_serves_every_car_uncontrolled_would(make):
     env = PvBessEvEnv(make(days=4, seed=1), SMALL_SITE)
