@@ -23,7 +23,7 @@ import numpy as np
 from bess_rl.baselines.episode import EpisodeResult, run_episode
 from bess_rl.baselines.forecast import persistence
 from bess_rl.baselines.optimum import OptimumResult, WindowPlan, solve_window
-from bess_rl.baselines.smart import battery_with_room, edf_min_budget_kw, ev_action, ev_room_kw
+from bess_rl.baselines.smart import battery_with_room, edf_min_budget_kw, ev_action, ev_room_kw, expected_arrivals
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.scenario import EvSessions
 
@@ -47,8 +47,10 @@ def _repaired_action(env: PvBessEvEnv, bess_kw: float, ev_kw: float, exact: bool
     """Env action for a planned battery and total EV power, the EV budget raised so every car can finish
     (under an import cap, with the room ``exact`` or persistence-forecast, the battery making way)."""
     remaining, power, departure = env.present_evs()
-    room = ev_room_kw(env, int(departure.max(initial=env.hour + 1)) - env.hour - 1, exact)
-    must = edf_min_budget_kw(remaining, power, departure, env.hour, room)
+    until = int(departure.max(initial=env.hour + 1))
+    room = ev_room_kw(env, until - env.hour - 1, exact)
+    arrivals = expected_arrivals(env, until) if exact and room is not None else None
+    must = edf_min_budget_kw(remaining, power, departure, env.hour, room, arrivals)
     budget = max(ev_kw, must)
     bess_kw = battery_with_room(env, bess_kw, must)
     return np.array([bess_kw / env.site.bess_power_kw, ev_action(budget, remaining, power)])

@@ -24,23 +24,29 @@ _EPS_KWH = 1e-9
 ROOM_FORECAST_SHARE = 0.6
 
 
-def _all_finish(
-    remaining: np.ndarray, power: np.ndarray, departure: np.ndarray, hour: int, room_kw: np.ndarray, budget: float
-) -> bool:
-    """Whether every car leaves full if it gets ``budget`` this hour and all the room after, split
-    earliest-departure-first as the env splits it."""
-    rem = remaining.copy()
-    for j in range(int(departure.max()) - hour):
-        cap = np.where(departure > hour + j, np.minimum(power, rem), 0.0)
+def _all_finish(cars: tuple[np.ndarray, ...], hour: int, room_kw: np.ndarray, budget: float) -> bool:
+    """Whether every car present now leaves full if they get ``budget`` this hour and all the room after,
+    split earliest-departure-first as the env splits it. ``cars`` = (arrival, departure, remaining, power),
+    in that order of departure; cars arriving later (arrival > hour) only take their share of the room."""
+    arrival, departure, remaining, power = cars
+    rem, mine = remaining.copy(), arrival <= hour
+    for j in range(int(departure[mine].max()) - hour):
+        here = (arrival <= hour + j) & (departure > hour + j)
+        cap = np.where(here, np.minimum(power, rem), 0.0)
         give = budget if j == 0 else room_kw[j - 1]
         rem -= np.clip(give - (np.cumsum(cap) - cap), 0.0, cap)
-        if (rem[departure == hour + j + 1] > 1e-6).any():
+        if (rem[mine & (departure == hour + j + 1)] > 1e-6).any():
             return False
     return True
 
 
 def edf_min_budget_kw(
-    remaining: np.ndarray, power: np.ndarray, departure: np.ndarray, hour: int, room_kw: np.ndarray | None = None
+    remaining: np.ndarray,
+    power: np.ndarray,
+    departure: np.ndarray,
+    hour: int,
+    room_kw: np.ndarray | None = None,
+    arrivals: tuple[np.ndarray, ...] | None = None,
 ) -> float:
     """Least EV power this hour for which the earliest-departure-first split leaves every car
     (arrays in that order, as ``PvBessEvEnv.present_evs`` gives them) able to finish.
@@ -48,7 +54,8 @@ def edf_min_budget_kw(
     A car must get now what it could not get at full power in its remaining hours; the split
     serves the cars before it in full first, so the budget must cover them too. Under an import cap,
     ``room_kw[j]`` is the power EVs may draw in hour ``hour + 1 + j`` (cap + PV - load, as forecast),
-    and the least budget with which the split still finishes every car in that room is searched
+    shared with the cars expected to arrive (``arrivals`` = (arrival, departure, energy, power), if
+    known), and the least budget with which the split still finishes every car present is searched
     (bisection; all of the cars' power where even that falls short: they then miss the least).
     """
     cap = np.minimum(power, remaining)
@@ -56,15 +63,30 @@ def edf_min_budget_kw(
     need = must > _EPS_KWH
     budget = float((np.cumsum(cap)[need] - cap[need] + must[need]).max(initial=0.0))
     top = float(cap.sum())
-    if room_kw is None or not remaining.size or _all_finish(remaining, power, departure, hour, room_kw, budget):
+    if room_kw is None or not remaining.size:
         return min(budget, top)
-    if not _all_finish(remaining, power, departure, hour, room_kw, top):
+    cars = (np.full(remaining.shape, hour), departure, remaining, power)
+    if arrivals is not None:
+        cars = tuple(np.concatenate([a, b]) for a, b in zip(cars, arrivals, strict=True))
+        order = np.argsort(cars[1], kind="stable")
+        cars = tuple(a[order] for a in cars)
+    if _all_finish(cars, hour, room_kw, budget):
+        return min(budget, top)
+    if not _all_finish(cars, hour, room_kw, top):
         return top
     low, high = budget, top
     while high - low > 1e-3 * max(top, 1.0):
         mid = 0.5 * (low + high)
-        low, high = (low, mid) if _all_finish(remaining, power, departure, hour, room_kw, mid) else (mid, high)
+        low, high = (low, mid) if _all_finish(cars, hour, room_kw, mid) else (mid, high)
     return high
+
+
+def expected_arrivals(env: PvBessEvEnv, until: int) -> tuple[np.ndarray, ...]:
+    """(arrival, departure, energy, power) of the cars arriving after this hour and before ``until``:
+    what the perfect-foresight controllers know."""
+    ses = env.scenario.sessions
+    later = np.flatnonzero((ses.arrival > env.hour) & (ses.arrival < until))
+    return ses.arrival[later], ses.departure[later], ses.energy_kwh[later], ses.max_power_kw[later]
 
 
 def ev_room_kw(env: PvBessEvEnv, hours: int, exact: bool) -> np.ndarray | None:
