@@ -7,7 +7,9 @@ hour as the same hour yesterday, tomorrow's arrivals as today's; ``bess_rl.basel
 applies the plan's battery power and total EV power until the next solve (storing any PV surplus the
 forecast missed rather than curtailing it). The env splits EV power earliest-departure-first, not as
 the plan does, so the EV budget is raised where needed to the least-laxity budget
-(``edf_min_budget_kw``): no car leaves short of energy uncontrolled would give it.
+(``edf_min_budget_kw``): without an import cap no car leaves short of energy uncontrolled would give
+it; under one the perfect-forecast MPC checks the exact room and the cars still to arrive, the
+persistence MPC a discounted forecast of the room.
 
 ``PlanReplay`` applies one whole-scenario LP plan the same way: ``lp_achievable`` is the figure the
 LP bound becomes when its plan runs through the env.

@@ -2,8 +2,9 @@
 
 Why: the env splits one EV power budget earliest-departure-first, so a controller can only choose how
 much, not which car. ``edf_min_budget_kw`` is the least budget that still lets every plugged-in car
-finish at full power afterwards (every other controller here repairs its EV plan with it), and
-``SmartCharging`` defers the rest to the hours of each car's stay that look cleanest.
+finish at full power afterwards, or under an import cap in the room the cap leaves (every other
+controller here repairs its EV plan with it), and ``SmartCharging`` defers the rest to the hours of
+each car's stay that look cleanest.
 """
 
 from __future__ import annotations
@@ -134,10 +135,11 @@ class SmartCharging(RuleBased):
     Each car charges now if this hour is among the ``ceil(remaining / power)`` cleanest hours left
     in its stay, judged by a persistence forecast of the grid intensity (hours in which yesterday's
     PV exceeded the load count as clean); PV surplus always goes to the cars first; and the
-    least-laxity budget (``edf_min_budget_kw``) always covers the cars that must charge now. So every
-    car leaves full, as uncontrolled charging would have left it (sessions fit their stay, which
-    the scenario checks). Deployable: it uses the cars' declared departures, this hour's PV, load and
-    intensity, and the past, nothing of the future.
+    least-laxity budget (``edf_min_budget_kw``) always covers the cars that must charge now, the
+    battery making room for it under an import cap. Without a cap every car leaves full, as
+    uncontrolled charging would have left it (sessions fit their stay, which the scenario checks);
+    with one, that rests on the room forecast (``ROOM_FORECAST_SHARE``). Deployable: it uses the cars'
+    declared departures, this hour's PV, load and intensity, and the past, nothing of the future.
     """
 
     def ev_kw(self, env: PvBessEvEnv) -> tuple[float, float, float]:
