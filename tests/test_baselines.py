@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
@@ -91,20 +89,13 @@ def test_lp_bound_is_unreachable_when_the_split_serves_the_wrong_car():
     assert achieved.ev_unmet_kwh == pytest.approx(0.0, abs=1e-9)
 
 
-@dataclass(frozen=True)
-class _PricedScenario(Scenario):
-    """A scenario with a price column, as real-data scenarios bring one."""
-
-    price_per_kwh: np.ndarray | None = None
-
-
 def _kpi_env(price: np.ndarray | None) -> PvBessEvEnv:
     # PV 0 / 100 / 0 kW against a load of 50 / 20 / 50 kW; a lossless 100 kWh battery from empty.
     no_evs = EvSessions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     pv, load, co2 = np.array([0.0, 100.0, 0.0]), np.array([50.0, 20.0, 50.0]), np.full(3, 0.5)
-    scenario = _PricedScenario("kpi", pv, load, co2, no_evs, price_per_kwh=price)
+    scenario = Scenario("kpi", pv, load, co2, no_evs, price)
     site = SiteParams(pv_kwp=1.0, bess_capacity_kwh=100.0, bess_power_kw=50.0, bess_eta_charge=1.0,
-                      bess_eta_discharge=1.0, soc_min=0.0, soc_init=0.0, tariff_per_kwh=0.2)  # fmt: skip
+                      bess_eta_discharge=1.0, soc_min=0.0, soc_init=0.0)  # fmt: skip
     return PvBessEvEnv(scenario, site, forecast_hours=0)
 
 
