@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
@@ -30,6 +28,15 @@ def test_edf_budget_covers_the_earlier_cars_of_a_car_that_must_charge():
     budget = edf_min_budget_kw(np.array([2.0, 4.0]), np.array([2.0, 2.0]), np.array([12, 12]), hour=10)
     assert budget == pytest.approx(4.0)
     assert edf_min_budget_kw(np.array([1.0]), np.array([2.0]), np.array([12]), hour=10) == 0.0
+
+
+def test_edf_budget_under_an_import_cap_charges_now_what_the_later_room_cannot_carry():
+    # 10 kWh at 10 kW over this hour and two more, but only 2 kW of room in each later hour: 6 kW now.
+    one = np.array([10.0]), np.array([10.0]), np.array([13])
+    assert edf_min_budget_kw(*one, hour=10) == 0.0
+    assert edf_min_budget_kw(*one, hour=10, room_kw=np.array([2.0, 2.0])) == pytest.approx(6.0, abs=0.02)
+    # Not even all of its power now would do: all of it.
+    assert edf_min_budget_kw(*one, hour=10, room_kw=np.array([0.0, 0.0])) == 10.0
 
 
 @pytest.mark.parametrize("make", [make_overnight_scenario, make_scenario])
@@ -82,20 +89,13 @@ def test_lp_bound_is_unreachable_when_the_split_serves_the_wrong_car():
     assert achieved.ev_unmet_kwh == pytest.approx(0.0, abs=1e-9)
 
 
-@dataclass(frozen=True)
-class _PricedScenario(Scenario):
-    """A scenario with a price column, as real-data scenarios bring one."""
-
-    price_per_kwh: np.ndarray | None = None
-
-
 def _kpi_env(price: np.ndarray | None) -> PvBessEvEnv:
     # PV 0 / 100 / 0 kW against a load of 50 / 20 / 50 kW; a lossless 100 kWh battery from empty.
     no_evs = EvSessions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     pv, load, co2 = np.array([0.0, 100.0, 0.0]), np.array([50.0, 20.0, 50.0]), np.full(3, 0.5)
-    scenario = _PricedScenario("kpi", pv, load, co2, no_evs, price_per_kwh=price)
+    scenario = Scenario("kpi", pv, load, co2, no_evs, price)
     site = SiteParams(pv_kwp=1.0, bess_capacity_kwh=100.0, bess_power_kw=50.0, bess_eta_charge=1.0,
-                      bess_eta_discharge=1.0, soc_min=0.0, soc_init=0.0, tariff_per_kwh=0.2)  # fmt: skip
+                      bess_eta_discharge=1.0, soc_min=0.0, soc_init=0.0)  # fmt: skip
     return PvBessEvEnv(scenario, site, forecast_hours=0)
 
 
@@ -139,3 +139,5 @@ def test_references_command_takes_the_overrides_and_help(capsys):
         assert name in out
     assert references_main(["mpc.every_hours=0"]) == 2
     assert "mpc.every_hours must be >= 1" in capsys.readouterr().err
+    assert references_main(["scenario=nope"]) == 2
+    assert capsys.readouterr().err == "error: In 'train': Could not find 'scenario/nope'\n"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bess_rl.baselines.kpis import KPI_KEYS, kpis, prices
+from bess_rl.baselines.kpis import KPI_KEYS, kpis
 from bess_rl.site.env import PvBessEvEnv
 
 Policy = Callable[[PvBessEvEnv, np.ndarray], np.ndarray]
@@ -60,7 +60,7 @@ def run_episode(env: PvBessEvEnv, policy: Policy, seed: int | None = 0, options:
         for k in TRACE_KEYS:
             rows[k].append(info[k])
     trace = {k: np.asarray(v) for k, v in rows.items()}
-    price = prices(env.scenario, env.site)[np.asarray(hours)]
+    price = env.scenario.price_per_kwh[np.asarray(hours)]
     return EpisodeResult(
         co2_kg=co2,
         grid_import_kwh=float(trace["grid_import_kw"].sum()),

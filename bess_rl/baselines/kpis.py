@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from bess_rl.site.params import SiteParams
-from bess_rl.site.scenario import Scenario
-
 KPI_KEYS = (
     "cost",
     "peak_import_kw",
@@ -20,15 +17,6 @@ KPI_KEYS = (
     "battery_throughput_kwh",
     "battery_cycles",
 )
-
-
-def prices(scenario: Scenario, site: SiteParams) -> np.ndarray:
-    """Energy price per kWh imported, per hour: the scenario's price column if it has one, else the
-    site's flat tariff (no export credit either way)."""
-    price = getattr(scenario, "price_per_kwh", None)
-    if price is None:
-        return np.full(scenario.hours, site.tariff_per_kwh)
-    return np.asarray(price, dtype=np.float64)
 
 
 def kpis(

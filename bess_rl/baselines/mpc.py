@@ -7,7 +7,9 @@ hour as the same hour yesterday, tomorrow's arrivals as today's; ``bess_rl.basel
 applies the plan's battery power and total EV power until the next solve (storing any PV surplus the
 forecast missed rather than curtailing it). The env splits EV power earliest-departure-first, not as
 the plan does, so the EV budget is raised where needed to the least-laxity budget
-(``edf_min_budget_kw``): no car leaves short of energy uncontrolled would give it.
+(``edf_min_budget_kw``): without an import cap no car leaves short of energy uncontrolled would give
+it; under one the perfect-forecast MPC checks the exact room and the cars still to arrive, the
+persistence MPC a discounted forecast of the room.
 
 ``PlanReplay`` applies one whole-scenario LP plan the same way: ``lp_achievable`` is the figure the
 LP bound becomes when its plan runs through the env.
@@ -23,7 +25,7 @@ import numpy as np
 from bess_rl.baselines.episode import EpisodeResult, run_episode
 from bess_rl.baselines.forecast import persistence
 from bess_rl.baselines.optimum import OptimumResult, WindowPlan, solve_window
-from bess_rl.baselines.smart import edf_min_budget_kw, ev_action
+from bess_rl.baselines.smart import battery_with_room, edf_min_budget_kw, ev_action, ev_room_kw, expected_arrivals
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.scenario import EvSessions
 
@@ -43,10 +45,16 @@ class MpcSettings:
                 raise ValueError(f"mpc.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def _repaired_action(env: PvBessEvEnv, bess_kw: float, ev_kw: float) -> np.ndarray:
-    """Env action for a planned battery and total EV power, the EV budget raised so every car can finish."""
+def _repaired_action(env: PvBessEvEnv, bess_kw: float, ev_kw: float, exact: bool) -> np.ndarray:
+    """Env action for a planned battery and total EV power, the EV budget raised so every car can finish
+    (under an import cap, with the room ``exact`` or persistence-forecast, the battery making way)."""
     remaining, power, departure = env.present_evs()
-    budget = max(ev_kw, edf_min_budget_kw(remaining, power, departure, env.hour))
+    until = int(departure.max(initial=env.hour + 1))
+    room = ev_room_kw(env, until - env.hour - 1, exact)
+    arrivals = expected_arrivals(env, until) if exact and room is not None else None
+    must = edf_min_budget_kw(remaining, power, departure, env.hour, room, arrivals)
+    budget = max(ev_kw, must)
+    bess_kw = battery_with_room(env, bess_kw, must)
     return np.array([bess_kw / env.site.bess_power_kw, ev_action(budget, remaining, power)])
 
 
@@ -111,7 +119,8 @@ class Mpc:
             self._plan, self._start = self._solve(env), t
         self._next = t + 1
         j = t - self._start
-        action = _repaired_action(env, float(self._plan.bess_power_kw[j]), float(self._plan.ev_power_kw[j]))
+        plan, exact = self._plan, self.forecast == "perfect"
+        action = _repaired_action(env, float(plan.bess_power_kw[j]), float(plan.ev_power_kw[j]), exact)
         # Between solves the plan runs on forecasts: PV surplus it did not expect is stored, not curtailed.
         remaining, power, _ = env.present_evs()
         ev_kw = 0.5 * (action[1] + 1.0) * float(np.minimum(power, remaining).sum())
@@ -128,7 +137,7 @@ class PlanReplay:
 
     def __call__(self, env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
         t = env.hour
-        return _repaired_action(env, float(self.plan.bess_power_kw[t]), float(self.plan.ev_power_kw[t]))
+        return _repaired_action(env, float(self.plan.bess_power_kw[t]), float(self.plan.ev_power_kw[t]), exact=True)
 
 
 def run_mpc(env: PvBessEvEnv, forecast: str, settings: MpcSettings | None = None) -> EpisodeResult:

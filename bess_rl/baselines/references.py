@@ -20,7 +20,7 @@ from rich.console import Group
 from rich.table import Table
 
 from bess_rl.baselines.episode import EpisodeResult, run_episode
-from bess_rl.baselines.kpis import kpis, prices
+from bess_rl.baselines.kpis import kpis
 from bess_rl.baselines.mpc import MpcSettings, lp_achievable, run_mpc
 from bess_rl.baselines.optimum import OptimumResult, solve_optimum
 from bess_rl.baselines.rules import RuleBased, uncontrolled
@@ -79,7 +79,7 @@ def _plan_kpis(env: PvBessEvEnv, opt: OptimumResult) -> dict[str, float]:
     """KPIs of the LP plan itself (it curtails what its balance leaves over)."""
     net = env.load_kw + opt.ev_power_kw + opt.bess_power_kw - env.pv_kw
     curtailed = np.maximum(opt.grid_import_kw - net, 0.0)
-    price = prices(env.scenario, env.site)
+    price = env.scenario.price_per_kwh
     return kpis(opt.grid_import_kw, opt.bess_power_kw, curtailed, env.pv_kw, price, env.site.bess_capacity_kwh)
 
 

@@ -31,14 +31,12 @@ class SiteParams:
     # charging) is cut to respect it; the site load is always served, so load alone above the cap is
     # counted as a cap violation, not shed.
     import_cap_kw: float | None = None
-    # Flat energy price per kWh imported (USD for Iquitos), for the cost KPI of scenarios without a price column.
-    tariff_per_kwh: float = 0.20
 
     def __post_init__(self) -> None:
         for name in ("bess_capacity_kwh", "bess_power_kw"):
             if getattr(self, name) <= 0:
                 raise SiteError(f"site.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("pv_kwp", "unmet_penalty_kg_per_kwh", "tariff_per_kwh"):
+        for name in ("pv_kwp", "unmet_penalty_kg_per_kwh"):
             if getattr(self, name) < 0:
                 raise SiteError(f"site.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("bess_eta_charge", "bess_eta_discharge"):

@@ -5,12 +5,20 @@ from __future__ import annotations
 import sys
 import time
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from bess_rl.baselines.references import co2_table, compute_references
 from bess_rl.experiment.build import build_eval_env, build_mpc_settings
 from bess_rl.experiment.config import compose_config
 from bess_rl.experiment.errors import USER_ERRORS
+
+
+def one_line(exc: BaseException) -> str:
+    """A bad override's message in one line, with its cause (Hydra puts the reason there)."""
+    first = str(exc).splitlines()[0].rstrip(".")
+    return f"{first}: {str(exc.__cause__).splitlines()[0]}" if exc.__cause__ is not None else first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_config(args)
         env = build_eval_env(cfg)
         mpc = build_mpc_settings(cfg.mpc)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (*USER_ERRORS, HydraException, OmegaConfBaseException) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     refs = compute_references(env, mpc)
