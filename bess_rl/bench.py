@@ -6,10 +6,11 @@ one measurement run in interleaved rounds (so a busy neighbour slows them all al
 by ``--seconds``, and the table and JSON give the speed-up over plain SB3 next to the raw rates.
 
 Measured: env steps/s of the raw ``PvBessEvEnv`` (embedded year, random actions); for SAC, gradient
-steps/s of ``SAC.train`` against ``FastSAC`` eager, bf16 autocast and (on CUDA) CUDA graphs at the
-preset's batch size on a pre-filled buffer, the collect cost (predict + env step + store, SB3's own
-``learn`` loop with no updates) and the env-steps/hour they imply at the preset's updates per env
-step; for PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset's sizes, plain SB3 on
+steps/s of ``SAC.train`` against ``FastSAC`` eager (oneDNN layers on CPU), with MKL matmuls, bf16
+autocast, ``--compile`` and (on CUDA) CUDA graphs, and SBX's JAX SAC when ``sbx`` is installed, at the
+preset's batch size on a pre-filled buffer, each torch variant at every ``--sac-threads`` count, the
+collect cost (predict + env step + store, SB3's own ``learn`` loop with no updates) and the
+env-steps/hour they imply at the preset's updates per env step; for PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset's sizes, plain SB3 on
 ``DummyVecEnv`` against ``FastPPO``/``FastA2C`` (lean rollout collection) on ``FreshInfoVecEnv``.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +41,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from bess_rl.config import compose_config
 from bess_rl.env import PvBessEvEnv
 from bess_rl.fast_onpolicy import FastA2C, FastPPO
-from bess_rl.fast_sac import FastSAC
+from bess_rl.fast_sac import COMPILE_MODES, FastSAC
 from bess_rl.hardware import describe_machine
 from bess_rl.provenance import write_json
 from bess_rl.vec_env import FreshInfoVecEnv
@@ -123,21 +125,61 @@ def random_transitions(n: int, seed: int) -> list[tuple]:
     return out
 
 
-def sac_variants(device: str) -> dict[str, tuple[type[SAC], dict[str, Any]]]:
-    """Plain SB3 and the FastSAC switches worth comparing on this device."""
-    variants: dict[str, tuple[type[SAC], dict[str, Any]]] = {
+SBX_NOTE = "SBX (JAX) SAC; XLA's own thread pool (all cores), not --sac-threads"
+
+
+def sbx_sac() -> type[BaseAlgorithm] | None:
+    """SBX's SAC when the ``bench`` extra is installed, else None (its row becomes a skip note)."""
+    if importlib.util.find_spec("sbx") is None:
+        return None
+    from sbx import SAC as SbxSAC
+
+    return SbxSAC
+
+
+def sac_variants(device: str, compile_mode: str) -> dict[str, tuple[type[BaseAlgorithm] | None, dict[str, Any]]]:
+    """Plain SB3, the FastSAC switches worth comparing on this device and, on CPU, SBX (None: not installed)."""
+    variants: dict[str, tuple[type[BaseAlgorithm] | None, dict[str, Any]]] = {
         "sb3": (SAC, {}),
         "fast eager": (FastSAC, {}),
         "fast bf16": (FastSAC, {"amp": "bf16"}),
     }
+    if device == "cpu":
+        variants["fast mkl"] = (FastSAC, {"matmul": "torch"})
+        variants["sbx"] = (sbx_sac(), {})
+    if compile_mode != "none":
+        variants[f"fast compile {compile_mode}"] = (FastSAC, {"compile_mode": compile_mode})
     if device == "cuda":
         variants["fast graphs"] = (FastSAC, {"cuda_graphs": True})
         variants["fast graphs+bf16"] = (FastSAC, {"cuda_graphs": True, "amp": "bf16"})
     return variants
 
 
-def bench_sac(cfg: DictConfig, device: str, seconds: float, prefill: int, seed: int) -> list[dict[str, Any]]:
-    """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s preset."""
+def at_threads(job: Callable[[], int], threads: int) -> Callable[[], int]:
+    """``job`` run with ``threads`` torch threads, the process's count restored after it."""
+
+    def run() -> int:
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return job()
+        finally:
+            torch.set_num_threads(saved)
+
+    return run
+
+
+def bench_sac(
+    cfg: DictConfig,
+    device: str,
+    seconds: float,
+    prefill: int,
+    seed: int,
+    threads: tuple[int, ...] = (1,),
+    compile_mode: str = "none",
+) -> list[dict[str, Any]]:
+    """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s
+    preset; torch variants once per count in ``threads`` (named "<variant> <n>t" when there are several)."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch, batch_size, preset_buffer = hp.pop("net_arch"), hp["batch_size"], hp["buffer_size"]
     updates_per_step = hp["gradient_steps"] / hp["train_freq"]
@@ -146,9 +188,14 @@ def bench_sac(cfg: DictConfig, device: str, seconds: float, prefill: int, seed: 
     transitions = random_transitions(prefill, seed)
     chunk = 16  # gradient steps per timed call: one CUDA graph of FastSAC's default graph_steps
     models: dict[str, BaseAlgorithm] = {}
-    for name, (cls, extra) in sac_variants(device).items():
+    skipped: list[dict[str, Any]] = []
+    for name, (cls, extra) in sac_variants(device, compile_mode).items():
+        if cls is None:
+            skipped.append({"variant": name, "status": "skipped", "note": "sbx not installed: pip install -e .[bench]"})
+            continue
         env = DummyVecEnv([PvBessEvEnv])
-        model = cls("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device=device, **hp, **extra)
+        on_device = {} if name == "sbx" else {"device": device}
+        model = cls("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, **on_device, **hp, **extra)
         model.set_logger(configure(None, []))
         for transition in transitions:
             model.replay_buffer.add(*transition)
@@ -163,29 +210,40 @@ def bench_sac(cfg: DictConfig, device: str, seconds: float, prefill: int, seed: 
         model.gradient_steps, model.train_freq = 0, TrainFreq(64, TrainFrequencyUnit.STEP)
         return lambda: (model.learn(64, reset_num_timesteps=False), 64)[1]
 
-    grad_rate = interleaved({name: updates(m) for name, m in models.items()}, seconds, device)
+    # (row name, variant, torch threads): SBX runs once, on XLA's threads.
+    runs = [(name, name, None) for name in models if name == "sbx"]
+    runs += [
+        (name if len(threads) == 1 else f"{name} {n}t", name, n) for name in models if name != "sbx" for n in threads
+    ]
+    grad_jobs = {
+        row: updates(models[name]) if n is None else at_threads(updates(models[name]), n) for row, name, n in runs
+    }
+    grad_rate = interleaved(grad_jobs, seconds, device)
     collect_rate = interleaved({name: collect(m) for name, m in models.items()}, seconds / 2, device)
     rows = []
-    for name, model in models.items():
-        step_s = 1 / collect_rate[name] + updates_per_step / grad_rate[name]
+    for row_name, name, n in runs:
+        model = models[name]
+        step_s = 1 / collect_rate[name] + updates_per_step / grad_rate[row_name]
         rows.append(
             {
                 "agent": "sac",
                 "preset": cfg.preset.name,
-                "variant": name,
-                "device": str(model.device),
+                "variant": row_name,
+                "device": "cpu" if name == "sbx" else str(model.device),
+                "torch_threads": n,
                 "batch_size": batch_size,
                 "net_arch": net_arch,
                 "updates_per_env_step": updates_per_step,
                 "buffer_transitions": prefill,
                 "preset_buffer_size": preset_buffer,
-                "grad_steps_per_s": grad_rate[name],
+                "grad_steps_per_s": grad_rate[row_name],
                 "collect_steps_per_s": collect_rate[name],
                 "env_steps_per_hour": 3600 / step_s,
-                "note": note,
+                "note": SBX_NOTE if name == "sbx" else note,
             }
         )
-    return with_speedups(rows, ("grad_steps_per_s", "env_steps_per_hour"))
+    base = {"agent": "sac", "preset": cfg.preset.name, "device": device}
+    return with_speedups(rows, ("grad_steps_per_s", "env_steps_per_hour")) + [base | row for row in skipped]
 
 
 def on_policy_variants(agent: str, device: str) -> dict[str, tuple[type[BaseAlgorithm], type, dict[str, Any]]]:
@@ -236,8 +294,8 @@ def bench_on_policy(cfg: DictConfig, device: str, seconds: float, seed: int) -> 
 
 
 def with_speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Add ``speedup_<key>``: each row's ``key`` over the ``sb3`` row's."""
-    base = next(row for row in rows if row["variant"] == "sb3")
+    """Add ``speedup_<key>``: each row's ``key`` over the (first) ``sb3`` row's."""
+    base = next(row for row in rows if row["variant"].split()[0] == "sb3")
     return [row | {f"speedup_{key}": row[key] / base[key] for key in keys} for row in rows]
 
 
@@ -284,12 +342,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="default: <paths.output_dir>/bench/<timestamp>.json")
     p.add_argument("--prefill", type=int, default=10_000, help="random transitions in the SAC replay buffer")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these MLPs on 2 cores)")
+    p.add_argument(
+        "--sac-threads", type=int, nargs="+", default=None, help="torch thread counts to time each SAC variant at"
+    )
+    p.add_argument(
+        "--compile", choices=COMPILE_MODES, default="none", help="also time FastSAC with this torch.compile mode"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but this machine has no CUDA device")
-    if args.seconds <= 0 or args.prefill < 1 or args.threads < 1:
-        p.error("--seconds, --prefill and --threads must be positive")
+    args.sac_threads = args.sac_threads or [args.threads]
+    if args.seconds <= 0 or args.prefill < 1 or min(args.threads, *args.sac_threads) < 1:
+        p.error("--seconds, --prefill, --threads and --sac-threads must be positive")
     return args
 
 
@@ -320,7 +385,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for preset in args.presets:
             cfg = compose_cfg(agent, preset)
             if agent == "sac":
-                job = functools.partial(bench_sac, cfg, args.device, args.seconds, args.prefill, args.seed)
+                job = functools.partial(
+                    bench_sac,
+                    cfg,
+                    args.device,
+                    args.seconds,
+                    args.prefill,
+                    args.seed,
+                    tuple(args.sac_threads),
+                    args.compile,
+                )
             else:
                 job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed)
             measurements.append((f"{agent} {preset}", job))

@@ -21,15 +21,18 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
+from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import get_device
 from torch.nn import functional as F
 
+from bess_rl import onednn_linear
 from bess_rl.device_optim import TensorLr
 from bess_rl.gaussian import log_prob as normal_log_prob
 
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+MATMUL_MODES = ("auto", "torch", "onednn")
 _SQUASH_EPS = 1e-6  # SB3's SquashedDiagGaussianDistribution epsilon
 _STATS = ("critic_loss", "actor_loss", "ent_coef_loss", "ent_coef")
 
@@ -152,7 +155,9 @@ class FastSAC(SAC):
     Extra keyword arguments (saved with the model; ``FastSAC.load(..., cuda_graphs=False)`` overrides):
     ``amp`` "none" | "bf16" (autocast, no scaler) | "fp16" (autocast + GradScaler, eager only);
     ``cuda_graphs`` capture ``graph_steps`` gradient steps per CUDA graph (CUDA only);
-    ``compile_mode`` a ``torch.compile`` mode for the loss functions, or "none".
+    ``compile_mode`` a ``torch.compile`` mode for the loss functions, or "none";
+    ``matmul`` "onednn" runs the update's layers on oneDNN's fp32 kernels (``bess_rl.onednn_linear``),
+    "torch" as the modules do, "auto" picks oneDNN for an eager fp32 update on a CPU that has it.
     """
 
     def __init__(
@@ -164,9 +169,11 @@ class FastSAC(SAC):
         cuda_graphs: bool = False,
         compile_mode: str = "none",
         graph_steps: int = 16,
+        matmul: str = "auto",
         **kwargs: Any,
     ) -> None:
         self.amp, self.cuda_graphs, self.compile_mode, self.graph_steps = amp, cuda_graphs, compile_mode, graph_steps
+        self.matmul = matmul
         self._fast: _FastState | None = None
         super().__init__(policy, env, *args, **kwargs)
 
@@ -184,6 +191,13 @@ class FastSAC(SAC):
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        if self.matmul not in MATMUL_MODES:
+            raise ValueError(f"matmul must be one of {MATMUL_MODES}, got {self.matmul!r}")
+        if self.matmul == "onednn" and not self._onednn_fits():
+            raise ValueError(
+                "matmul='onednn' is an eager fp32 CPU path: needs device cpu, amp='none', compile_mode='none' "
+                "(inductor cannot lower the op) and a oneDNN build"
+            )
         if self.graph_steps < 1 or self.graph_steps % self.target_update_interval:
             raise ValueError(
                 f"graph_steps must be a positive multiple of target_update_interval "
@@ -208,6 +222,11 @@ class FastSAC(SAC):
         for opt in self._optimizers():
             if not isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
                 raise ValueError(f"FastSAC needs Adam or AdamW optimisers, got {type(opt).__name__}")
+
+    def _onednn_fits(self) -> bool:
+        return (
+            self.device.type == "cpu" and self.amp == "none" and self.compile_mode == "none" and onednn_linear.available()
+        )
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         opts = [self.actor.optimizer, self.critic.optimizer]
@@ -301,6 +320,7 @@ class _FastState:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(model.amp)
         self.targets = (list(model.critic.parameters()), list(model.critic_target.parameters()))
         self.stats = (model.batch_norm_stats, model.batch_norm_stats_target)
+        self.onednn = model.matmul == "onednn" or (model.matmul == "auto" and model._onednn_fits())
         wrap: Callable[[Callable], Callable] = (
             (lambda fn: fn) if model.compile_mode == "none" else (lambda fn: torch.compile(fn, mode=model.compile_mode))
         )
@@ -318,12 +338,29 @@ class _FastState:
             with torch.autocast(self.model.device.type, dtype=self.amp_dtype, cache_enabled=False):
                 yield
 
+    def q_values(
+        self, critic: ContinuousCritic, obs: torch.Tensor, actions: torch.Tensor, weight_grads: bool = True
+    ) -> tuple[torch.Tensor, ...]:
+        """``critic(obs, actions)``, its layers on oneDNN when that is on (SB3's forward, step for step;
+        ``weight_grads=False``: differentiable in ``actions`` only)."""
+        if not self.onednn:
+            return critic(obs, actions)
+        with torch.set_grad_enabled(not critic.share_features_extractor):
+            features = critic.extract_features(obs, critic.features_extractor)
+        q_input = torch.cat([features, actions], dim=1)
+        return tuple(onednn_linear.sequential(q_net, q_input, weight_grads) for q_net in critic.q_networks)
+
     # Loss pieces, split so each autograd graph is separate (and each can be torch.compile'd).
     def _actor_sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         actor = self.model.actor
         with self.autocast():
-            latent = actor.latent_pi(actor.extract_features(obs, actor.features_extractor))
-            mean, log_std = actor.mu(latent), actor.log_std(latent)
+            features = actor.extract_features(obs, actor.features_extractor)
+            if self.onednn:
+                latent = onednn_linear.sequential(actor.latent_pi, features)
+                mean, log_std = onednn_linear.linear(latent, actor.mu), onednn_linear.linear(latent, actor.log_std)
+            else:
+                latent = actor.latent_pi(features)
+                mean, log_std = actor.mu(latent), actor.log_std(latent)
         log_std = torch.clamp(log_std.float(), -20, 2)  # SB3's LOG_STD_MIN, LOG_STD_MAX
         return squashed_sample(mean.float(), log_std, noise)
 
@@ -339,21 +376,21 @@ class _FastState:
         with torch.no_grad():
             next_actions, next_log_prob = self._actor_sample(next_obs, noise)
             with self.autocast():
-                next_q = torch.cat(model.critic_target(next_obs, next_actions), dim=1).float()
+                next_q = torch.cat(self.q_values(model.critic_target, next_obs, next_actions), dim=1).float()
             next_q, _ = torch.min(next_q, dim=1, keepdim=True)
             next_q = next_q - ent_coef * next_log_prob
             return rewards + (1 - dones) * model.gamma * next_q
 
     def _critic_loss(self, obs: torch.Tensor, actions: torch.Tensor, target_q: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            current_q = self.model.critic(obs, actions)
+            current_q = self.q_values(self.model.critic, obs, actions)
         return 0.5 * sum(F.mse_loss(q.float(), target_q) for q in current_q)
 
     def _actor_loss(
         self, obs: torch.Tensor, pi: torch.Tensor, log_prob: torch.Tensor, ent_coef: torch.Tensor
     ) -> torch.Tensor:
         with self.autocast():
-            q_pi = torch.cat(self.model.critic(obs, pi), dim=1).float()
+            q_pi = torch.cat(self.q_values(self.model.critic, obs, pi, weight_grads=False), dim=1).float()
         min_q_pi, _ = torch.min(q_pi, dim=1, keepdim=True)
         return (ent_coef * log_prob - min_q_pi).mean()
 
