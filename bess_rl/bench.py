@@ -6,11 +6,12 @@ one measurement run in interleaved rounds (so a busy neighbour slows them all al
 by ``--seconds``, and the table and JSON give the speed-up over plain SB3 next to the raw rates.
 
 Measured: env steps/s of the raw ``PvBessEvEnv`` (embedded year, random actions); for SAC, gradient
-steps/s of ``SAC.train`` against ``FastSAC`` eager (oneDNN layers on CPU), with MKL matmuls, bf16
-autocast, ``--compile`` and (on CUDA) CUDA graphs, and SBX's JAX SAC when ``sbx`` is installed, at the
-preset's batch size on a pre-filled buffer, each torch variant at every ``--sac-threads`` count, the
-collect cost (predict + env step + store, SB3's own ``learn`` loop with no updates) and the
-env-steps/hour they imply at the preset's updates per env step; for PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset's sizes, plain SB3 on
+steps/s of ``SAC.train`` against ``FastSAC`` eager (on CPU: hand-written gradients on oneDNN), through
+autograd with MKL matmuls, bf16 autocast, ``--compile`` and (on CUDA) CUDA graphs, and SBX's JAX SAC
+when ``sbx`` is installed, at the preset's batch size on a pre-filled buffer, each torch variant at
+every ``--sac-threads`` count, the collect cost (predict + env step + store, SB3's own ``learn`` loop
+with no updates) and the env-steps/hour they imply at the preset's updates per env step; for
+PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset's sizes, plain SB3 on
 ``DummyVecEnv`` against ``FastPPO``/``FastA2C`` (lean rollout collection) on ``FreshInfoVecEnv``.
 """
 

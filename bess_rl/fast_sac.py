@@ -21,12 +21,11 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
-from stable_baselines3.common.policies import ContinuousCritic
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import get_device
 from torch.nn import functional as F
 
-from bess_rl import onednn_linear
+from bess_rl import manual_sac, onednn_linear
 from bess_rl.device_optim import TensorLr
 from bess_rl.gaussian import log_prob as normal_log_prob
 
@@ -156,8 +155,9 @@ class FastSAC(SAC):
     ``amp`` "none" | "bf16" (autocast, no scaler) | "fp16" (autocast + GradScaler, eager only);
     ``cuda_graphs`` capture ``graph_steps`` gradient steps per CUDA graph (CUDA only);
     ``compile_mode`` a ``torch.compile`` mode for the loss functions, or "none";
-    ``matmul`` "onednn" runs the update's layers on oneDNN's fp32 kernels (``bess_rl.onednn_linear``),
-    "torch" as the modules do, "auto" picks oneDNN for an eager fp32 update on a CPU that has it.
+    ``matmul`` "onednn" runs the step as ``bess_rl.manual_sac`` (hand-written gradients, oneDNN fp32
+    matmuls: an eager CPU path for SB3's ``MlpPolicy``), "torch" through autograd and the modules,
+    "auto" picks "onednn" wherever it applies.
     """
 
     def __init__(
@@ -193,10 +193,10 @@ class FastSAC(SAC):
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.matmul not in MATMUL_MODES:
             raise ValueError(f"matmul must be one of {MATMUL_MODES}, got {self.matmul!r}")
-        if self.matmul == "onednn" and not self._onednn_fits():
+        if self.matmul == "onednn" and not self.onednn_fits():
             raise ValueError(
-                "matmul='onednn' is an eager fp32 CPU path: needs device cpu, amp='none', compile_mode='none' "
-                "(inductor cannot lower the op) and a oneDNN build"
+                "matmul='onednn' is an eager fp32 CPU update for SB3's MlpPolicy: needs device cpu, amp='none', "
+                "compile_mode='none', ReLU Linear stacks without batch norm and a oneDNN build"
             )
         if self.graph_steps < 1 or self.graph_steps % self.target_update_interval:
             raise ValueError(
@@ -223,9 +223,15 @@ class FastSAC(SAC):
             if not isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
                 raise ValueError(f"FastSAC needs Adam or AdamW optimisers, got {type(opt).__name__}")
 
-    def _onednn_fits(self) -> bool:
+    def onednn_fits(self) -> bool:
+        """Whether ``matmul='onednn'`` (``bess_rl.manual_sac``) can run this model's update."""
         return (
-            self.device.type == "cpu" and self.amp == "none" and self.compile_mode == "none" and onednn_linear.available()
+            self.device.type == "cpu"
+            and self.amp == "none"
+            and self.compile_mode == "none"
+            and not self.batch_norm_stats
+            and onednn_linear.available()
+            and manual_sac.supports(self)
         )
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
@@ -277,6 +283,11 @@ class FastSAC(SAC):
         fast = self._fast
         shape = batch.actions.shape
         noise = torch.empty(shape, device=self.device).normal_()  # same draws, same order as SB3
+        if fast.manual is not None:
+            stats = fast.manual.step(batch, noise, torch.empty(shape, device=self.device).normal_())
+            if polyak:
+                fast.polyak()
+            return stats
         pi, log_prob = fast.actor_sample(batch.observations, noise)
         if self.ent_coef_optimizer is not None:
             ent_coef = torch.exp(self.log_ent_coef.detach())
@@ -320,7 +331,8 @@ class _FastState:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(model.amp)
         self.targets = (list(model.critic.parameters()), list(model.critic_target.parameters()))
         self.stats = (model.batch_norm_stats, model.batch_norm_stats_target)
-        self.onednn = model.matmul == "onednn" or (model.matmul == "auto" and model._onednn_fits())
+        use_manual = model.matmul == "onednn" or (model.matmul == "auto" and model.onednn_fits())
+        self.manual = manual_sac.ManualUpdate(model) if use_manual else None
         wrap: Callable[[Callable], Callable] = (
             (lambda fn: fn) if model.compile_mode == "none" else (lambda fn: torch.compile(fn, mode=model.compile_mode))
         )
@@ -338,29 +350,12 @@ class _FastState:
             with torch.autocast(self.model.device.type, dtype=self.amp_dtype, cache_enabled=False):
                 yield
 
-    def q_values(
-        self, critic: ContinuousCritic, obs: torch.Tensor, actions: torch.Tensor, weight_grads: bool = True
-    ) -> tuple[torch.Tensor, ...]:
-        """``critic(obs, actions)``, its layers on oneDNN when that is on (SB3's forward, step for step;
-        ``weight_grads=False``: differentiable in ``actions`` only)."""
-        if not self.onednn:
-            return critic(obs, actions)
-        with torch.set_grad_enabled(not critic.share_features_extractor):
-            features = critic.extract_features(obs, critic.features_extractor)
-        q_input = torch.cat([features, actions], dim=1)
-        return tuple(onednn_linear.sequential(q_net, q_input, weight_grads) for q_net in critic.q_networks)
-
     # Loss pieces, split so each autograd graph is separate (and each can be torch.compile'd).
     def _actor_sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         actor = self.model.actor
         with self.autocast():
-            features = actor.extract_features(obs, actor.features_extractor)
-            if self.onednn:
-                latent = onednn_linear.sequential(actor.latent_pi, features)
-                mean, log_std = onednn_linear.linear(latent, actor.mu), onednn_linear.linear(latent, actor.log_std)
-            else:
-                latent = actor.latent_pi(features)
-                mean, log_std = actor.mu(latent), actor.log_std(latent)
+            latent = actor.latent_pi(actor.extract_features(obs, actor.features_extractor))
+            mean, log_std = actor.mu(latent), actor.log_std(latent)
         log_std = torch.clamp(log_std.float(), -20, 2)  # SB3's LOG_STD_MIN, LOG_STD_MAX
         return squashed_sample(mean.float(), log_std, noise)
 
@@ -376,21 +371,21 @@ class _FastState:
         with torch.no_grad():
             next_actions, next_log_prob = self._actor_sample(next_obs, noise)
             with self.autocast():
-                next_q = torch.cat(self.q_values(model.critic_target, next_obs, next_actions), dim=1).float()
+                next_q = torch.cat(model.critic_target(next_obs, next_actions), dim=1).float()
             next_q, _ = torch.min(next_q, dim=1, keepdim=True)
             next_q = next_q - ent_coef * next_log_prob
             return rewards + (1 - dones) * model.gamma * next_q
 
     def _critic_loss(self, obs: torch.Tensor, actions: torch.Tensor, target_q: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            current_q = self.q_values(self.model.critic, obs, actions)
+            current_q = self.model.critic(obs, actions)
         return 0.5 * sum(F.mse_loss(q.float(), target_q) for q in current_q)
 
     def _actor_loss(
         self, obs: torch.Tensor, pi: torch.Tensor, log_prob: torch.Tensor, ent_coef: torch.Tensor
     ) -> torch.Tensor:
         with self.autocast():
-            q_pi = torch.cat(self.q_values(self.model.critic, obs, pi, weight_grads=False), dim=1).float()
+            q_pi = torch.cat(self.model.critic(obs, pi), dim=1).float()
         min_q_pi, _ = torch.min(q_pi, dim=1, keepdim=True)
         return (ent_coef * log_prob - min_q_pi).mean()
 

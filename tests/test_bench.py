@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from stable_baselines3 import SAC
 
 from bess_rl.bench import interleaved, main, parse_args
 
@@ -26,8 +27,11 @@ def run_tiny(extra: list[str]) -> dict:
 
 
 def check_sac_rows(rows: list[dict], variants: set[str]) -> None:
-    assert {r["variant"] for r in rows} == variants
-    base = next(r for r in rows if r["variant"] == "sb3")
+    skipped = [r for r in rows if r.get("status") == "skipped"]
+    rows = [r for r in rows if r not in skipped]
+    assert {r["variant"] for r in rows} | {r["variant"] for r in skipped} == variants
+    assert all(r["variant"] == "sbx" and "not installed" in r["note"] for r in skipped)
+    base = next(r for r in rows if r["variant"].split()[0] == "sb3")
     for r in rows:
         assert r["grad_steps_per_s"] > 0 and r["collect_steps_per_s"] > 0 and r["batch_size"] == 512
         assert r["updates_per_env_step"] == 1024  # the "before" preset: 1,024 gradient steps per env step
@@ -48,7 +52,7 @@ def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
     for row in data["results"]:
         by_agent.setdefault(row["agent"], []).append(row)
     assert by_agent["env"][0]["env_steps_per_s"] > 0
-    check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16"})
+    check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16", "fast mkl", "sbx"})
     for agent in ("ppo", "a2c"):
         sb3, fast = by_agent[agent]
         assert (sb3["variant"], fast["variant"]) == ("sb3", "fast") and sb3["speedup_env_steps_per_hour"] == 1.0
@@ -56,6 +60,17 @@ def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
             assert row["env_steps_per_s"] > 0 and row["rollout_steps"] >= 1024 and "status" not in row
             assert row["env_steps_per_hour"] == pytest.approx(row["env_steps_per_s"] * 3600)
         assert fast["speedup_env_steps_per_hour"] == pytest.approx(fast["env_steps_per_s"] / sb3["env_steps_per_s"])
+
+
+def test_sac_rows_per_thread_count(tmp_path, monkeypatch):
+    variants = {"sb3": (SAC, {}), "sbx": (None, {})}  # None: SBX's skip note
+    monkeypatch.setattr("bess_rl.bench.sac_variants", lambda device, compile_mode: variants)
+    args = ["--agents", "sac", "--device", "cpu", "--sac-threads", "1", "2", "--json", str(tmp_path / "b.json")]
+    report = run_tiny(args)
+    sac = [r for r in report["results"] if r["agent"] == "sac"]
+    check_sac_rows(sac, {"sb3 1t", "sb3 2t", "sbx"})
+    assert {r["torch_threads"] for r in sac if "status" not in r} == {1, 2}
+    assert torch.get_num_threads() == 1  # each job restores the process's count
 
 
 def test_interleaved_rates_follow_the_work_done():
