@@ -44,6 +44,7 @@ from bess_rl.env import PvBessEvEnv
 from bess_rl.fast_onpolicy import FastA2C, FastPPO
 from bess_rl.fast_sac import COMPILE_MODES, FastSAC
 from bess_rl.hardware import describe_machine
+from bess_rl.population import Population
 from bess_rl.provenance import write_json
 from bess_rl.vec_env import FreshInfoVecEnv
 
@@ -69,20 +70,28 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(jobs: dict[str, Callable[[], int]], seconds: float, device: str) -> dict[str, float]:
+def interleaved(
+    jobs: dict[str, Callable[[], int]], seconds: float, device: str, cpu_rate: dict[str, float] | None = None
+) -> dict[str, float]:
     """Units per second of each job (a call returns the units it did), over ``ROUNDS`` interleaved
-    rounds of ``seconds / ROUNDS`` per job; every job runs at least once per round."""
+    rounds of ``seconds / ROUNDS`` per job; every job runs at least once per round. ``cpu_rate``, when
+    given, receives units per CPU-second of this process (all its threads): on a machine shared with
+    other work, wall time counts the time slices others took, CPU time does not."""
     done = dict.fromkeys(jobs, 0)
     spent = dict.fromkeys(jobs, 0.0)
+    cpu = dict.fromkeys(jobs, 0.0)
     for _ in range(ROUNDS):
         for name, job in jobs.items():
             sync(device)
-            start, elapsed = time.perf_counter(), 0.0
+            start, start_cpu, elapsed = time.perf_counter(), time.process_time(), 0.0
             while elapsed < seconds / ROUNDS:
                 done[name] += job()
                 sync(device)
                 elapsed = time.perf_counter() - start
             spent[name] += elapsed
+            cpu[name] += time.process_time() - start_cpu
+    if cpu_rate is not None:
+        cpu_rate |= {name: done[name] / max(cpu[name], 1e-9) for name in jobs}
     return {name: done[name] / spent[name] for name in jobs}
 
 
@@ -178,9 +187,11 @@ def bench_sac(
     seed: int,
     threads: tuple[int, ...] = (1,),
     compile_mode: str = "none",
+    populations: tuple[int, ...] = (),
 ) -> list[dict[str, Any]]:
     """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s
-    preset; torch variants once per count in ``threads`` (named "<variant> <n>t" when there are several)."""
+    preset, and of a ``Population`` of each size in ``populations`` (aggregate over its members); torch
+    variants once per count in ``threads`` (named "<variant> <n>t" when there are several)."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch, batch_size, preset_buffer = hp.pop("net_arch"), hp["batch_size"], hp["buffer_size"]
     updates_per_step = hp["gradient_steps"] / hp["train_freq"]
@@ -188,7 +199,8 @@ def bench_sac(
     hp |= {"buffer_size": max(prefill, batch_size), "learning_starts": 0}
     transitions = random_transitions(prefill, seed)
     chunk = 16  # gradient steps per timed call: one CUDA graph of FastSAC's default graph_steps
-    models: dict[str, BaseAlgorithm] = {}
+    # name -> (update job, collect job, device, note); a job returns the units it did
+    subjects: dict[str, tuple[Callable[[], int], Callable[[], int], str, str]] = {}
     skipped: list[dict[str, Any]] = []
     for name, (cls, extra) in sac_variants(device, compile_mode).items():
         if cls is None:
@@ -201,36 +213,37 @@ def bench_sac(
         for transition in transitions:
             model.replay_buffer.add(*transition)
         model.train(chunk, batch_size)  # warm-up: allocations, cuBLAS, graph capture
-        models[name] = model
+        where = "cpu" if name == "sbx" else str(model.device)
+        subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, SBX_NOTE if name == "sbx" else note)
+    for size in populations:
+        pop = Population(
+            PvBessEvEnv, size, seeds=range(seed, seed + size), device=device, policy_kwargs={"net_arch": net_arch}, **hp
+        )
+        for member in pop.members:
+            for transition in transitions:
+                member.replay_buffer.add(*transition)
+        pop.train(chunk)
+        pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
+        subjects[f"population {size}"] = (population_updates(pop, chunk), population_collect(pop), device, pop_note)
 
-    def updates(model: BaseAlgorithm) -> Callable[[], int]:
-        return lambda: (model.train(chunk, batch_size), chunk)[1]
-
-    def collect(model: BaseAlgorithm) -> Callable[[], int]:
-        """SB3's own collect loop (predict, env step, store) with updates switched off."""
-        model.gradient_steps, model.train_freq = 0, TrainFreq(64, TrainFrequencyUnit.STEP)
-        return lambda: (model.learn(64, reset_num_timesteps=False), 64)[1]
-
-    # (row name, variant, torch threads): SBX runs once, on XLA's threads.
-    runs = [(name, name, None) for name in models if name == "sbx"]
+    # (row name, subject, torch threads): SBX runs once, on XLA's threads.
+    runs = [(name, name, None) for name in subjects if name == "sbx"]
     runs += [
-        (name if len(threads) == 1 else f"{name} {n}t", name, n) for name in models if name != "sbx" for n in threads
+        (name if len(threads) == 1 else f"{name} {n}t", name, n) for name in subjects if name != "sbx" for n in threads
     ]
-    grad_jobs = {
-        row: updates(models[name]) if n is None else at_threads(updates(models[name]), n) for row, name, n in runs
-    }
-    grad_rate = interleaved(grad_jobs, seconds, device)
-    collect_rate = interleaved({name: collect(m) for name, m in models.items()}, seconds / 2, device)
+    grad_jobs = {row: at_threads(subjects[name][0], n) if n else subjects[name][0] for row, name, n in runs}
+    cpu_rate: dict[str, float] = {}
+    grad_rate = interleaved(grad_jobs, seconds, device, cpu_rate)
+    collect_rate = interleaved({name: job[1] for name, job in subjects.items()}, seconds / 2, device)
     rows = []
     for row_name, name, n in runs:
-        model = models[name]
         step_s = 1 / collect_rate[name] + updates_per_step / grad_rate[row_name]
         rows.append(
             {
                 "agent": "sac",
                 "preset": cfg.preset.name,
                 "variant": row_name,
-                "device": "cpu" if name == "sbx" else str(model.device),
+                "device": subjects[name][2],
                 "torch_threads": n,
                 "batch_size": batch_size,
                 "net_arch": net_arch,
@@ -238,13 +251,35 @@ def bench_sac(
                 "buffer_transitions": prefill,
                 "preset_buffer_size": preset_buffer,
                 "grad_steps_per_s": grad_rate[row_name],
+                "grad_steps_per_cpu_s": cpu_rate[row_name],
                 "collect_steps_per_s": collect_rate[name],
                 "env_steps_per_hour": 3600 / step_s,
-                "note": SBX_NOTE if name == "sbx" else note,
+                "note": subjects[name][3],
             }
         )
     base = {"agent": "sac", "preset": cfg.preset.name, "device": device}
     return with_speedups(rows, ("grad_steps_per_s", "env_steps_per_hour")) + [base | row for row in skipped]
+
+
+def sac_updates(model: BaseAlgorithm, chunk: int) -> Callable[[], int]:
+    return lambda: (model.train(chunk, model.batch_size), chunk)[1]
+
+
+def sac_collect(model: BaseAlgorithm) -> Callable[[], int]:
+    """SB3's own collect loop (predict, env step, store) with updates switched off."""
+    model.gradient_steps, model.train_freq = 0, TrainFreq(64, TrainFrequencyUnit.STEP)
+    return lambda: (model.learn(64, reset_num_timesteps=False), 64)[1]
+
+
+def population_updates(pop: Population, chunk: int) -> Callable[[], int]:
+    """``chunk`` stacked steps: ``chunk`` updates for every member."""
+    return lambda: (pop.train(chunk), chunk * pop.size)[1]
+
+
+def population_collect(pop: Population) -> Callable[[], int]:
+    """The population's lockstep collect loop with updates switched off: env steps of all members."""
+    pop.gradient_steps = 0
+    return lambda: (pop.learn(64), 64 * pop.size)[1]
 
 
 def on_policy_variants(agent: str, device: str) -> dict[str, tuple[type[BaseAlgorithm], type, dict[str, Any]]]:
@@ -347,6 +382,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sac-threads", type=int, nargs="+", default=None, help="torch thread counts to time each SAC variant at"
     )
     p.add_argument(
+        "--population", type=int, nargs="*", default=[], help="also time stacked SAC populations of these sizes"
+    )
+    p.add_argument(
         "--compile", choices=COMPILE_MODES, default="none", help="also time FastSAC with this torch.compile mode"
     )
     p.add_argument("--seed", type=int, default=0)
@@ -354,8 +392,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but this machine has no CUDA device")
     args.sac_threads = args.sac_threads or [args.threads]
-    if args.seconds <= 0 or args.prefill < 1 or min(args.threads, *args.sac_threads) < 1:
-        p.error("--seconds, --prefill, --threads and --sac-threads must be positive")
+    if args.seconds <= 0 or args.prefill < 1 or min(args.threads, *args.sac_threads, *args.population) < 1:
+        p.error("--seconds, --prefill, --threads, --sac-threads and --population must be positive")
     return args
 
 
@@ -395,6 +433,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     args.seed,
                     tuple(args.sac_threads),
                     args.compile,
+                    tuple(args.population),
                 )
             else:
                 job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed)

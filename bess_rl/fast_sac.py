@@ -155,9 +155,9 @@ class FastSAC(SAC):
     ``amp`` "none" | "bf16" (autocast, no scaler) | "fp16" (autocast + GradScaler, eager only);
     ``cuda_graphs`` capture ``graph_steps`` gradient steps per CUDA graph (CUDA only);
     ``compile_mode`` a ``torch.compile`` mode for the loss functions, or "none";
-    ``matmul`` "onednn" runs the step as ``bess_rl.manual_sac`` (hand-written gradients, oneDNN fp32
-    matmuls: an eager CPU path for SB3's ``MlpPolicy``), "torch" through autograd and the modules,
-    "auto" picks "onednn" wherever it applies.
+    ``matmul`` "onednn" runs the step as ``bess_rl.manual_sac`` (hand-written gradients, oneDNN fp32 or,
+    with ``amp="bf16"``, bf16 matmuls: an eager CPU path for SB3's ``MlpPolicy``), "torch" through
+    autograd and the modules, "auto" picks "onednn" wherever it applies.
     """
 
     def __init__(
@@ -195,8 +195,8 @@ class FastSAC(SAC):
             raise ValueError(f"matmul must be one of {MATMUL_MODES}, got {self.matmul!r}")
         if self.matmul == "onednn" and not self.onednn_fits():
             raise ValueError(
-                "matmul='onednn' is an eager fp32 CPU update for SB3's MlpPolicy: needs device cpu, amp='none', "
-                "compile_mode='none', ReLU Linear stacks without batch norm and a oneDNN build"
+                "matmul='onednn' is an eager CPU update for SB3's MlpPolicy: needs device cpu, amp 'none' or "
+                "'bf16', compile_mode='none', ReLU Linear stacks without batch norm and a oneDNN build"
             )
         if self.graph_steps < 1 or self.graph_steps % self.target_update_interval:
             raise ValueError(
@@ -227,7 +227,7 @@ class FastSAC(SAC):
         """Whether ``matmul='onednn'`` (``bess_rl.manual_sac``) can run this model's update."""
         return (
             self.device.type == "cpu"
-            and self.amp == "none"
+            and self.amp in ("none", "bf16")
             and self.compile_mode == "none"
             and not self.batch_norm_stats
             and onednn_linear.available()

@@ -121,13 +121,14 @@ class StepTerms:
     step_ent_coef: Callable[[torch.Tensor], None]  # given d(ent_coef_loss)/d(log_ent_coef)
     step_critic: Callable[[list[torch.Tensor]], None]  # given gradients in ``critic_params`` order
     step_actor: Callable[[list[torch.Tensor]], None]  # given gradients in ``actor_params`` order
+    dtype: torch.dtype = torch.float32  # of the matmuls (bf16: fp32 weights, losses and gradients outside them)
 
 
-def forward(layers: Stack, x: torch.Tensor, last_relu: bool) -> list[torch.Tensor]:
-    """Every layer's output (ReLU applied) with ``x`` first: what ``backward`` needs."""
-    outs = [x]
+def forward(layers: Stack, x: torch.Tensor, last_relu: bool, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Every layer's output (ReLU applied, in ``dtype``) with ``x`` first: what ``backward`` needs."""
+    outs = [x.to(dtype)]
     for i, (w, b) in enumerate(layers):
-        outs.append(matmul_t(outs[-1], w, b, last_relu or i < len(layers) - 1))
+        outs.append(matmul_t(outs[-1], w.to(dtype), b.to(dtype), last_relu or i < len(layers) - 1))
     return outs
 
 
@@ -135,16 +136,18 @@ def backward(
     layers: Stack, outs: list[torch.Tensor], grad: torch.Tensor, last_relu: bool, weights: bool
 ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """For ``grad`` w.r.t. the stack's output: with ``weights``, each layer's weight and bias gradients
-    (parameter order) and no input gradient; without, the gradient w.r.t. the stack's input only."""
+    (parameter order, float32) and no input gradient; without, the gradient w.r.t. the stack's input only."""
+    dtype = outs[0].dtype
+    grad = grad.to(dtype)
     grads: list[torch.Tensor] = []
     for i in range(len(layers) - 1, -1, -1):
         if last_relu or i < len(layers) - 1:
             grad = torch.ops.aten.threshold_backward(grad, outs[i + 1], 0)  # ReLU's own backward
         if weights:
-            grads[:0] = [matmul_t(_t(grad), _t(outs[i])), grad.sum(-2)]
+            grads[:0] = [matmul_t(_t(grad), _t(outs[i])).float(), grad.sum(-2).float()]
         if i > 0 or not weights:
-            grad = matmul_t(grad, _t(layers[i][0]))
-    return (None if weights else grad), grads
+            grad = matmul_t(grad, _t(layers[i][0].to(dtype)))
+    return (None if weights else grad.float()), grads
 
 
 def squash(
@@ -172,11 +175,18 @@ def sac_step(
     """SB3's SAC step (entropy coefficient, critics, actor) on ``batch`` (..., B, dim) with the actor's two
     noise draws; returns the logged statistics stacked as (4, ...): critic, actor, entropy losses, coefficient."""
     obs, actions, next_obs = batch.observations, batch.actions, batch.next_observations
-    n = obs.shape[-2]
+    n, dtype = obs.shape[-2], terms.dtype
+
+    def q_value(stack: Stack, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        outs = forward(stack, x, False, dtype)
+        return outs, outs[-1].float()
+
+    def head(layer: Layer, latent: torch.Tensor) -> torch.Tensor:
+        return matmul_t(latent, layer[0].to(dtype), layer[1].to(dtype)).float()
+
     # The actor once on obs and next_obs: both use the weights from before this step's updates.
-    outs = forward(nets.latent, torch.cat([obs, next_obs], dim=-2), last_relu=True)
-    mean = matmul_t(outs[-1], *nets.mu)
-    log_std_raw = matmul_t(outs[-1], *nets.log_std)
+    outs = forward(nets.latent, torch.cat([obs, next_obs], dim=-2), True, dtype)
+    mean, log_std_raw = head(nets.mu, outs[-1]), head(nets.log_std, outs[-1])
     log_std = torch.clamp(log_std_raw, _LOG_STD_MIN, _LOG_STD_MAX)
     pi, log_prob, std, diff = squash(mean[..., :n, :], log_std[..., :n, :], noise)
 
@@ -191,7 +201,7 @@ def sac_step(
 
     next_actions, next_log_prob, _, _ = squash(mean[..., n:, :], log_std[..., n:, :], next_noise)
     next_input = torch.cat([next_obs, next_actions], dim=-1)
-    next_q = torch.cat([forward(q, next_input, False)[-1] for q in nets.q_target], dim=-1)
+    next_q = torch.cat([q_value(q, next_input)[1] for q in nets.q_target], dim=-1)
     next_q, _ = torch.min(next_q, dim=-1, keepdim=True)
     next_q = next_q - ent_coef * next_log_prob
     target_q = batch.rewards + (1 - batch.dones) * terms.gamma * next_q
@@ -201,20 +211,20 @@ def sac_step(
     critic_loss = torch.zeros_like(_mean(target_q))
     critic_grads: list[torch.Tensor] = []
     for stack in nets.q:
-        q_outs = forward(stack, q_input, False)
-        err = q_outs[-1] - target_q
+        q_outs, q = q_value(stack, q_input)
+        err = q - target_q
         critic_loss = critic_loss + 0.5 * _mean(err**2)
         critic_grads += backward(stack, q_outs, err / n, False, weights=True)[1]
     terms.step_critic(critic_grads)
 
     # Actor: mean(ent_coef * log_prob - min_q(obs, pi)) with the updated critics.
     pi_input = torch.cat([obs, pi], dim=-1)
-    pi_outs = [forward(stack, pi_input, False) for stack in nets.q]
-    q_pi = torch.cat([o[-1] for o in pi_outs], dim=-1)
+    pi_q = [q_value(stack, pi_input) for stack in nets.q]
+    q_pi = torch.cat([q for _, q in pi_q], dim=-1)
     min_q, which = torch.min(q_pi, dim=-1, keepdim=True)
     actor_loss = _mean(ent_coef * log_prob - min_q)
     d_input = None
-    for k, (stack, q_outs) in enumerate(zip(nets.q, pi_outs, strict=True)):
+    for k, (stack, (q_outs, _)) in enumerate(zip(nets.q, pi_q, strict=True)):
         d_in = backward(stack, q_outs, (which == k).to(q_pi.dtype) * (-1 / n), False, weights=False)[0]
         d_input = d_in if d_input is None else d_input + d_in
     d_pi = d_input[..., obs.shape[-1] :]
@@ -230,8 +240,8 @@ def sac_step(
     head_grads: list[torch.Tensor] = []
     d_latent = None
     for (w, _), d_head in zip((nets.mu, nets.log_std), (d_mean, d_log_std), strict=True):
-        head_grads += [matmul_t(_t(d_head), _t(latent)), d_head.sum(-2)]
-        d = matmul_t(d_head, _t(w))
+        head_grads += [matmul_t(_t(d_head.to(dtype)), _t(latent)).float(), d_head.sum(-2)]
+        d = matmul_t(d_head.to(dtype), _t(w.to(dtype)))
         d_latent = d if d_latent is None else d_latent + d
     trunk = [o[..., :n, :] for o in outs]
     latent_grads = backward(nets.latent, trunk, d_latent, True, weights=True)[1]
@@ -265,6 +275,7 @@ class ManualUpdate:
             step_ent_coef=lambda grad: self.apply(model.ent_coef_optimizer, [model.log_ent_coef], [grad]),
             step_critic=lambda grads: self.apply(model.critic.optimizer, self.critic_params, grads),
             step_actor=lambda grads: self.apply(model.actor.optimizer, self.actor_params, grads),
+            dtype=torch.bfloat16 if model.amp == "bf16" else torch.float32,
         )
         n = batch.observations.shape[0]
         flat = batch._replace(
