@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -57,6 +58,19 @@ NOTES = {
     "fast cuda": "same, lean collection with the policy on the GPU",
     "fast graphs cuda": "same, + rollout on the GPU, one CUDA graph per minibatch step",
 }
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni", "avx512f")
+
+
+def cpu_features() -> list[str]:
+    """The /proc/cpuinfo flags that decide CPU matmul speed (AVX-512, bf16 dot products, AMX tiles)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in BF16_FLAGS if flag in flags]
 
 
 def compose_cfg(agent: str, preset: str) -> DictConfig:
@@ -338,7 +352,7 @@ def with_speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dic
 def table(results: list[dict[str, Any]], title: str) -> Table:
     """One row per agent, preset and variant; the x SB3 columns are over plain SB3 in the same run."""
     t = Table(title=title)
-    columns = ("agent", "preset", "variant", "device", "batch", "grad steps/s", "x SB3", "env steps/s",
+    columns = ("agent", "preset", "variant", "device", "batch", "grad steps/s", "x SB3", "per CPU-s", "env steps/s",
                "env-steps/hour", "x SB3 ", "note")  # fmt: skip
     for col in columns:
         t.add_column(col, justify="left" if col in ("agent", "preset", "variant", "device", "note") else "right")
@@ -356,6 +370,7 @@ def table(results: list[dict[str, Any]], title: str) -> Table:
             num(row, "batch_size"),
             row.get("status") or num(row, "grad_steps_per_s", ",.1f"),
             num(row, "speedup_grad_steps_per_s", ".2f"),
+            num(row, "grad_steps_per_cpu_s", ",.1f"),
             num(row, "collect_steps_per_s") if "collect_steps_per_s" in row else num(row, "env_steps_per_s"),
             num(row, "env_steps_per_hour"),
             num(row, "speedup_env_steps_per_hour", ".2f"),
@@ -411,8 +426,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "time": stamp,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": describe_machine(),
+        "machine": describe_machine() | {"cpu_features": cpu_features()},
         "torch_threads": torch.get_num_threads(),
+        "load_average": [],  # 1-minute load before the run and after each measurement: other work on the machine
         "results": [],
     }
     console = Console(width=None if sys.stdout.isatty() else 200)
@@ -438,9 +454,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else:
                 job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed)
             measurements.append((f"{agent} {preset}", job))
+    report["load_average"].append(os.getloadavg()[0])
     for name, job in measurements:
         rows = job()
         report["results"] += rows
+        report["load_average"].append(os.getloadavg()[0])
         write_json(path, report)
         if len(measurements) > 1:
             console.print(table(rows, f"{name} {title}"))

@@ -39,10 +39,15 @@ Scalar = float | torch.Tensor  # a float, or one value per member shaped (N, 1, 
 
 
 def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """``x @ w^T (+ b)`` (then ReLU) over the last two dims: oneDNN for matrices, one batched matmul
-    for stacked members."""
+    """``x @ w^T (+ b)`` (then ReLU) over the last two dims. Stacked members: one oneDNN product per
+    member where oneDNN takes the shape (its kernels are ~1.9x torch's batched MKL ones on AMD CPUs),
+    else one batched matmul."""
     if x.dim() == 2:
         return onednn_linear.matmul_t(x, w, b, relu)
+    if onednn_linear.takes(x[0], w[0]):
+        return torch.stack(
+            [onednn_linear.matmul_t(x[i], w[i], None if b is None else b[i], relu) for i in range(x.shape[0])]
+        )
     wt = w.transpose(-1, -2)
     y = torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(-2), x, wt)
     return y.relu_() if relu else y

@@ -29,11 +29,16 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
 
 
+def takes(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether ``matmul_t(x, w)`` goes to oneDNN: a build that has it and no dimension below ``ONEDNN_MIN_DIM``."""
+    return min(x.shape[0], x.shape[1], w.shape[0]) >= ONEDNN_MIN_DIM and available()
+
+
 def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """``x @ w.T (+ b)`` (then ReLU): on oneDNN when every dimension is at least ``ONEDNN_MIN_DIM``,
     else torch's own matmul (oneDNN's fixed cost, ~30 us a call, outweighs its gain on the thin
     products: a layer's 17 inputs, a critic's single output)."""
-    if min(x.shape[0], x.shape[1], w.shape[0]) < ONEDNN_MIN_DIM:
+    if not takes(x, w):
         y = x @ w.t() if b is None else torch.addmm(b, x, w.t())
         return y.relu_() if relu else y
     return torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(w), b, "relu" if relu else "none", _NO_SCALARS, "")

@@ -7,9 +7,8 @@ import time
 
 import pytest
 import torch
-from stable_baselines3 import SAC
 
-from bess_rl.bench import interleaved, main, parse_args
+from bess_rl.bench import at_threads, interleaved, main, parse_args
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -62,15 +61,10 @@ def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
         assert fast["speedup_env_steps_per_hour"] == pytest.approx(fast["env_steps_per_s"] / sb3["env_steps_per_s"])
 
 
-def test_sac_rows_per_thread_count(tmp_path, monkeypatch):
-    variants = {"sb3": (SAC, {}), "sbx": (None, {})}  # None: SBX's skip note
-    monkeypatch.setattr("bess_rl.bench.sac_variants", lambda device, compile_mode: variants)
-    args = ["--agents", "sac", "--device", "cpu", "--sac-threads", "1", "2", "--json", str(tmp_path / "b.json")]
-    report = run_tiny(args)
-    sac = [r for r in report["results"] if r["agent"] == "sac"]
-    check_sac_rows(sac, {"sb3 1t", "sb3 2t", "sbx"})
-    assert {r["torch_threads"] for r in sac if "status" not in r} == {1, 2}
-    assert torch.get_num_threads() == 1  # each job restores the process's count
+def test_at_threads_runs_the_job_at_its_count_and_restores():
+    seen = []
+    job = at_threads(lambda: seen.append(torch.get_num_threads()) or 1, 2)
+    assert job() == 1 and seen == [2] and torch.get_num_threads() == 1
 
 
 def test_interleaved_rates_follow_the_work_done():
