@@ -174,6 +174,7 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=(-2, -1))
 
 
+@torch.no_grad()  # the gradients are written out: autograd would only record (and keep) a graph nobody uses
 def sac_step(
     nets: SacNets, batch: ReplayBufferSamples, noise: torch.Tensor, next_noise: torch.Tensor, terms: StepTerms
 ) -> torch.Tensor:
