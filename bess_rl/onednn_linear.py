@@ -30,8 +30,9 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 
 def takes(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether ``matmul_t(x, w)`` goes to oneDNN: a build that has it and no dimension below ``ONEDNN_MIN_DIM``."""
-    return min(x.shape[0], x.shape[1], w.shape[0]) >= ONEDNN_MIN_DIM and available()
+    """Whether ``matmul_t(x, w)`` goes to oneDNN: CPU tensors, a build that has it and no dimension below
+    ``ONEDNN_MIN_DIM``."""
+    return x.device.type == "cpu" and min(x.shape[0], x.shape[1], w.shape[0]) >= ONEDNN_MIN_DIM and available()
 
 
 def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:

@@ -100,3 +100,13 @@ def test_member_trains_on_and_saves_as_a_plain_sb3_model(tmp_path):
 def test_bad_population_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Population(site_env, **{**TINY, **kwargs})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_population_trains_on_cuda():
+    pop = Population(site_env, size=2, seeds=[0, 1], device="cuda", **{**TINY, "learning_starts": 10})
+    pop.learn(30)
+    assert pop.n_updates == 20
+    assert all(torch.isfinite(p).all() for p in pop.nets.actor_params() + pop.nets.critic_params())
+    assert pop.member_model(0).device.type == "cuda"
