@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from bess_rl.tools.bench import interleaved, main, parse_args
+from bess_rl.tools.bench import at_threads, interleaved, main, parse_args
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +24,11 @@ def run_tiny(extra: list[str]) -> dict:
 
 
 def check_sac_rows(rows: list[dict], variants: set[str]) -> None:
-    assert {r["variant"] for r in rows} == variants
-    base = next(r for r in rows if r["variant"] == "sb3")
+    skipped = [r for r in rows if r.get("status") == "skipped"]
+    rows = [r for r in rows if r not in skipped]
+    assert {r["variant"] for r in rows} | {r["variant"] for r in skipped} == variants
+    assert all(r["variant"] == "sbx" and "not installed" in r["note"] for r in skipped)
+    base = next(r for r in rows if r["variant"].split()[0] == "sb3")
     for r in rows:
         assert r["grad_steps_per_s"] > 0 and r["collect_steps_per_s"] > 0 and r["batch_size"] == 512
         assert r["updates_per_env_step"] == 1024  # the "before" preset: 1,024 gradient steps per env step
@@ -46,7 +49,7 @@ def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
     for row in data["results"]:
         by_agent.setdefault(row["agent"], []).append(row)
     assert by_agent["env"][0]["env_steps_per_s"] > 0
-    check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16"})
+    check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16", "fast mkl", "sbx"})
     for agent in ("ppo", "a2c"):
         sb3, fast = by_agent[agent]
         assert (sb3["variant"], fast["variant"]) == ("sb3", "fast") and sb3["speedup_env_steps_per_hour"] == 1.0
@@ -54,6 +57,12 @@ def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
             assert row["env_steps_per_s"] > 0 and row["rollout_steps"] >= 1024 and "status" not in row
             assert row["env_steps_per_hour"] == pytest.approx(row["env_steps_per_s"] * 3600)
         assert fast["speedup_env_steps_per_hour"] == pytest.approx(fast["env_steps_per_s"] / sb3["env_steps_per_s"])
+
+
+def test_at_threads_runs_the_job_at_its_count_and_restores():
+    seen = []
+    job = at_threads(lambda: seen.append(torch.get_num_threads()) or 1, 2)
+    assert job() == 1 and seen == [2] and torch.get_num_threads() == 1
 
 
 def test_interleaved_rates_follow_the_work_done():

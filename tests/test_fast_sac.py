@@ -10,6 +10,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from bess_rl.agents import onednn_linear
 from bess_rl.agents.fast_sac import DeviceReplayBuffer, FastSAC
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import SiteParams
@@ -90,6 +91,43 @@ def test_update_matches_sb3_on_the_same_batch(kwargs):
     assert_same_update(sb3, fast, steps=3)  # Adam moments and polyak carried across steps
 
 
+@pytest.mark.parametrize(
+    ("matmul", "min_dim"),
+    [("torch", None), ("onednn", 1)],
+    ids=["autograd-path", "onednn-every-matmul"],
+)
+def test_each_update_path_matches_sb3(monkeypatch, matmul, min_dim):
+    """The default CPU step is the hand-written one; the autograd path, and the hand-written one with
+    even the tiny test net's products on oneDNN, match SB3 as well."""
+    if min_dim is not None:
+        monkeypatch.setattr(onednn_linear, "ONEDNN_MIN_DIM", min_dim)
+    sb3, fast = pair(fast_kwargs={"matmul": matmul})
+    assert (fast._fast.manual is not None) == (matmul == "onednn")
+    assert_same_update(sb3, fast, steps=1)
+    assert_same_update(sb3, fast, steps=3)
+
+
+def test_default_cpu_update_is_the_hand_written_one():
+    for amp in ("none", "bf16"):
+        _, fast = pair(fast_kwargs={"amp": amp})
+        assert fast._fast.manual is not None, amp
+    _, fp16 = pair(fast_kwargs={"amp": "fp16"})
+    assert fp16._fast.manual is None  # fp16 needs GradScaler: autograd
+
+
+def test_bf16_autocast_through_autograd_runs_close_to_fp32():
+    """The hand-written bf16 step is the existing bf16 test; this is the autocast path it replaced on CPU."""
+    _, fp32 = pair(fast_kwargs={"matmul": "torch"})
+    _, bf16 = pair(fast_kwargs={"matmul": "torch", "amp": "bf16"})
+    assert bf16._fast.manual is None
+    for m in (fp32, bf16):
+        torch.manual_seed(123)
+        m.train(1, BATCH)
+    for key in ("train/critic_loss", "train/actor_loss"):
+        a, b = fp32.logger.name_to_value[key], bf16.logger.name_to_value[key]
+        assert b == pytest.approx(a, rel=0.05, abs=0.02), key
+
+
 def test_bf16_autocast_runs_close_to_fp32():
     _, fp32 = pair()
     _, bf16 = pair(fast_kwargs={"amp": "bf16"})
@@ -118,6 +156,8 @@ def test_fp16_with_grad_scaler_runs_eagerly():
         ({"cuda_graphs": True, "device": "cpu"}, "needs a CUDA device"),
         ({"amp": "fp8"}, "amp must be one of"),
         ({"compile_mode": "fast"}, "compile_mode must be one of"),
+        ({"matmul": "blas"}, "matmul must be one of"),
+        ({"matmul": "onednn", "amp": "fp16"}, "eager CPU update"),
         ({"graph_steps": 3, "target_update_interval": 2}, "multiple of target_update_interval"),
         ({"use_sde": True}, "gSDE"),
         (

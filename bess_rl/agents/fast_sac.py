@@ -25,13 +25,14 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import get_device
 from torch.nn import functional as F
 
-from bess_rl.agents import graphs
+from bess_rl.agents import graphs, manual_sac, onednn_linear
 from bess_rl.agents.capabilities import Capabilities
 from bess_rl.agents.gaussian import log_prob as normal_log_prob
 from bess_rl.agents.tensor_lr import TensorLr
 
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+MATMUL_MODES = ("auto", "torch", "onednn")
 _SQUASH_EPS = 1e-6  # SB3's SquashedDiagGaussianDistribution epsilon
 _STATS = ("critic_loss", "actor_loss", "ent_coef_loss", "ent_coef")
 
@@ -154,7 +155,10 @@ class FastSAC(SAC):
     Extra keyword arguments (saved with the model; ``FastSAC.load(..., cuda_graphs=False)`` overrides):
     ``amp`` "none" | "bf16" (autocast, no scaler) | "fp16" (autocast + GradScaler, eager only);
     ``cuda_graphs`` capture ``graph_steps`` gradient steps per CUDA graph (CUDA only);
-    ``compile_mode`` a ``torch.compile`` mode for the loss functions, or "none".
+    ``compile_mode`` a ``torch.compile`` mode for the loss functions, or "none";
+    ``matmul`` "onednn" runs the step as ``bess_rl.agents.manual_sac`` (hand-written gradients, oneDNN fp32 or,
+    with ``amp="bf16"``, bf16 matmuls: an eager CPU path for SB3's ``MlpPolicy``), "torch" through
+    autograd and the modules, "auto" picks "onednn" wherever it applies.
     """
 
     capabilities = Capabilities(amp=AMP_MODES, cuda_graphs=True, compile=True, device_replay_buffer=True)
@@ -168,9 +172,11 @@ class FastSAC(SAC):
         cuda_graphs: bool = False,
         compile_mode: str = "none",
         graph_steps: int = 16,
+        matmul: str = "auto",
         **kwargs: Any,
     ) -> None:
         self.amp, self.cuda_graphs, self.compile_mode, self.graph_steps = amp, cuda_graphs, compile_mode, graph_steps
+        self.matmul = matmul
         self._fast: _FastState | None = None
         super().__init__(policy, env, *args, **kwargs)
 
@@ -188,6 +194,13 @@ class FastSAC(SAC):
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        if self.matmul not in MATMUL_MODES:
+            raise ValueError(f"matmul must be one of {MATMUL_MODES}, got {self.matmul!r}")
+        if self.matmul == "onednn" and not self.onednn_fits():
+            raise ValueError(
+                "matmul='onednn' is an eager CPU update for SB3's MlpPolicy: needs device cpu, amp 'none' or "
+                "'bf16', compile_mode='none', ReLU Linear stacks without batch norm and a oneDNN build"
+            )
         if self.graph_steps < 1 or self.graph_steps % self.target_update_interval:
             raise ValueError(
                 f"graph_steps must be a positive multiple of target_update_interval "
@@ -212,6 +225,17 @@ class FastSAC(SAC):
         for opt in self._optimizers():
             if not isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
                 raise ValueError(f"FastSAC needs Adam or AdamW optimisers, got {type(opt).__name__}")
+
+    def onednn_fits(self) -> bool:
+        """Whether ``matmul='onednn'`` (``bess_rl.agents.manual_sac``) can run this model's update."""
+        return (
+            self.device.type == "cpu"
+            and self.amp in ("none", "bf16")
+            and self.compile_mode == "none"
+            and not self.batch_norm_stats
+            and onednn_linear.available()
+            and manual_sac.supports(self)
+        )
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         opts = [self.actor.optimizer, self.critic.optimizer]
@@ -262,6 +286,11 @@ class FastSAC(SAC):
         fast = self._fast
         shape = batch.actions.shape
         noise = torch.empty(shape, device=self.device).normal_()  # same draws, same order as SB3
+        if fast.manual is not None:
+            stats = fast.manual.step(batch, noise, torch.empty(shape, device=self.device).normal_())
+            if polyak:
+                fast.polyak()
+            return stats
         pi, log_prob = fast.actor_sample(batch.observations, noise)
         if self.ent_coef_optimizer is not None:
             ent_coef = torch.exp(self.log_ent_coef.detach())
@@ -305,6 +334,8 @@ class _FastState:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(model.amp)
         self.targets = (list(model.critic.parameters()), list(model.critic_target.parameters()))
         self.stats = (model.batch_norm_stats, model.batch_norm_stats_target)
+        use_manual = model.matmul == "onednn" or (model.matmul == "auto" and model.onednn_fits())
+        self.manual = manual_sac.ManualUpdate(model) if use_manual else None
         wrap: Callable[[Callable], Callable] = (
             (lambda fn: fn) if model.compile_mode == "none" else (lambda fn: torch.compile(fn, mode=model.compile_mode))
         )

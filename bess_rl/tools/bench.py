@@ -6,10 +6,12 @@ one measurement run in interleaved rounds (so a busy neighbour slows them all al
 by ``--seconds``, and the table and JSON give the speed-up over plain SB3 next to the raw rates.
 
 Measured: env steps/s of the raw ``PvBessEvEnv`` (embedded year, random actions); for SAC, gradient
-steps/s of ``SAC.train`` against ``FastSAC`` eager, bf16 autocast and (on CUDA) CUDA graphs at the
-preset's batch size on a pre-filled buffer, the collect cost (predict + env step + store, SB3's own
-``learn`` loop with no updates) and the env-steps/hour they imply at the preset's updates per env
-step; for PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset's sizes, plain SB3 on
+steps/s of ``SAC.train`` against ``FastSAC`` eager (on CPU: hand-written gradients on oneDNN), through
+autograd with MKL matmuls, bf16 autocast, ``--compile`` and (on CUDA) CUDA graphs, and SBX's JAX SAC
+when ``sbx`` is installed, at the preset's batch size on a pre-filled buffer, each torch variant at
+every ``--sac-threads`` count, the collect cost (predict + env step + store, SB3's own ``learn`` loop
+with no updates) and the env-steps/hour they imply at the preset's updates per env step; for
+PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset's sizes, plain SB3 on
 ``DummyVecEnv`` against ``FastPPO``/``FastA2C`` (lean rollout collection) on ``FreshInfoVecEnv``.
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +41,8 @@ from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from bess_rl.agents.fast_onpolicy import FastA2C, FastPPO
-from bess_rl.agents.fast_sac import FastSAC
+from bess_rl.agents.fast_sac import COMPILE_MODES, FastSAC
+from bess_rl.agents.population import Population
 from bess_rl.agents.vec_env import FreshInfoVecEnv
 from bess_rl.experiment.build import make_model
 from bess_rl.experiment.config import compose_config
@@ -56,6 +61,19 @@ NOTES = {
 }
 
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni", "avx512f")
+
+
+def cpu_features() -> list[str]:
+    """The /proc/cpuinfo flags that decide CPU matmul speed (AVX-512, bf16 dot products, AMX tiles)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in BF16_FLAGS if flag in flags]
+
+
 def compose_cfg(agent: str, preset: str) -> DictConfig:
     """The training config ``python -m bess_rl agent=<agent> preset=<preset>`` would use."""
     return compose_config([f"agent={agent}", f"preset={preset}"])
@@ -67,20 +85,28 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(jobs: dict[str, Callable[[], int]], seconds: float, device: str) -> dict[str, float]:
+def interleaved(
+    jobs: dict[str, Callable[[], int]], seconds: float, device: str, cpu_rate: dict[str, float] | None = None
+) -> dict[str, float]:
     """Units per second of each job (a call returns the units it did), over ``ROUNDS`` interleaved
-    rounds of ``seconds / ROUNDS`` per job; every job runs at least once per round."""
+    rounds of ``seconds / ROUNDS`` per job; every job runs at least once per round. ``cpu_rate``, when
+    given, receives units per CPU-second of this process (all its threads): on a machine shared with
+    other work, wall time counts the time slices others took, CPU time does not."""
     done = dict.fromkeys(jobs, 0)
     spent = dict.fromkeys(jobs, 0.0)
+    cpu = dict.fromkeys(jobs, 0.0)
     for _ in range(ROUNDS):
         for name, job in jobs.items():
             sync(device)
-            start, elapsed = time.perf_counter(), 0.0
+            start, start_cpu, elapsed = time.perf_counter(), time.process_time(), 0.0
             while elapsed < seconds / ROUNDS:
                 done[name] += job()
                 sync(device)
                 elapsed = time.perf_counter() - start
             spent[name] += elapsed
+            cpu[name] += time.process_time() - start_cpu
+    if cpu_rate is not None:
+        cpu_rate |= {name: done[name] / max(cpu[name], 1e-9) for name in jobs}
     return {name: done[name] / spent[name] for name in jobs}
 
 
@@ -124,21 +150,63 @@ def random_transitions(n: int, seed: int) -> list[tuple]:
     return out
 
 
-def sac_variants(device: str) -> dict[str, tuple[type[SAC], dict[str, Any]]]:
-    """Plain SB3 and the FastSAC switches worth comparing on this device."""
-    variants: dict[str, tuple[type[SAC], dict[str, Any]]] = {
+SBX_NOTE = "SBX (JAX) SAC; XLA's own thread pool (all cores), not --sac-threads"
+
+
+def sbx_sac() -> type[BaseAlgorithm] | None:
+    """SBX's SAC when the ``bench`` extra is installed, else None (its row becomes a skip note)."""
+    if importlib.util.find_spec("sbx") is None:
+        return None
+    from sbx import SAC as SbxSAC
+
+    return SbxSAC
+
+
+def sac_variants(device: str, compile_mode: str) -> dict[str, tuple[type[BaseAlgorithm] | None, dict[str, Any]]]:
+    """Plain SB3, the FastSAC switches worth comparing on this device and, on CPU, SBX (None: not installed)."""
+    variants: dict[str, tuple[type[BaseAlgorithm] | None, dict[str, Any]]] = {
         "sb3": (SAC, {}),
         "fast eager": (FastSAC, {}),
         "fast bf16": (FastSAC, {"amp": "bf16"}),
     }
+    if device == "cpu":
+        variants["fast mkl"] = (FastSAC, {"matmul": "torch"})
+        variants["sbx"] = (sbx_sac(), {})
+    if compile_mode != "none":
+        variants[f"fast compile {compile_mode}"] = (FastSAC, {"compile_mode": compile_mode})
     if device == "cuda":
         variants["fast graphs"] = (FastSAC, {"cuda_graphs": True})
         variants["fast graphs+bf16"] = (FastSAC, {"cuda_graphs": True, "amp": "bf16"})
     return variants
 
 
-def bench_sac(cfg: DictConfig, device: str, seconds: float, prefill: int, seed: int) -> list[dict[str, Any]]:
-    """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s preset."""
+def at_threads(job: Callable[[], int], threads: int) -> Callable[[], int]:
+    """``job`` run with ``threads`` torch threads, the process's count restored after it."""
+
+    def run() -> int:
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return job()
+        finally:
+            torch.set_num_threads(saved)
+
+    return run
+
+
+def bench_sac(
+    cfg: DictConfig,
+    device: str,
+    seconds: float,
+    prefill: int,
+    seed: int,
+    threads: tuple[int, ...] = (1,),
+    compile_mode: str = "none",
+    populations: tuple[int, ...] = (),
+) -> list[dict[str, Any]]:
+    """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s
+    preset, and of a ``Population`` of each size in ``populations`` (aggregate over its members); torch
+    variants once per count in ``threads`` (named "<variant> <n>t" when there are several)."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch, batch_size, preset_buffer = hp["net_arch"], hp["batch_size"], hp["buffer_size"]
     updates_per_step = hp["gradient_steps"] / hp["train_freq"]
@@ -146,47 +214,90 @@ def bench_sac(cfg: DictConfig, device: str, seconds: float, prefill: int, seed: 
     hp |= {"buffer_size": max(prefill, batch_size), "learning_starts": 0}
     transitions = random_transitions(prefill, seed)
     chunk = 16  # gradient steps per timed call: one CUDA graph of FastSAC's default graph_steps
-    models: dict[str, BaseAlgorithm] = {}
-    for name, (cls, extra) in sac_variants(device).items():
+    # name -> (update job, collect job, device, note); a job returns the units it did
+    subjects: dict[str, tuple[Callable[[], int], Callable[[], int], str, str]] = {}
+    skipped: list[dict[str, Any]] = []
+    for name, (cls, extra) in sac_variants(device, compile_mode).items():
+        if cls is None:
+            skipped.append({"variant": name, "status": "skipped", "note": "sbx not installed: pip install -e .[bench]"})
+            continue
         env = DummyVecEnv([PvBessEvEnv])
-        model = make_model(cls, env, hp, seed, device, **extra)
+        if name == "sbx":  # JAX places the model itself
+            sbx_hp = {k: v for k, v in hp.items() if k != "net_arch"}
+            model = cls("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, **sbx_hp, **extra)
+        else:
+            model = make_model(cls, env, hp, seed, device, **extra)
         model.set_logger(configure(None, []))
         for transition in transitions:
             model.replay_buffer.add(*transition)
         model.train(chunk, batch_size)  # warm-up: allocations, cuBLAS, graph capture
-        models[name] = model
+        where = "cpu" if name == "sbx" else str(model.device)
+        subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, SBX_NOTE if name == "sbx" else note)
+    for size in populations:
+        pop = Population(
+            PvBessEvEnv, size, seeds=range(seed, seed + size), device=device, policy_kwargs={"net_arch": net_arch}, **hp
+        )
+        for member in pop.members:
+            for transition in transitions:
+                member.replay_buffer.add(*transition)
+        pop.train(chunk)
+        pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
+        subjects[f"population {size}"] = (population_updates(pop, chunk), population_collect(pop), device, pop_note)
 
-    def updates(model: BaseAlgorithm) -> Callable[[], int]:
-        return lambda: (model.train(chunk, batch_size), chunk)[1]
-
-    def collect(model: BaseAlgorithm) -> Callable[[], int]:
-        """SB3's own collect loop (predict, env step, store) with updates switched off."""
-        model.gradient_steps, model.train_freq = 0, TrainFreq(64, TrainFrequencyUnit.STEP)
-        return lambda: (model.learn(64, reset_num_timesteps=False), 64)[1]
-
-    grad_rate = interleaved({name: updates(m) for name, m in models.items()}, seconds, device)
-    collect_rate = interleaved({name: collect(m) for name, m in models.items()}, seconds / 2, device)
+    # (row name, subject, torch threads): SBX runs once, on XLA's threads.
+    runs = [(name, name, None) for name in subjects if name == "sbx"]
+    runs += [
+        (name if len(threads) == 1 else f"{name} {n}t", name, n) for name in subjects if name != "sbx" for n in threads
+    ]
+    grad_jobs = {row: at_threads(subjects[name][0], n) if n else subjects[name][0] for row, name, n in runs}
+    cpu_rate: dict[str, float] = {}
+    grad_rate = interleaved(grad_jobs, seconds, device, cpu_rate)
+    collect_rate = interleaved({name: job[1] for name, job in subjects.items()}, seconds / 2, device)
     rows = []
-    for name, model in models.items():
-        step_s = 1 / collect_rate[name] + updates_per_step / grad_rate[name]
+    for row_name, name, n in runs:
+        step_s = 1 / collect_rate[name] + updates_per_step / grad_rate[row_name]
         rows.append(
             {
                 "agent": "sac",
                 "preset": cfg.preset.name,
-                "variant": name,
-                "device": str(model.device),
+                "variant": row_name,
+                "device": subjects[name][2],
+                "torch_threads": n,
                 "batch_size": batch_size,
                 "net_arch": net_arch,
                 "updates_per_env_step": updates_per_step,
                 "buffer_transitions": prefill,
                 "preset_buffer_size": preset_buffer,
-                "grad_steps_per_s": grad_rate[name],
+                "grad_steps_per_s": grad_rate[row_name],
+                "grad_steps_per_cpu_s": cpu_rate[row_name],
                 "collect_steps_per_s": collect_rate[name],
                 "env_steps_per_hour": 3600 / step_s,
-                "note": note,
+                "note": subjects[name][3],
             }
         )
-    return with_speedups(rows, ("grad_steps_per_s", "env_steps_per_hour"))
+    base = {"agent": "sac", "preset": cfg.preset.name, "device": device}
+    return with_speedups(rows, ("grad_steps_per_s", "env_steps_per_hour")) + [base | row for row in skipped]
+
+
+def sac_updates(model: BaseAlgorithm, chunk: int) -> Callable[[], int]:
+    return lambda: (model.train(chunk, model.batch_size), chunk)[1]
+
+
+def sac_collect(model: BaseAlgorithm) -> Callable[[], int]:
+    """SB3's own collect loop (predict, env step, store) with updates switched off."""
+    model.gradient_steps, model.train_freq = 0, TrainFreq(64, TrainFrequencyUnit.STEP)
+    return lambda: (model.learn(64, reset_num_timesteps=False), 64)[1]
+
+
+def population_updates(pop: Population, chunk: int) -> Callable[[], int]:
+    """``chunk`` stacked steps: ``chunk`` updates for every member."""
+    return lambda: (pop.train(chunk), chunk * pop.size)[1]
+
+
+def population_collect(pop: Population) -> Callable[[], int]:
+    """The population's lockstep collect loop with updates switched off: env steps of all members."""
+    pop.gradient_steps = 0
+    return lambda: (pop.learn(64), 64 * pop.size)[1]
 
 
 def on_policy_variants(agent: str, device: str) -> dict[str, tuple[type[BaseAlgorithm], type, str, dict[str, Any]]]:
@@ -236,15 +347,15 @@ def bench_on_policy(cfg: DictConfig, device: str, seconds: float, seed: int) -> 
 
 
 def with_speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Add ``speedup_<key>``: each row's ``key`` over the ``sb3`` row's."""
-    base = next(row for row in rows if row["variant"] == "sb3")
+    """Add ``speedup_<key>``: each row's ``key`` over the (first) ``sb3`` row's."""
+    base = next(row for row in rows if row["variant"].split()[0] == "sb3")
     return [row | {f"speedup_{key}": row[key] / base[key] for key in keys} for row in rows]
 
 
 def table(results: list[dict[str, Any]], title: str) -> Table:
     """One row per agent, preset and variant; the x SB3 columns are over plain SB3 in the same run."""
     t = Table(title=title)
-    columns = ("agent", "preset", "variant", "device", "batch", "grad steps/s", "x SB3", "env steps/s",
+    columns = ("agent", "preset", "variant", "device", "batch", "grad steps/s", "x SB3", "per CPU-s", "env steps/s",
                "env-steps/hour", "x SB3 ", "note")  # fmt: skip
     for col in columns:
         t.add_column(col, justify="left" if col in ("agent", "preset", "variant", "device", "note") else "right")
@@ -262,6 +373,7 @@ def table(results: list[dict[str, Any]], title: str) -> Table:
             num(row, "batch_size"),
             row.get("status") or num(row, "grad_steps_per_s", ",.1f"),
             num(row, "speedup_grad_steps_per_s", ".2f"),
+            num(row, "grad_steps_per_cpu_s", ",.1f"),
             num(row, "collect_steps_per_s") if "collect_steps_per_s" in row else num(row, "env_steps_per_s"),
             num(row, "env_steps_per_hour"),
             num(row, "speedup_env_steps_per_hour", ".2f"),
@@ -284,12 +396,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="default: <paths.output_dir>/bench/<timestamp>.json")
     p.add_argument("--prefill", type=int, default=10_000, help="random transitions in the SAC replay buffer")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these MLPs on 2 cores)")
+    p.add_argument(
+        "--sac-threads", type=int, nargs="+", default=None, help="torch thread counts to time each SAC variant at"
+    )
+    p.add_argument(
+        "--population", type=int, nargs="*", default=[], help="also time stacked SAC populations of these sizes"
+    )
+    p.add_argument(
+        "--compile", choices=COMPILE_MODES, default="none", help="also time FastSAC with this torch.compile mode"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but this machine has no CUDA device")
-    if args.seconds <= 0 or args.prefill < 1 or args.threads < 1:
-        p.error("--seconds, --prefill and --threads must be positive")
+    args.sac_threads = args.sac_threads or [args.threads]
+    if args.seconds <= 0 or args.prefill < 1 or min(args.threads, *args.sac_threads, *args.population) < 1:
+        p.error("--seconds, --prefill, --threads, --sac-threads and --population must be positive")
     return args
 
 
@@ -307,8 +429,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "time": stamp,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": describe_machine(),
+        "machine": describe_machine() | {"cpu_features": cpu_features()},
         "torch_threads": torch.get_num_threads(),
+        "load_average": [],  # 1-minute load before the run and after each measurement: other work on the machine
         "results": [],
     }
     console = Console(width=None if sys.stdout.isatty() else 200)
@@ -320,13 +443,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for preset in args.presets:
             cfg = compose_cfg(agent, preset)
             if agent == "sac":
-                job = functools.partial(bench_sac, cfg, args.device, args.seconds, args.prefill, args.seed)
+                job = functools.partial(
+                    bench_sac,
+                    cfg,
+                    args.device,
+                    args.seconds,
+                    args.prefill,
+                    args.seed,
+                    tuple(args.sac_threads),
+                    args.compile,
+                    tuple(args.population),
+                )
             else:
                 job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed)
             measurements.append((f"{agent} {preset}", job))
+    report["load_average"].append(os.getloadavg()[0])
     for name, job in measurements:
         rows = job()
         report["results"] += rows
+        report["load_average"].append(os.getloadavg()[0])
         write_json(path, report)
         if len(measurements) > 1:
             console.print(table(rows, f"{name} {title}"))

@@ -1,0 +1,296 @@
+"""SB3's SAC gradient step with hand-written backward passes, for one agent or a stacked population.
+
+Why: on a 2-core CPU an update at batch 256, 256x256 is ~16 large matmuls plus ~250 small ops;
+autograd and Python custom functions add ~40 % on top of the matmuls. For SB3's plain
+``MlpPolicy`` (Linear + ReLU stacks, a flatten features extractor) the gradients are short enough
+to write out: each layer is one matmul forward (ReLU fused) and at most two backward, the actor
+runs once on ``obs`` and ``next_obs`` together, and the actor loss only back-propagates to the
+critics' inputs. Same losses, same order, same noise draws as ``stable_baselines3.SAC.train``.
+
+Every op is written over the last two dimensions, so the same ``sac_step`` runs one agent (2-D
+weights: oneDNN matmuls, ``bess_rl.agents.onednn_linear``) and ``bess_rl.agents.population``'s N agents at once
+(weights stacked to (N, out, in): batched matmuls). ``ManualUpdate`` binds it to a ``FastSAC``
+whose parameters are the SB3 modules' own tensors, stepped by their own optimisers, so
+``save``/``load`` are untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from torch import nn
+
+from bess_rl.agents import onednn_linear
+from bess_rl.agents.gaussian import LOG_SQRT_2PI
+
+if TYPE_CHECKING:
+    from bess_rl.agents.fast_sac import FastSAC
+
+_SQUASH_EPS = 1e-6  # SB3's SquashedDiagGaussianDistribution epsilon
+_LOG_STD_MIN, _LOG_STD_MAX = -20, 2  # SB3's actor clamp
+Layer = tuple[torch.Tensor, torch.Tensor]  # (weight (..., out, in), bias (..., out))
+Stack = list[Layer]
+Scalar = float | torch.Tensor  # a float, or one value per member shaped (N, 1, 1)
+
+
+def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """``x @ w^T (+ b)`` (then ReLU) over the last two dims. Stacked members: one oneDNN product per
+    member where oneDNN takes the shape (its kernels are ~1.9x torch's batched MKL ones on AMD CPUs),
+    else one batched matmul."""
+    if x.dim() == 2:
+        return onednn_linear.matmul_t(x, w, b, relu)
+    if onednn_linear.takes(x[0], w[0]):
+        return torch.stack(
+            [onednn_linear.matmul_t(x[i], w[i], None if b is None else b[i], relu) for i in range(x.shape[0])]
+        )
+    wt = w.transpose(-1, -2)
+    y = torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(-2), x, wt)
+    return y.relu_() if relu else y
+
+
+def _t(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(-1, -2)
+
+
+def relu_stack(seq: nn.Sequential, last_relu: bool) -> list[nn.Linear] | None:
+    """The Linear layers of ``seq`` when it is Linear, ReLU, ..., Linear (+ ReLU when ``last_relu``), else None."""
+    modules = list(seq)
+    linears, relus = modules[0::2], modules[1::2]
+    if len(relus) != len(linears) - (not last_relu):
+        return None
+    if all(isinstance(m, nn.Linear) for m in linears) and all(isinstance(m, nn.ReLU) for m in relus):
+        return linears
+    return None
+
+
+def supports(model: FastSAC) -> bool:
+    """True when the model's networks are what ``sac_step`` differentiates by hand (SB3's ``MlpPolicy``)."""
+    actor, critic = model.actor, model.critic
+    plain = all(isinstance(m.features_extractor, FlattenExtractor) for m in (actor, critic, model.critic_target))
+    return (
+        plain
+        and not actor.use_sde
+        and len(actor.latent_pi) > 0
+        and relu_stack(actor.latent_pi, last_relu=True) is not None
+        and all(relu_stack(q, last_relu=False) is not None for q in critic.q_networks)
+    )
+
+
+@dataclass
+class SacNets:
+    """The tensors one SAC step reads, in each optimiser's parameter order (weight, bias per layer)."""
+
+    latent: Stack  # actor trunk, ReLU after every layer
+    mu: Layer
+    log_std: Layer
+    q: list[Stack]  # critics, no ReLU after the last layer
+    q_target: list[Stack]
+
+    @classmethod
+    def of(cls, model: FastSAC) -> SacNets:
+        def layers(linears: list[nn.Linear] | None) -> Stack:
+            return [(m.weight, m.bias) for m in linears or []]
+
+        actor = model.actor
+        return cls(
+            layers(relu_stack(actor.latent_pi, last_relu=True)),
+            (actor.mu.weight, actor.mu.bias),
+            (actor.log_std.weight, actor.log_std.bias),
+            [layers(relu_stack(q, last_relu=False)) for q in model.critic.q_networks],
+            [layers(relu_stack(q, last_relu=False)) for q in model.critic_target.q_networks],
+        )
+
+    def actor_params(self) -> list[torch.Tensor]:
+        return [t for layer in [*self.latent, self.mu, self.log_std] for t in layer]
+
+    def critic_params(self) -> list[torch.Tensor]:
+        return [t for stack in self.q for layer in stack for t in layer]
+
+    def target_params(self) -> list[torch.Tensor]:
+        return [t for stack in self.q_target for layer in stack for t in layer]
+
+
+@dataclass
+class StepTerms:
+    """What a step needs besides the networks: SB3's hyper-parameters and its three optimiser steps."""
+
+    gamma: Scalar
+    target_entropy: Scalar
+    log_ent_coef: torch.Tensor | None  # None: fixed ``ent_coef``
+    ent_coef: torch.Tensor  # the fixed coefficient (ignored when ``log_ent_coef`` is learned)
+    step_ent_coef: Callable[[torch.Tensor], None]  # given d(ent_coef_loss)/d(log_ent_coef)
+    step_critic: Callable[[list[torch.Tensor]], None]  # given gradients in ``critic_params`` order
+    step_actor: Callable[[list[torch.Tensor]], None]  # given gradients in ``actor_params`` order
+    dtype: torch.dtype = torch.float32  # of the matmuls (bf16: fp32 weights, losses and gradients outside them)
+
+
+def forward(layers: Stack, x: torch.Tensor, last_relu: bool, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Every layer's output (ReLU applied, in ``dtype``) with ``x`` first: what ``backward`` needs."""
+    outs = [x.to(dtype)]
+    for i, (w, b) in enumerate(layers):
+        outs.append(matmul_t(outs[-1], w.to(dtype), b.to(dtype), last_relu or i < len(layers) - 1))
+    return outs
+
+
+def backward(
+    layers: Stack, outs: list[torch.Tensor], grad: torch.Tensor, last_relu: bool, weights: bool
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """For ``grad`` w.r.t. the stack's output: with ``weights``, each layer's weight and bias gradients
+    (parameter order, float32) and no input gradient; without, the gradient w.r.t. the stack's input only."""
+    dtype = outs[0].dtype
+    grad = grad.to(dtype)
+    grads: list[torch.Tensor] = []
+    for i in range(len(layers) - 1, -1, -1):
+        if last_relu or i < len(layers) - 1:
+            grad = torch.ops.aten.threshold_backward(grad, outs[i + 1], 0)  # ReLU's own backward
+        if weights:
+            grads[:0] = [matmul_t(_t(grad), _t(outs[i])).float(), grad.sum(-2).float()]
+        if i > 0 or not weights:
+            grad = matmul_t(grad, _t(layers[i][0].to(dtype)))
+    return (None if weights else grad.float()), grads
+
+
+def squash(
+    mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SB3's tanh-Gaussian sample (op for op as ``fast_sac.squashed_sample``): action, log-prob (..., B, 1),
+    std and ``u - mean``, the last two for the backward pass."""
+    std = torch.ones_like(mean) * log_std.exp()
+    gaussian = mean + noise * std
+    action = torch.tanh(gaussian)
+    diff = gaussian - mean
+    log_prob = (-(diff**2) / (2 * std**2) - std.log() - LOG_SQRT_2PI).sum(dim=-1)
+    log_prob = log_prob - torch.sum(torch.log(1 - action**2 + _SQUASH_EPS), dim=-1)
+    return action, log_prob.unsqueeze(-1), std, diff
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch rows and columns: a scalar for one agent, (N,) for a population."""
+    return x.mean(dim=(-2, -1))
+
+
+@torch.no_grad()  # the gradients are written out: autograd would only record (and keep) a graph nobody uses
+def sac_step(
+    nets: SacNets, batch: ReplayBufferSamples, noise: torch.Tensor, next_noise: torch.Tensor, terms: StepTerms
+) -> torch.Tensor:
+    """SB3's SAC step (entropy coefficient, critics, actor) on ``batch`` (..., B, dim) with the actor's two
+    noise draws; returns the logged statistics stacked as (4, ...): critic, actor, entropy losses, coefficient."""
+    obs, actions, next_obs = batch.observations, batch.actions, batch.next_observations
+    n, dtype = obs.shape[-2], terms.dtype
+
+    def q_value(stack: Stack, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        outs = forward(stack, x, False, dtype)
+        return outs, outs[-1].float()
+
+    def head(layer: Layer, latent: torch.Tensor) -> torch.Tensor:
+        return matmul_t(latent, layer[0].to(dtype), layer[1].to(dtype)).float()
+
+    # The actor once on obs and next_obs: both use the weights from before this step's updates.
+    outs = forward(nets.latent, torch.cat([obs, next_obs], dim=-2), True, dtype)
+    mean, log_std_raw = head(nets.mu, outs[-1]), head(nets.log_std, outs[-1])
+    log_std = torch.clamp(log_std_raw, _LOG_STD_MIN, _LOG_STD_MAX)
+    pi, log_prob, std, diff = squash(mean[..., :n, :], log_std[..., :n, :], noise)
+
+    if terms.log_ent_coef is not None:
+        ent_coef = torch.exp(terms.log_ent_coef.detach())
+        excess = (log_prob + terms.target_entropy).mean(dim=(-2, -1), keepdim=True)
+        ent_coef_loss = -(terms.log_ent_coef.detach() * excess)
+        terms.step_ent_coef(-excess.reshape(terms.log_ent_coef.shape))
+    else:
+        ent_coef = terms.ent_coef
+        ent_coef_loss = torch.zeros_like(log_prob[..., :1, :])
+
+    next_actions, next_log_prob, _, _ = squash(mean[..., n:, :], log_std[..., n:, :], next_noise)
+    next_input = torch.cat([next_obs, next_actions], dim=-1)
+    next_q = torch.cat([q_value(q, next_input)[1] for q in nets.q_target], dim=-1)
+    next_q, _ = torch.min(next_q, dim=-1, keepdim=True)
+    next_q = next_q - ent_coef * next_log_prob
+    target_q = batch.rewards + (1 - batch.dones) * terms.gamma * next_q
+
+    # Critics: 0.5 * sum of MSEs; d/dq = (q - target) / n for each.
+    q_input = torch.cat([obs, actions], dim=-1)
+    critic_loss = torch.zeros_like(_mean(target_q))
+    critic_grads: list[torch.Tensor] = []
+    for stack in nets.q:
+        q_outs, q = q_value(stack, q_input)
+        err = q - target_q
+        critic_loss = critic_loss + 0.5 * _mean(err**2)
+        critic_grads += backward(stack, q_outs, err / n, False, weights=True)[1]
+    terms.step_critic(critic_grads)
+
+    # Actor: mean(ent_coef * log_prob - min_q(obs, pi)) with the updated critics.
+    pi_input = torch.cat([obs, pi], dim=-1)
+    pi_q = [q_value(stack, pi_input) for stack in nets.q]
+    q_pi = torch.cat([q for _, q in pi_q], dim=-1)
+    min_q, which = torch.min(q_pi, dim=-1, keepdim=True)
+    actor_loss = _mean(ent_coef * log_prob - min_q)
+    d_input = None
+    for k, (stack, (q_outs, _)) in enumerate(zip(nets.q, pi_q, strict=True)):
+        d_in = backward(stack, q_outs, (which == k).to(q_pi.dtype) * (-1 / n), False, weights=False)[0]
+        d_input = d_in if d_input is None else d_input + d_in
+    d_pi = d_input[..., obs.shape[-1] :]
+    g = ent_coef / n  # d actor_loss / d log_prob, per row
+    d_action = d_pi + g * 2 * pi / (1 - pi**2 + _SQUASH_EPS)
+    inv_var = 1 / std**2
+    d_gauss = d_action * (1 - pi**2) - g * diff * inv_var
+    d_mean = d_gauss + g * diff * inv_var
+    d_std = d_gauss * noise + g * (diff**2 * inv_var / std - 1 / std)
+    raw = log_std_raw[..., :n, :]
+    d_log_std = d_std * std * ((raw >= _LOG_STD_MIN) & (raw <= _LOG_STD_MAX))
+    latent = outs[-1][..., :n, :]
+    head_grads: list[torch.Tensor] = []
+    d_latent = None
+    for (w, _), d_head in zip((nets.mu, nets.log_std), (d_mean, d_log_std), strict=True):
+        head_grads += [matmul_t(_t(d_head.to(dtype)), _t(latent)).float(), d_head.sum(-2)]
+        d = matmul_t(d_head.to(dtype), _t(w.to(dtype)))
+        d_latent = d if d_latent is None else d_latent + d
+    trunk = [o[..., :n, :] for o in outs]
+    latent_grads = backward(nets.latent, trunk, d_latent, True, weights=True)[1]
+    terms.step_actor(latent_grads + head_grads)
+    stats = (critic_loss, actor_loss, ent_coef_loss.reshape(critic_loss.shape), ent_coef.reshape(critic_loss.shape))
+    return torch.stack(stats)
+
+
+class ManualUpdate:
+    """``sac_step`` on a ``FastSAC`` whose ``supports`` holds, stepping the model's own optimisers."""
+
+    def __init__(self, model: FastSAC) -> None:
+        self.model = model
+        self.nets = SacNets.of(model)
+        self.actor_params = [p for group in model.actor.optimizer.param_groups for p in group["params"]]
+        self.critic_params = [p for group in model.critic.optimizer.param_groups for p in group["params"]]
+        same = [id(p) for p in self.nets.actor_params()] == [id(p) for p in self.actor_params] and [
+            id(p) for p in self.nets.critic_params()
+        ] == [id(p) for p in self.critic_params]
+        if not same:
+            raise ValueError("optimiser parameter order differs from the networks' layer order")
+
+    def step(self, batch: ReplayBufferSamples, noise: torch.Tensor, next_noise: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        learned = model.ent_coef_optimizer is not None
+        terms = StepTerms(
+            gamma=model.gamma,
+            target_entropy=model.target_entropy,
+            log_ent_coef=model.log_ent_coef if learned else None,
+            ent_coef=model.ent_coef_tensor if not learned else torch.ones(()),
+            step_ent_coef=lambda grad: self.apply(model.ent_coef_optimizer, [model.log_ent_coef], [grad]),
+            step_critic=lambda grads: self.apply(model.critic.optimizer, self.critic_params, grads),
+            step_actor=lambda grads: self.apply(model.actor.optimizer, self.actor_params, grads),
+            dtype=torch.bfloat16 if model.amp == "bf16" else torch.float32,
+        )
+        n = batch.observations.shape[0]
+        flat = batch._replace(
+            observations=batch.observations.reshape(n, -1), next_observations=batch.next_observations.reshape(n, -1)
+        )
+        return sac_step(self.nets, flat, noise, next_noise, terms)
+
+    @staticmethod
+    def apply(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()

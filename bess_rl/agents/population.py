@@ -1,0 +1,277 @@
+"""Population training: N SAC agents in one process, their weights stacked along a leading dimension.
+
+Why: seeds and hyper-parameter variants are usually trained one run at a time, each paying the
+whole per-op cost (Python, dispatch, launches) of a small-network update. Here the N members'
+tensors are stacked to (N, ...) and ``bess_rl.agents.manual_sac.sac_step`` runs all of them at once with
+batched matmuls, so that cost is paid once per population step, and on a CPU the larger products
+keep every core busy. Each member is a plain ``FastSAC`` (its seed's initial weights, its own env copy
+and replay buffer); ``member_model(i)`` writes the member's trained weights and Adam state back into
+it, so it saves, loads and predicts as any SB3-compatible model.
+
+A member's update is SB3's maths on its own batch with its own random stream (a ``torch.Generator``
+seeded like ``torch.manual_seed(seed)``), so it follows ``FastSAC.train`` of the same seed on the same
+buffer to float32 tolerance (rtol 1e-4 after 300 updates, tests/test_population.py). On a GPU the
+stacked products are single batched matmuls; that path is written but not yet measured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from bess_rl.agents.fast_sac import FastSAC
+from bess_rl.agents.manual_sac import SacNets, StepTerms, forward, matmul_t, sac_step, supports
+
+Tree = Any  # nested lists / tuples of tensors, shaped like a SacNets field
+
+
+def _stack(trees: list[Tree]) -> Tree:
+    """The members' trees as one tree of stacked (N, ...) copies."""
+    first = trees[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack([t.detach() for t in trees]).contiguous()
+    return type(first)(_stack([t[k] for t in trees]) for k in range(len(first)))
+
+
+def _leaves(tree: Tree) -> list[torch.Tensor]:
+    return [tree] if isinstance(tree, torch.Tensor) else [leaf for sub in tree for leaf in _leaves(sub)]
+
+
+def _per_member(value: Any, size: int, name: str) -> list[Any]:
+    """``value`` for each member: a list of ``size`` values, or one value for all."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != size:
+            raise ValueError(f"{name} has {len(value)} values for a population of {size}")
+        return list(value)
+    return [value] * size
+
+
+class StackedAdam:
+    """Adam (torch's defaults: no weight decay, no amsgrad) on stacked tensors with one learning rate
+    per member; ``moments(i)`` is member i's state in ``torch.optim.Adam``'s format."""
+
+    def __init__(self, params: list[torch.Tensor], lr: torch.Tensor, betas: tuple[float, float], eps: float) -> None:
+        self.params, self.betas, self.eps, self.steps = params, betas, eps, 0
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.lr = [lr.reshape(-1, *[1] * (p.dim() - 1)) for p in params]  # (N, 1, ...) per tensor
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        beta1, beta2 = self.betas
+        self.steps += 1
+        bias1, bias2 = 1 - beta1**self.steps, 1 - beta2**self.steps
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(self.exp_avg_sq, beta2)
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_div_(denom, math.sqrt(bias2))
+        torch._foreach_add_(denom, self.eps)
+        update = torch._foreach_div(self.exp_avg, denom)
+        torch._foreach_mul_(update, [lr / bias1 for lr in self.lr])
+        torch._foreach_sub_(self.params, update)
+
+    def moments(self, i: int, like: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Member ``i``'s state per parameter, shaped and placed as the matching tensor of ``like``."""
+        return [
+            {
+                "step": torch.tensor(float(self.steps), device=p.device),
+                "exp_avg": m[i].reshape(p.shape).to(p.device, copy=True),
+                "exp_avg_sq": v[i].reshape(p.shape).to(p.device, copy=True),
+            }
+            for m, v, p in zip(self.exp_avg, self.exp_avg_sq, like, strict=True)
+        ]
+
+
+class Population:
+    """N ``FastSAC`` members (``MlpPolicy``, one env copy each) trained as one stacked update.
+
+    ``learning_rate``, ``tau``, ``gamma`` and ``target_entropy`` take one value or one per member;
+    the other keyword arguments go to every member's ``FastSAC`` (``net_arch`` via ``policy_kwargs``).
+    """
+
+    def __init__(
+        self,
+        env_fn: Callable[[], gym.Env],
+        size: int,
+        seeds: Sequence[int] | None = None,
+        learning_rate: float | Sequence[float] = 3e-4,
+        tau: float | Sequence[float] = 0.005,
+        gamma: float | Sequence[float] = 0.99,
+        target_entropy: float | str | Sequence[float] = "auto",
+        device: str = "cpu",
+        **sac_kwargs: Any,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"population size must be positive, got {size}")
+        self.size = size
+        self.seeds = list(seeds) if seeds is not None else list(range(size))
+        if len(self.seeds) != size:
+            raise ValueError(f"{len(self.seeds)} seeds for a population of {size}")
+        per = {
+            "learning_rate": _per_member(learning_rate, size, "learning_rate"),
+            "tau": _per_member(tau, size, "tau"),
+            "gamma": _per_member(gamma, size, "gamma"),
+            "target_entropy": _per_member(target_entropy, size, "target_entropy"),
+        }
+        self.members = [
+            FastSAC(
+                "MlpPolicy",
+                DummyVecEnv([env_fn]),
+                seed=seed,
+                device=device,
+                **{k: v[i] for k, v in per.items()},
+                **sac_kwargs,
+            )
+            for i, seed in enumerate(self.seeds)
+        ]
+        first = self.members[0]
+        if not all(supports(m) for m in self.members) or first.batch_norm_stats:
+            raise ValueError("Population needs SB3's MlpPolicy (ReLU Linear stacks, flatten features, no batch norm)")
+        self.device = first.device
+        self.batch_size, self.learning_starts = first.batch_size, first.learning_starts
+        self.train_freq, self.gradient_steps = first.train_freq.frequency, first.gradient_steps
+        self.target_update_interval = first.target_update_interval
+        self.generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in self.seeds]
+        member_nets = [SacNets.of(m) for m in self.members]
+        self.nets = SacNets(*(_stack([getattr(n, f.name) for n in member_nets]) for f in fields(SacNets)))
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=self.device).reshape(size, 1, 1)
+
+        self.gamma, self.tau = column([m.gamma for m in self.members]), column([m.tau for m in self.members])
+        self.target_entropy = column([float(m.target_entropy) for m in self.members])
+        learned = first.ent_coef_optimizer is not None
+        if any((m.ent_coef_optimizer is not None) != learned for m in self.members):
+            raise ValueError("members must all learn the entropy coefficient or all fix it")
+        self.log_ent_coef = (
+            torch.stack([m.log_ent_coef.detach() for m in self.members]).reshape(size, 1, 1).clone()
+            if learned
+            else None
+        )
+        self.ent_coef = column([1.0 if learned else float(m.ent_coef_tensor) for m in self.members])
+        lr = torch.tensor([m.lr_schedule(1) for m in self.members], dtype=torch.float32, device=self.device)
+        adam = first.actor.optimizer.defaults
+        betas, eps = tuple(adam["betas"]), float(adam["eps"])
+        self.actor_adam = StackedAdam(self.nets.actor_params(), lr, betas, eps)
+        self.critic_adam = StackedAdam(self.nets.critic_params(), lr, betas, eps)
+        self.ent_adam = StackedAdam([self.log_ent_coef], lr, betas, eps) if learned else None
+        self.num_timesteps, self.n_updates = 0, 0
+        self._obs: np.ndarray | None = None
+
+    # --- the update ----------------------------------------------------------------------------
+    def batch(self) -> tuple[ReplayBufferSamples, torch.Tensor, torch.Tensor]:
+        """Each member's batch (rows drawn from its own buffer) and its two noise draws, stacked to
+        (N, B, ...), drawn in ``FastSAC.train``'s order: indices, noise, next-step noise."""
+        rows, noises, next_noises = [], [], []
+        first = self.members[0].replay_buffer
+        shape = (self.batch_size, first.action_dim)
+        for member, gen in zip(self.members, self.generators, strict=True):
+            buf = member.replay_buffer
+            idx = torch.randint(0, 2**62, (self.batch_size,), device=self.device, generator=gen) % buf.rows
+            rows.append(buf.data[idx])
+            noises.append(torch.empty(shape, device=self.device).normal_(generator=gen))
+            next_noises.append(torch.empty(shape, device=self.device).normal_(generator=gen))
+        data, col = torch.stack(rows), first.columns
+        batch = ReplayBufferSamples(
+            data[..., col["obs"]], data[..., col["action"]], data[..., col["next_obs"]], data[..., col["done"]],
+            data[..., col["reward"]],
+        )  # fmt: skip
+        return batch, torch.stack(noises), torch.stack(next_noises)
+
+    def train(self, gradient_steps: int) -> torch.Tensor:
+        """``gradient_steps`` stacked updates; returns each member's mean (critic loss, actor loss,
+        entropy-coefficient loss, entropy coefficient) as a (4, N) tensor."""
+        terms = StepTerms(
+            gamma=self.gamma,
+            target_entropy=self.target_entropy,
+            log_ent_coef=self.log_ent_coef,
+            ent_coef=self.ent_coef,
+            step_ent_coef=lambda grad: self.ent_adam.step([grad]),
+            step_critic=self.critic_adam.step,
+            step_actor=self.actor_adam.step,
+        )
+        totals = torch.zeros(4, self.size, device=self.device)
+        for step in range(gradient_steps):
+            batch, noise, next_noise = self.batch()
+            totals += sac_step(self.nets, batch, noise, next_noise, terms)
+            if step % self.target_update_interval == 0:
+                self.polyak()
+        self.n_updates += gradient_steps
+        return totals / gradient_steps
+
+    @torch.no_grad()
+    def polyak(self) -> None:
+        """SB3's polyak update (target x (1 - tau) + tau x online), one tau per member."""
+        target, online = self.nets.target_params(), self.nets.critic_params()
+        taus = [self.tau.reshape(-1, *[1] * (t.dim() - 1)) for t in target]
+        torch._foreach_mul_(target, [1 - tau for tau in taus])
+        torch._foreach_add_(target, torch._foreach_mul(online, taus))
+
+    # --- collection ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def actions(self, obs: np.ndarray) -> np.ndarray:
+        """Each member's stochastic action for its observation (N, obs_dim), in [-1, 1] (SB3's scaled space)."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(self.size, 1, -1)
+        latent = forward(self.nets.latent, x, True, torch.float32)[-1]
+        mean = matmul_t(latent, *self.nets.mu)
+        std = torch.clamp(matmul_t(latent, *self.nets.log_std), -20, 2).exp()
+        noise = torch.stack([torch.randn(mean.shape[1:], device=self.device, generator=g) for g in self.generators])
+        return torch.tanh(mean + noise * std).reshape(self.size, -1).cpu().numpy()
+
+    def learn(self, total_timesteps: int) -> Population:
+        """SB3's off-policy loop for every member in lockstep: random actions until ``learning_starts``,
+        one env step each, ``gradient_steps`` stacked updates every ``train_freq`` steps."""
+        envs = [m.env for m in self.members]
+        if self._obs is None:
+            self._obs = np.concatenate([env.reset() for env in envs])
+        for _ in range(total_timesteps):
+            if self.num_timesteps < self.learning_starts:
+                unscaled = np.stack([env.action_space.sample() for env in envs])
+                scaled = np.stack([m.policy.scale_action(a) for m, a in zip(self.members, unscaled, strict=True)])
+            else:
+                scaled = self.actions(self._obs)
+            next_obs = []
+            for member, env, obs, action in zip(self.members, envs, self._obs, scaled, strict=True):
+                new_obs, reward, done, infos = env.step(member.policy.unscale_action(action)[None])
+                real_next = new_obs.copy()
+                if done[0] and infos[0].get("terminal_observation") is not None:
+                    real_next[0] = infos[0]["terminal_observation"]
+                member.replay_buffer.add(obs[None], real_next, action[None], reward, done, infos)
+                member.num_timesteps += 1
+                next_obs.append(new_obs)
+            self._obs = np.concatenate(next_obs)
+            self.num_timesteps += 1
+            due = self.num_timesteps % self.train_freq == 0
+            if due and self.num_timesteps > self.learning_starts and self.gradient_steps > 0:
+                self.train(self.gradient_steps)
+        return self
+
+    # --- export --------------------------------------------------------------------------------
+    def member_model(self, i: int) -> FastSAC:
+        """Member ``i`` as its own ``FastSAC``: trained weights, targets, entropy coefficient and Adam
+        state written into it, so ``save`` gives a plain SB3-compatible model.zip."""
+        model = self.members[i]
+        with torch.no_grad():
+            for f in fields(SacNets):
+                own = _leaves(getattr(SacNets.of(model), f.name))
+                for mine, stacked in zip(own, _leaves(getattr(self.nets, f.name)), strict=True):
+                    mine.copy_(stacked[i])
+            if self.log_ent_coef is not None:
+                model.log_ent_coef.copy_(self.log_ent_coef[i].reshape(model.log_ent_coef.shape))
+        pairs = [(model.actor.optimizer, self.actor_adam), (model.critic.optimizer, self.critic_adam)]
+        if self.ent_adam is not None:
+            pairs.append((model.ent_coef_optimizer, self.ent_adam))
+        for opt, adam in pairs:
+            params = [p for group in opt.param_groups for p in group["params"]]
+            for p, state in zip(params, adam.moments(i, params), strict=True):
+                opt.state[p] = state
+        model._n_updates = self.n_updates
+        return model
