@@ -1,0 +1,182 @@
+"""Scoring a policy on a scenario part: held-out and training part, during training and after.
+
+Why one module: the final metrics, the periodic evaluation while training, ``evaluate`` on another
+scenario and the degenerate-policy flags must score with the same formulas on the same episode runner,
+so an agent is never judged on the year it trained on without saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+
+from bess_rl.baselines.episode import EpisodeResult, Policy, run_episode
+from bess_rl.baselines.references import References, compute_references
+from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import penalised_kg
+
+log = logging.getLogger(__name__)
+
+# TensorBoard / progress.csv keys of the periodic held-out evaluation (besides SB3's eval/mean_reward).
+EVAL_KEYS = ("eval/co2_kg", "eval/co2_reduction_pct", "eval/penalised_reduction_pct", "eval/ev_unmet_kwh")
+# A policy within this relative CO2 of uncontrolled charging, with no battery use, learned nothing.
+SAME_AS_UNCONTROLLED = 1e-6
+# Battery throughput below this share of one full charge per evaluated day: never used.
+BATTERY_UNUSED = 1e-3
+# EV energy left unmet above this share of the EV demand is flagged (the LP leaves none).
+EV_UNMET_SHARE = 0.01
+
+
+class NoEvalPartError(ValueError):
+    """The scenario declares no evaluation part, so there is no held-out data to score on."""
+
+
+def has_eval_part(scenario_cfg: DictConfig) -> bool:
+    """True when ``scenario.*`` declares held-out data (``eval_data`` or ``eval_hourly_path``)."""
+    return scenario_cfg.get("eval_data") is not None or scenario_cfg.get("eval_hourly_path") is not None
+
+
+def require_eval_part(scenario_cfg: DictConfig) -> None:
+    """``evaluate`` scores held-out data only; training falls back to the training part instead."""
+    if not has_eval_part(scenario_cfg):
+        raise NoEvalPartError(
+            f"scenario {scenario_cfg.get('name')!r} has no evaluation part: set scenario.eval_data "
+            "(an embedded data set) or scenario.eval_hourly_path (your file)"
+        )
+
+
+def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, float]:
+    """CO2 reduction vs uncontrolled and the share of the LP's possible reduction achieved.
+
+    CO2 alone rewards leaving EVs uncharged, so the penalised figure (CO2 + penalty x unmet EV
+    kWh, what the reward and the LP minimise) is reported beside it and is the default objective.
+    """
+    base = refs.uncontrolled.co2_kg
+    possible = base - refs.optimum_co2_kg
+    penalised = penalised_kg(result.co2_kg, result.ev_unmet_kwh, penalty)
+    return {
+        "co2_kg": result.co2_kg,
+        "co2_reduction_pct": 100.0 * (base - result.co2_kg) / base if base > 0 else 0.0,
+        "penalised_kg": penalised,
+        "penalised_reduction_pct": 100.0 * (base - penalised) / base if base > 0 else 0.0,
+        "lp_gap_closed_pct": 100.0 * (base - result.co2_kg) / possible if possible > 0 else 0.0,
+        "ev_unmet_kwh": result.ev_unmet_kwh,
+        "ev_served_kwh": result.ev_served_kwh,
+        "grid_import_kwh": result.grid_import_kwh,
+    }
+
+
+def deterministic_policy(model: BaseAlgorithm) -> Policy:
+    """The policy ``predict(deterministic=True)`` gives, in the episode runner's signature."""
+
+    def policy(env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
+    return policy
+
+
+def degenerate(result: EpisodeResult, refs: References, env: PvBessEvEnv) -> list[str]:
+    """Why a policy is not a controller worth reporting, if it is not: one short phrase each."""
+    flags = []
+    base = refs.uncontrolled
+    battery_kwh = float(np.abs(result.trace["bess_kw"]).sum())
+    unused = battery_kwh < BATTERY_UNUSED * env.site.bess_capacity_kwh * max(result.hours / 24, 1.0)
+    if abs(result.co2_kg - base.co2_kg) <= SAME_AS_UNCONTROLLED * max(base.co2_kg, 1.0) and unused:
+        flags.append("same as uncontrolled charging")
+    elif unused:
+        flags.append("battery never used")
+    demand = result.ev_served_kwh + result.ev_unmet_kwh
+    if demand > 0 and result.ev_unmet_kwh > EV_UNMET_SHARE * demand:
+        share = 100 * result.ev_unmet_kwh / demand
+        flags.append(f"EV energy left unmet: {result.ev_unmet_kwh:,.0f} kWh ({share:.1f}% of the EV demand)")
+    return flags
+
+
+def evaluate_part(
+    model: BaseAlgorithm, env: PvBessEvEnv, refs: References | None = None
+) -> tuple[dict[str, Any], EpisodeResult]:
+    """The model's deterministic episode on ``env`` scored against references on the same data."""
+    refs = compute_references(env) if refs is None else refs
+    result = run_episode(env, deterministic_policy(model))
+    metrics = {
+        **score(result, refs, env.site.unmet_penalty_kg_per_kwh),
+        "references": refs.table(),
+        "eval_hours": result.hours,
+        "flags": degenerate(result, refs, env),
+    }
+    return metrics, result
+
+
+class HeldOutEval(EvalCallback):
+    """SB3's EvalCallback on the held-out env, every ``every_steps`` timesteps, with CO2 logged beside the reward.
+
+    The env reward is -(penalised CO2)/scale, so SB3's best-by-mean-reward is best by the penalised
+    objective; the best model is saved as ``best_model.zip`` in ``save_dir`` (``RunDir.best_model``).
+    """
+
+    def __init__(self, env: PvBessEvEnv, every_steps: int, n_envs: int, save_dir: str, baseline_co2_kg: float):
+        super().__init__(
+            env,
+            n_eval_episodes=1,
+            eval_freq=max(every_steps // n_envs, 1),
+            best_model_save_path=save_dir,
+            deterministic=True,
+            verbose=0,
+            warn=False,
+        )
+        self.env = env
+        self.baseline_co2_kg = baseline_co2_kg
+        self.best: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._co2 = self._unmet = 0.0
+
+    def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
+        """Sum the episode's CO2 and unmet EV energy from the infos; record them when it ends."""
+        super()._log_success_callback(locals_, globals_)
+        info = locals_["info"]
+        self._co2 += info["co2_kg"]
+        self._unmet += info["ev_unmet_kwh"]
+        if locals_["done"]:
+            base = self.baseline_co2_kg
+            penalised = penalised_kg(self._co2, self._unmet, self.env.site.unmet_penalty_kg_per_kwh)
+            values = (self._co2, 100 * (base - self._co2) / base, 100 * (base - penalised) / base, self._unmet)
+            self._last = {key: float(value) for key, value in zip(EVAL_KEYS, values, strict=True)}
+            for key, value in self._last.items():
+                self.logger.record(key, value)
+            self._co2 = self._unmet = 0.0
+
+    def _on_step(self) -> bool:
+        best = self.best_mean_reward
+        keep_going = super()._on_step()
+        if self.best_mean_reward > best:
+            self.best = {"timesteps": self.num_timesteps, **{k.removeprefix("eval/"): v for k, v in self._last.items()}}
+        return keep_going
+
+
+class LogEverySteps(BaseCallback):
+    """A progress.csv / TensorBoard row at the first rollout end after every ``every_steps`` timesteps.
+
+    Why: SB3 writes rows every ``log_interval`` episodes (off-policy) or rollouts (on-policy); year-long
+    episodes and 8,192-step rollouts make that never in most runs, so rows follow timesteps instead.
+    """
+
+    def __init__(self, every_steps: int) -> None:
+        super().__init__()
+        self.every_steps = every_steps
+        self._last = 0
+
+    def _on_training_start(self) -> None:
+        self._last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps - self._last >= self.every_steps:
+            self._last = self.num_timesteps
+            self.model.dump_logs()
