@@ -8,6 +8,7 @@ so an agent is never judged on the year it trained on without saying so.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,8 +16,13 @@ from omegaconf import DictConfig
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
+from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.episode import EpisodeResult, Policy, run_episode
 from bess_rl.baselines.references import References, compute_references
+from bess_rl.experiment import hardware
+from bess_rl.experiment.build import algo_class
+from bess_rl.experiment.config import ConfigError
+from bess_rl.experiment.run_dir import RunDir, RunDirError
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import penalised_kg
 
@@ -180,3 +186,31 @@ class LogEverySteps(BaseCallback):
         if self.num_timesteps - self._last >= self.every_steps:
             self._last = self.num_timesteps
             self.model.dump_logs()
+
+
+def load_trained(run_dir: Path, best: bool = False) -> tuple[BaseAlgorithm, DictConfig]:
+    """A run folder's final (or best) model on the CPU, with the run's saved config moved to the CPU.
+
+    Loaded without an env: the env it is scored on may be another scenario, checked by ``check_spaces``.
+    """
+    rd = RunDir(run_dir)
+    cfg = rd.load_config()
+    path = rd.best_model if best else rd.model
+    if not path.is_file():
+        why = "no periodic evaluation kept one (eval_every_steps)" if best else "trained with save_model=false?"
+        raise RunDirError(f"{run_dir} has no {path.name} ({why})")
+    cfg.hardware.device = cfg.agent.device = "cpu"
+    algo = algo_class(cfg.agent.algo)
+    runtime = hardware.resolve(cfg.hardware, algo, "cpu")
+    return algo.load(path, device="cpu", **runtime.switches(capabilities(algo))), cfg
+
+
+def check_spaces(model: BaseAlgorithm, env: PvBessEvEnv) -> None:
+    """Refuse a scenario whose observation or action layout is not the one the model was trained on."""
+    for what in ("observation", "action"):
+        trained, given = getattr(model, f"{what}_space").shape, getattr(env, f"{what}_space").shape
+        if trained != given:
+            raise ConfigError(
+                f"the model was trained on {what}s of shape {trained}, this scenario gives {given} "
+                "(e.g. another scenario.forecast_hours)"
+            )
