@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
@@ -19,8 +20,9 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.episode import EpisodeResult, Policy, run_episode
 from bess_rl.baselines.references import References, compute_references
+from bess_rl.baselines.rules import uncontrolled
 from bess_rl.experiment import hardware
-from bess_rl.experiment.build import algo_class
+from bess_rl.experiment.build import algo_class, build_eval_env
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.run_dir import RunDir, RunDirError
 from bess_rl.site.env import PvBessEvEnv
@@ -125,7 +127,7 @@ class HeldOutEval(EvalCallback):
     objective; the best model is saved as ``best_model.zip`` in ``save_dir`` (``RunDir.best_model``).
     """
 
-    def __init__(self, env: PvBessEvEnv, every_steps: int, n_envs: int, save_dir: str, baseline_co2_kg: float):
+    def __init__(self, env: PvBessEvEnv, every_steps: int, n_envs: int, save_dir: str):
         super().__init__(
             env,
             n_eval_episodes=1,
@@ -136,10 +138,12 @@ class HeldOutEval(EvalCallback):
             warn=False,
         )
         self.env = env
-        self.baseline_co2_kg = baseline_co2_kg
-        self.best: dict[str, float] = {}
-        self._last: dict[str, float] = {}
+        self.baseline_co2_kg = 0.0
         self._co2 = self._unmet = 0.0
+
+    def _init_callback(self) -> None:
+        super()._init_callback()
+        self.baseline_co2_kg = run_episode(self.env, uncontrolled).co2_kg
 
     def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
         """Sum the episode's CO2 and unmet EV energy from the infos; record them when it ends."""
@@ -151,17 +155,30 @@ class HeldOutEval(EvalCallback):
             base = self.baseline_co2_kg
             penalised = penalised_kg(self._co2, self._unmet, self.env.site.unmet_penalty_kg_per_kwh)
             values = (self._co2, 100 * (base - self._co2) / base, 100 * (base - penalised) / base, self._unmet)
-            self._last = {key: float(value) for key, value in zip(EVAL_KEYS, values, strict=True)}
-            for key, value in self._last.items():
-                self.logger.record(key, value)
+            for key, value in zip(EVAL_KEYS, values, strict=True):
+                self.logger.record(key, float(value))
             self._co2 = self._unmet = 0.0
 
-    def _on_step(self) -> bool:
-        best = self.best_mean_reward
-        keep_going = super()._on_step()
-        if self.best_mean_reward > best:
-            self.best = {"timesteps": self.num_timesteps, **{k.removeprefix("eval/"): v for k, v in self._last.items()}}
-        return keep_going
+
+
+def held_out_eval(cfg: DictConfig, run_dir: Path) -> list[BaseCallback]:
+    """The periodic held-out evaluation of a run config, or none when ``eval_every_steps`` is null."""
+    every = cfg.get("eval_every_steps")
+    return [HeldOutEval(build_eval_env(cfg), every, cfg.agent.n_envs, str(run_dir))] if every else []
+
+
+def best_evaluation(progress: Path) -> dict[str, float] | None:
+    """The progress.csv row of the best periodic evaluation (by the penalised objective): its step and scores."""
+    key = "eval/penalised_reduction_pct"
+    try:
+        rows = pd.read_csv(progress)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    if key not in rows or rows[key].isna().all():
+        return None
+    best = rows.loc[rows[key].idxmax()]
+    scores = {k.removeprefix("eval/"): float(best[k]) for k in EVAL_KEYS}
+    return {"timesteps": int(best["time/total_timesteps"]), **scores}
 
 
 class LogEverySteps(BaseCallback):

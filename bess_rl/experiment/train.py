@@ -11,7 +11,6 @@ import logging
 import resource
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
+from stable_baselines3.common.callbacks import ProgressBarCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -32,7 +31,7 @@ from bess_rl.baselines.references import co2_table, compute_references
 from bess_rl.experiment import checkpoint, hardware, planner
 from bess_rl.experiment.build import algo_class, build_scenario, build_site, make_env, new_model
 from bess_rl.experiment.config import validate
-from bess_rl.experiment.evaluation import HeldOutEval, LogEverySteps, evaluate_part, has_eval_part
+from bess_rl.experiment.evaluation import LogEverySteps, best_evaluation, evaluate_part, has_eval_part, held_out_eval
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
@@ -120,13 +119,11 @@ class Progress(ProgressBarCallback):
         self.pbar = tqdm(total=self.total)
 
 
-def learn(
-    cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool, extra: Sequence[BaseCallback] = ()
-) -> tuple[float, dict[str, Any]]:
+def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> tuple[float, dict[str, Any]]:
     """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds and resources used.
 
-    ``extra``: more callbacks (the periodic held-out evaluation). With ``log_every_steps`` set, rows are
-    written by timesteps and SB3's ``agent.log_interval`` (episodes or rollouts) is not used.
+    Every ``eval_every_steps`` the policy is scored on the held-out part. With ``log_every_steps`` set,
+    rows are written by timesteps and SB3's ``agent.log_interval`` (episodes or rollouts) is not used.
     """
     guard = checkpoint.Guard(cfg.agent.name, RunDir(run_dir).checkpoint, cfg.checkpoint_every_steps)
     monitor = ResourceMonitor()
@@ -142,7 +139,7 @@ def learn(
         f", resuming at step {model.num_timesteps}" if resume else "",
     )
     every = cfg.get("log_every_steps")
-    callbacks = [guard, monitor, *extra, *([LogEverySteps(every)] if every else [])]
+    callbacks = [guard, monitor, *held_out_eval(cfg, run_dir), *([LogEverySteps(every)] if every else [])]
     callbacks += [Progress(steps)] if cfg.progress_bar else []
     t0 = time.perf_counter()
     try:
@@ -210,20 +207,12 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         model = new_model(cfg, scenario, site, runtime)
     refs = compute_references(eval_env)
     attach_logger(model, run_dir, resume)
-
-    def periodic_eval() -> list[BaseCallback]:
-        every = cfg.get("eval_every_steps")
-        held = HeldOutEval(eval_env, every, cfg.agent.n_envs, str(run_dir), refs.uncontrolled.co2_kg) if every else None
-        return [held] if held else []
-
-    extra = periodic_eval()
     start_step = model.num_timesteps
     try:
-        train_s, resources = learn(cfg, model, run_dir, resume, extra)
+        train_s, resources = learn(cfg, model, run_dir, resume)
     except torch.cuda.OutOfMemoryError as exc:
         model = retry_after_oom(cfg, run_dir, scenario, site, runtime, exc)
-        extra = periodic_eval()
-        start_step, (train_s, resources) = 0, learn(cfg, model, run_dir, resume=False, extra=extra)
+        start_step, (train_s, resources) = 0, learn(cfg, model, run_dir, resume=False)
     merge_progress(run_dir)
     shutil.rmtree(rd.checkpoint, ignore_errors=True)  # finished: the model is final
     if cfg.save_model:
@@ -247,8 +236,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     if held_out:  # the same final model on the year it trained on: over-fitting shows as a gap
         train_scored, _ = evaluate_part(model, make_env(scenario, site, cfg.scenario, training=False))
         metrics["train_part"] = {k: v for k, v in train_scored.items() if k != "flags"}
-    if extra and extra[0].best:
-        metrics["best_model"] = {"path": RunDir(run_dir).best_model.name, **extra[0].best}
+    best = best_evaluation(rd.progress) if rd.best_model.is_file() else None
+    if best:
+        metrics["best_model"] = {"path": rd.best_model.name, **best}
     for flag in metrics["flags"]:
         log.warning("%s (%s): degenerate policy: %s", cfg.agent.name, cfg.preset.name, flag)
     write_json(rd.metrics, metrics)
