@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 from rliable import metrics
 
 CONFIDENCE = 0.95
@@ -40,36 +41,51 @@ def _matrix(scores: np.ndarray) -> np.ndarray:
     return scores[:, None] if scores.ndim == 1 else scores
 
 
-def _resample(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One stratified resample: runs drawn with replacement within each task, independently."""
+def _resamples(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``REPS`` stratified resamples (reps x runs x tasks): runs drawn with replacement within each task."""
     runs, tasks = scores.shape
-    idx = rng.integers(0, runs, size=(runs, tasks))
-    return np.take_along_axis(scores, idx, axis=0)
+    idx = rng.integers(0, runs, size=(REPS, runs, tasks))
+    return np.take_along_axis(scores[None], idx, axis=1)
 
 
-def _interval(samples: list[float], value: float) -> Estimate:
+def _interval(samples: np.ndarray, value: float) -> Estimate:
     tail = 100 * (1 - CONFIDENCE) / 2
     low, high = np.percentile(samples, [tail, 100 - tail])
     return Estimate(float(value), float(low), float(high))
 
 
-def estimate(scores: np.ndarray, statistic: Callable[[np.ndarray], float], seed: int = 0) -> Estimate:
-    """``statistic`` of runs x tasks scores with its stratified bootstrap CI (none for a single run)."""
+def _iqm(samples: np.ndarray) -> np.ndarray:
+    """``metrics.aggregate_iqm`` of each resample at once (a 25 % trimmed mean over all its scores)."""
+    return scipy.stats.trim_mean(samples.reshape(len(samples), -1), 0.25, axis=1)
+
+
+def _mean(samples: np.ndarray) -> np.ndarray:
+    """``metrics.aggregate_mean`` of each resample: the mean over runs, then over tasks."""
+    return samples.mean(axis=1).mean(axis=1)
+
+
+def _poi(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``metrics.probability_of_improvement`` of each pair of resamples (ties count half), mean over tasks."""
+    greater = (x[:, :, None, :] > y[:, None, :, :]).mean(axis=(1, 2))
+    equal = (x[:, :, None, :] == y[:, None, :, :]).mean(axis=(1, 2))
+    return (greater + 0.5 * equal).mean(axis=1)
+
+
+def _estimate(scores: np.ndarray, point: Callable[[np.ndarray], float], batch: Callable, seed: int) -> Estimate:
     scores = _matrix(scores)
-    value = float(statistic(scores))
+    value = float(point(scores))
     if scores.shape[0] < 2:
         return Estimate(value, float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    return _interval([statistic(_resample(scores, rng)) for _ in range(REPS)], value)
+    return _interval(batch(_resamples(scores, np.random.default_rng(seed))), value)
 
 
 def iqm(scores: np.ndarray, seed: int = 0) -> Estimate:
     """Interquartile mean (mean of the middle 50 % of runs) with its 95 % CI."""
-    return estimate(scores, metrics.aggregate_iqm, seed)
+    return _estimate(scores, metrics.aggregate_iqm, _iqm, seed)
 
 
 def mean(scores: np.ndarray, seed: int = 0) -> Estimate:
-    return estimate(scores, metrics.aggregate_mean, seed)
+    return _estimate(scores, metrics.aggregate_mean, _mean, seed)
 
 
 def probability_of_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0) -> Estimate:
@@ -79,5 +95,4 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0) -> E
     if min(x.shape[0], y.shape[0]) < 2:
         return Estimate(value, float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    samples = [metrics.probability_of_improvement(_resample(x, rng), _resample(y, rng)) for _ in range(REPS)]
-    return _interval(samples, value)
+    return _interval(_poi(_resamples(x, rng), _resamples(y, rng)), value)
