@@ -588,7 +588,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         "IQM: mean of the middle half of the seeds; intervals: 95 % stratified bootstrap"
         f" ({seeds.REPS:,} resamples). Ranked by the penalised objective.",
         "",
-        "### Probability of improvement (penalised reduction)",
+        "## Probability of improvement (penalised reduction)",
         "",
         _improvement_table(improvements),
         "",
