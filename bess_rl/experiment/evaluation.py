@@ -19,6 +19,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.episode import EpisodeResult, Policy, run_episode
+from bess_rl.baselines.optimum import solve_optimum
 from bess_rl.baselines.references import References, compute_references
 from bess_rl.baselines.rules import uncontrolled
 from bess_rl.experiment import hardware
@@ -103,6 +104,16 @@ def degenerate(result: EpisodeResult, refs: References, env: PvBessEvEnv) -> lis
         share = 100 * result.ev_unmet_kwh / demand
         flags.append(f"EV energy left unmet: {result.ev_unmet_kwh:,.0f} kWh ({share:.1f}% of the EV demand)")
     return flags
+
+
+def comparison_traces(env: PvBessEvEnv, refs: References) -> dict[str, dict[str, np.ndarray]]:
+    """Grid import and SOC of the rule-based controller and the LP optimum, for the dispatch plot."""
+    opt = solve_optimum(env.scenario, env.site)
+    rule = refs.rule_based.trace
+    return {
+        "rule-based": {"grid_import_kw": rule["grid_import_kw"], "soc": rule["soc"]},
+        "LP optimum": {"grid_import_kw": opt.grid_import_kw, "soc": opt.soc},
+    }
 
 
 def evaluate_part(

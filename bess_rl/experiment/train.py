@@ -31,7 +31,14 @@ from bess_rl.baselines.references import co2_table, compute_references
 from bess_rl.experiment import checkpoint, hardware, planner
 from bess_rl.experiment.build import algo_class, build_scenario, build_site, make_env, new_model
 from bess_rl.experiment.config import validate
-from bess_rl.experiment.evaluation import LogEverySteps, best_evaluation, evaluate_part, has_eval_part, held_out_eval
+from bess_rl.experiment.evaluation import (
+    LogEverySteps,
+    best_evaluation,
+    comparison_traces,
+    evaluate_part,
+    has_eval_part,
+    held_out_eval,
+)
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
@@ -243,7 +250,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         log.warning("%s (%s): degenerate policy: %s", cfg.agent.name, cfg.preset.name, flag)
     write_json(rd.metrics, metrics)
     if cfg.plot:
-        dispatch_week(result.trace, rd.dispatch_plot, f"{cfg.agent.name} ({cfg.preset.name}) dispatch")
+        title = f"{cfg.agent.name} ({cfg.preset.name}) dispatch, {'held-out' if held_out else 'training'} data"
+        others = comparison_traces(eval_env, refs)
+        dispatch_week(result.trace, rd.dispatch_plot, title, timestamps=eval_env.scenario.timestamps, others=others)
     return metrics
 
 

@@ -9,6 +9,7 @@ hourly table, exactly ``hours`` rows (8,760 for a year), one row per hour in tim
     pv_kw_per_kwp   float >= 0   PV AC output per kWp installed (kW/kWp)
     load_kw         float >= 0   site (mall) demand without EV charging (kW)
     co2_kg_per_kwh  float >= 0   grid carbon intensity (kg CO2/kWh); optional, a constant is used if absent
+    timestamp       date-time    start of the hour, local time; optional, only labels plots
 
 sessions table, one row per charging session (a row may stand for several identical vehicles):
     arrival_hour    int          hour index the vehicle plugs in, 0 <= arrival_hour < hours
@@ -58,6 +59,7 @@ class Scenario:
     load_kw: np.ndarray
     co2_kg_per_kwh: np.ndarray
     sessions: EvSessions
+    timestamps: np.ndarray | None = None  # datetime64 start of each hour (local), when the data has them
 
     @property
     def hours(self) -> int:
@@ -82,6 +84,7 @@ class Scenario:
             load_kw=self.load_kw[sl],
             co2_kg_per_kwh=self.co2_kg_per_kwh[sl],
             sessions=sessions,
+            timestamps=None if self.timestamps is None else self.timestamps[sl],
         )
 
 
@@ -179,13 +182,28 @@ def load_scenario(
 ) -> Scenario:
     """Load a user scenario from CSV/Parquet files (schema in this module's docstring)."""
     hourly_path = Path(hourly_path)
-    pv, load, co2 = hourly_from_frame(_read_table(hourly_path), str(hourly_path), hours, co2_kg_per_kwh)
+    hourly = _read_table(hourly_path)
+    pv, load, co2 = hourly_from_frame(hourly, str(hourly_path), hours, co2_kg_per_kwh)
     if sessions_path is None:
         sessions = EvSessions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     else:
         sessions_path = Path(sessions_path)
         sessions = sessions_from_frame(_read_table(sessions_path), str(sessions_path), hours)
-    return Scenario(name or hourly_path.stem, pv, load, co2, sessions)
+    return Scenario(name or hourly_path.stem, pv, load, co2, sessions, _timestamps(hourly, str(hourly_path)))
+
+
+def _timestamps(df: pd.DataFrame, where: str) -> np.ndarray | None:
+    """The optional ``timestamp`` column as local wall-clock datetime64 (plots label hours with it)."""
+    if "timestamp" not in df.columns:
+        return None
+    times = pd.to_datetime(df["timestamp"], errors="coerce")
+    bad = np.flatnonzero(times.isna().to_numpy())
+    if bad.size:
+        row = int(bad[0])
+        raise ScenarioError(f"{where}: column 'timestamp' row {row}: not a date-time ({_cell(df, 'timestamp', row)})")
+    if times.dt.tz is not None:
+        times = times.dt.tz_localize(None)
+    return times.to_numpy(dtype="datetime64[ns]")
 
 
 def default_data_dir() -> Path:

@@ -17,10 +17,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bess_rl.baselines.references import compute_references
 from bess_rl.experiment.build import build_scenario, build_site, make_env
 from bess_rl.experiment.config import ConfigError, compose_config, validate
 from bess_rl.experiment.errors import USER_ERRORS
-from bess_rl.experiment.evaluation import NoEvalPartError, check_spaces, evaluate_part, load_trained, require_eval_part
+from bess_rl.experiment.evaluation import (
+    NoEvalPartError,
+    check_spaces,
+    comparison_traces,
+    evaluate_part,
+    load_trained,
+    require_eval_part,
+)
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
 from bess_rl.experiment.train import print_table
@@ -52,7 +60,8 @@ def evaluate(run_dir: Path, overrides: list[str], best: bool = False) -> tuple[d
     require_eval_part(cfg.scenario)
     env = make_env(build_scenario(cfg.scenario, "eval"), build_site(cfg.site), cfg.scenario, training=False)
     check_spaces(model, env)
-    scored, result = evaluate_part(model, env)
+    refs = compute_references(env)
+    scored, result = evaluate_part(model, env, refs)
     metrics = {
         "agent": cfg.agent.name,
         "preset": cfg.preset.name,
@@ -67,7 +76,9 @@ def evaluate(run_dir: Path, overrides: list[str], best: bool = False) -> tuple[d
     out = RunDir(run_dir).evaluations / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "evaluated_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    dispatch_week(result.trace, out / RunDir(out).dispatch_plot.name, f"{cfg.agent.name} ({cfg.preset.name}) dispatch")
+    title = f"{cfg.agent.name} ({cfg.preset.name}) dispatch, {cfg.scenario.name} evaluation part"
+    others = comparison_traces(env, refs)
+    dispatch_week(result.trace, RunDir(out).dispatch_plot, title, timestamps=env.scenario.timestamps, others=others)
     return metrics, out
 
 
