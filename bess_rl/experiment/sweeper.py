@@ -9,11 +9,14 @@ trial whose job raised as FAIL (and, with ``max_failure_rate: 1.0``, goes on), b
 - SQLite cannot create the folder of ``sqlite:///outputs/optuna.db`` on a fresh checkout;
 - a resumed study replays the seeded sampler's random start-up trials of the first sweep.
 
-``OptunaStudyGuard`` closes these four gaps.
+``OptunaStudyGuard`` closes these four gaps, and records each finished trial's KPIs (CO2, penalised
+reduction, EV energy unmet) and run folder as the trial's user attributes, so the study alone tells
+which run folder holds which result.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -28,6 +31,8 @@ from bess_rl.experiment.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+# metrics.json keys stored as user attributes of a finished trial, beside its run folder.
+TRIAL_KPIS = ("co2_kg", "co2_reduction_pct", "penalised_reduction_pct", "ev_unmet_kwh", "timesteps_per_hour")
 # Objectives (bess_rl.experiment.config.OBJECTIVES) where less is better; every other one is maximised.
 MINIMISED = frozenset({"co2_kg", "ev_unmet_kwh"})
 
@@ -69,6 +74,32 @@ def _count_trials(study_name: str, storage: str) -> int:
     return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
 
 
+def record_trial(config: DictConfig, job_return: JobReturn) -> None:
+    """Store the job's KPIs and run folder as user attributes of its (running) trial, found by its parameters.
+
+    Why here: the sweeper tells Optuna only the objective; the task function does not know its trial.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    out = Path(config.hydra.runtime.output_dir)
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return
+    sweeper = config.hydra.sweeper
+    study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
+    overrides = set(job_return.overrides or [])
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "run_dir" not in trial.user_attrs and {f"{k}={v}" for k, v in trial.params.items()} <= overrides:
+            live = optuna.trial.Trial(study, trial._trial_id)
+            for key in TRIAL_KPIS:
+                if key in metrics:
+                    live.set_user_attr(key, float(metrics[key]))
+            live.set_user_attr("run_dir", str(out))
+            return
+
+
 class OptunaStudyGuard(Callback):
     """Hydra callback for Optuna sweeps with a storage (``hydra.callbacks`` in conf/hparams_search)."""
 
@@ -105,6 +136,8 @@ class OptunaStudyGuard(Callback):
             value = job_return.return_value
             job_return.status = JobStatus.FAILED
             job_return.return_value = ValueError(f"objective {config.objective} is not finite: {value}")
+        if job_return.status == JobStatus.COMPLETED and OmegaConf.select(config, "hydra.sweeper.storage"):
+            record_trial(config, job_return)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import optuna

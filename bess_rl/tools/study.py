@@ -31,7 +31,9 @@ def sweeper_config(path: Path) -> dict[str, Any] | None:
     hydra_yaml = path / run_dir.HYDRA / "hydra.yaml"
     if not hydra_yaml.is_file():
         return None
-    sweeper = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.sweeper", default=None)
+    config = path / run_dir.CONFIG  # resolves the sweeper's ${paths.output_dir}, ${seed}
+    merged = OmegaConf.merge(OmegaConf.load(config) if config.is_file() else {}, OmegaConf.load(hydra_yaml))
+    sweeper = OmegaConf.select(merged, "hydra.sweeper", default=None)
     if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower():
         return None
     return {
