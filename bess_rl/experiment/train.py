@@ -28,8 +28,8 @@ from tqdm.rich import tqdm
 
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.references import co2_table, compute_references
-from bess_rl.experiment import checkpoint, hardware, planner
-from bess_rl.experiment.build import algo_class, build_scenario, build_site, make_env, new_model
+from bess_rl.experiment import checkpoint, eta, hardware, planner
+from bess_rl.experiment.build import algo_class, build_eval_env, build_scenario, build_site, make_env, new_model
 from bess_rl.experiment.config import validate
 from bess_rl.experiment.evaluation import (
     LogEverySteps,
@@ -145,6 +145,8 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
         model.device,
         f", resuming at step {model.num_timesteps}" if resume else "",
     )
+    env = build_eval_env(cfg)  # a separate env: the calibration leaves the training envs alone
+    eta.announce(cfg, model, steps, env, env.episode_hours)
     every = cfg.get("log_every_steps")
     callbacks = [guard, monitor, *held_out_eval(cfg, run_dir), *([LogEverySteps(every)] if every else [])]
     callbacks += [Progress(steps)] if cfg.progress_bar else []
