@@ -95,8 +95,7 @@ def held_out_observations(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("which", ["ppo", "sac"])
 def test_exported_policy_gives_the_actions_predict_gives(which, ppo_run, sac_run):
-    import onnxruntime
-
+    onnxruntime = pytest.importorskip("onnxruntime")
     run_dir = ppo_run[0] if which == "ppo" else sac_run
     observations, actions = held_out_observations(run_dir)
     assert export_main([str(run_dir), "--format", "onnx"]) == 0

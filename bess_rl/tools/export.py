@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # torch's ONNX exporter needs the onnx package
+        print(f"error: {exc}; install the export extra: pip install -e '.[export]'", file=sys.stderr)
+        return 2
     print(f"written {path}")
     return 0
 
