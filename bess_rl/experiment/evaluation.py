@@ -173,21 +173,39 @@ class HeldOutEval(EvalCallback):
 
 
 def held_out_eval(cfg: DictConfig, run_dir: Path) -> list[BaseCallback]:
-    """The periodic held-out evaluation of a run config, or none when ``eval_every_steps`` is null."""
+    """The periodic held-out evaluation of a run config, or none when ``eval_every_steps`` is null.
+
+    A resumed run starts from the best reward its earlier rows recorded, so best_model.zip is not
+    replaced by a worse model after the resume.
+    """
     every = cfg.get("eval_every_steps")
-    return [HeldOutEval(build_eval_env(cfg), every, cfg.agent.n_envs, str(run_dir))] if every else []
+    if not every:
+        return []
+    callback = HeldOutEval(build_eval_env(cfg), every, cfg.agent.n_envs, str(run_dir))
+    rd = RunDir(run_dir)
+    for progress in (rd.earlier_progress, rd.progress):
+        rewards = _column(progress, "eval/mean_reward")
+        if rewards is not None and rd.best_model.is_file():
+            callback.best_mean_reward = max(callback.best_mean_reward, float(rewards.max()))
+    return [callback]
 
 
-def best_evaluation(progress: Path) -> dict[str, float] | None:
-    """The progress.csv row of the best periodic evaluation (by the penalised objective): its step and scores."""
-    key = "eval/penalised_reduction_pct"
+def _column(progress: Path, key: str) -> pd.Series | None:
+    """A progress.csv column without its empty cells, or None when the file or the column is absent."""
     try:
         rows = pd.read_csv(progress)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return None
-    if key not in rows or rows[key].isna().all():
+    values = rows[key].dropna() if key in rows else None
+    return values if values is not None and len(values) else None
+
+
+def best_evaluation(progress: Path) -> dict[str, float] | None:
+    """The progress.csv row of the best periodic evaluation (by the penalised objective): its step and scores."""
+    values = _column(progress, "eval/penalised_reduction_pct")
+    if values is None:
         return None
-    best = rows.loc[rows[key].idxmax()]
+    best = pd.read_csv(progress).loc[values.idxmax()]
     scores = {k.removeprefix("eval/"): float(best[k]) for k in EVAL_KEYS}
     return {"timesteps": int(best["time/total_timesteps"]), **scores}
 
