@@ -336,7 +336,9 @@ def _references_table(refs: dict[str, dict[str, float]], penalty: float | None) 
     base = refs["uncontrolled"]["co2_kg"]
 
     def penalised(ref: dict[str, float]) -> float | None:
-        return None if penalty is None else 100 * (base - ref["co2_kg"] - penalty * ref["ev_unmet_kwh"]) / base
+        if penalty is None:
+            return None
+        return round(100 * (base - ref["co2_kg"] - penalty * ref["ev_unmet_kwh"]) / base, 9) + 0.0  # no "-0.00%"
 
     rows = [
         [
