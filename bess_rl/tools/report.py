@@ -80,6 +80,8 @@ class Run:
     def config_key(self) -> str:
         """The run's config without its seed: runs with the same key are seeds of one config."""
         kept = {k: v for k, v in self.config.items() if k not in NOT_CONFIG}
+        if "budget" in kept:  # the budget's menu of options is not what ran; what it changed is
+            kept["budget"] = self.changes
         return json.dumps([self.agent, self.preset, kept], sort_keys=True, default=str)
 
     @property
