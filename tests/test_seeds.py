@@ -73,3 +73,11 @@ def test_configs_that_differ_beyond_the_seed_are_not_pooled(tmp_path):
         fake_run(tmp_path / "b" / str(seed), "ppo", seed, 5.0, agent_extra=2)
     rows = table(write_report([tmp_path], tmp_path / "report").read_text(), "Across seeds")
     assert [r[1] for r in rows] == ["2 (0 1)", "2 (0 1)"] and rows[0][2].startswith("5.00%")
+
+
+def test_seeds_pool_on_what_ran_not_on_the_budget_menu(tmp_path):
+    changed = [{"key": "agent.total_timesteps", "from": 100, "to": 20}]
+    fake_run(tmp_path / "0", "sac", 0, 1.0, budget={"name": "cpu", "changed": changed, "options": {"cpu": {}}})
+    fake_run(tmp_path / "1", "sac", 1, 2.0, budget={"name": "cpu", "changed": changed, "options": {"cpu": {}, "x": {}}})
+    rows = table(write_report([tmp_path], tmp_path / "report").read_text(), "Across seeds")
+    assert len(rows) == 1 and rows[0][1] == "2 (0 1)"
