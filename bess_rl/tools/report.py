@@ -225,13 +225,20 @@ def _result_row(agent: str, preset: str, run: Run | None) -> dict[str, Any]:
     }
 
 
-def speed_rows(chosen: dict[tuple[str, str], Run]) -> list[dict[str, Any]]:
-    """The design note's speed table per agent: old (before) vs new (after), measured."""
+def _median(run: Run | None, used: Sequence[Run], key: str) -> float | None:
+    """``key``'s median over the seeds of ``run``'s config (one seed's speed is one sample of a shared machine)."""
+    same = [r for r in used if run is not None and r.config_key == run.config_key]
+    values = [v for r in same if (v := _metric(r, key)) is not None]
+    return float(np.median(values)) if values else _metric(run, key)
+
+
+def speed_rows(chosen: dict[tuple[str, str], Run], used: Sequence[Run] = ()) -> list[dict[str, Any]]:
+    """The design note's speed table per agent: old (before) vs new (after), measured (median over seeds)."""
     rows = []
     for agent in AGENTS:
         before, after = chosen.get((agent, "before")), chosen.get((agent, "after"))
-        old, new = _metric(before, "timesteps_per_hour"), _metric(after, "timesteps_per_hour")
-        mem_old, mem_new = _metric(before, "peak_memory_mb"), _metric(after, "peak_memory_mb")
+        old, new = _median(before, used, "timesteps_per_hour"), _median(after, used, "timesteps_per_hour")
+        mem_old, mem_new = _median(before, used, "peak_memory_mb"), _median(after, used, "peak_memory_mb")
         rows.append(
             {
                 "agent": agent,
@@ -530,7 +537,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
     chosen, used = pick(runs), used_runs(runs)
     design_note = any(r.config.get("task_name") == "before_vs_after" for r in runs)
     out.mkdir(parents=True, exist_ok=True)
-    results, speeds = result_rows(used, design_note), speed_rows(chosen)
+    results, speeds = result_rows(used, design_note), speed_rows(chosen, used)
     refs, warnings = references(used)
     groups = seed_groups(used)
     aggregated, improvements = seed_rows(groups), improvement_rows(groups)
@@ -597,7 +604,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         _improvement_table(improvements),
         "",
         *study_sections(used, out),
-        "## Speed and memory per agent (the design note's table, measured)",
+        "## Speed and memory per agent (the design note's table, measured; median over seeds)",
         "",
         _speed_table(speeds),
         "",
