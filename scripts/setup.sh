@@ -9,6 +9,6 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
-# cluster + dashboard: the PostgreSQL, submitit and dashboard tests run too; one resolve with
-# pyproject's pins, so neither extra can move optuna past 2.x or SQLAlchemy past 1.4.
-.venv/bin/python -m pip install --quiet -e ".[dev,cluster,dashboard]"
+# cluster + dashboard + export: the PostgreSQL, submitit, dashboard and ONNX tests run too; one resolve
+# with pyproject's pins, so no extra can move optuna past 2.x or SQLAlchemy past 1.4.
+.venv/bin/python -m pip install --quiet -e ".[dev,cluster,dashboard,export]"

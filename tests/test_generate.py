@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bess_rl.site.data.generate import DEFAULT_SEED, HOURLY_FILE, SESSIONS_FILE, generate
+from bess_rl.site.data.generate import DEFAULT_SEED, HOURLY_FILE, SEEDS, SESSIONS_FILE, file_names, generate
 from bess_rl.site.scenario import HOURS_PER_YEAR, Scenario, default_data_dir, default_scenario
 
 
@@ -36,6 +36,15 @@ def test_shipped_files_match_generator(fresh: tuple[pd.DataFrame, pd.DataFrame])
     for name, frame in zip((HOURLY_FILE, SESSIONS_FILE), fresh, strict=True):
         shipped = pd.read_parquet(data / name)
         pd.testing.assert_frame_equal(shipped, frame, check_exact=False, rtol=1e-9)
+
+
+def test_shipped_eval_year_matches_generator() -> None:
+    """The held-out year (scenario.eval_data) is regenerated from its own seed: other weather, other EVs."""
+    hourly, sessions = generate(SEEDS["iquitos_eval"])
+    for name, frame in zip(file_names("iquitos_eval"), (hourly, sessions), strict=True):
+        pd.testing.assert_frame_equal(pd.read_parquet(default_data_dir() / name), frame, check_exact=False, rtol=1e-9)
+    train = pd.read_parquet(default_data_dir() / HOURLY_FILE)
+    assert not np.allclose(hourly["pv_kw_per_kwp"], train["pv_kw_per_kwp"])
 
 
 def test_sessions_schema(fresh: tuple[pd.DataFrame, pd.DataFrame]) -> None:

@@ -197,6 +197,7 @@ def validate(cfg: DictConfig) -> None:
     keys += [f"agent.hparams.{k}" for k in ("train_freq",) if k in agent.hparams]
     keys += ["hardware.torch_threads", "hardware.memory_budget_gb", "scenario.hours", "scenario.window_hours"]
     keys += ["scenario.episode_hours", "checkpoint_every_steps", "mpc.horizon_hours", "mpc.every_hours"]
+    keys += ["log_every_steps", "eval_every_steps", "warn_hours"]
     _positive(cfg, keys)
     if agent.hparams.get("learning_starts", 0) < 0:
         raise ConfigError(f"agent.hparams.learning_starts must be >= 0, got {agent.hparams.learning_starts}")

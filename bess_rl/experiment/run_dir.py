@@ -22,6 +22,9 @@ CONFIG = "resolved_config.yaml"
 RUN_INFO = "run_info.json"
 METRICS = "metrics.json"
 MODEL = "model.zip"
+# The model of the best periodic held-out evaluation (SB3 EvalCallback's name, bess_rl.experiment.evaluation).
+BEST_MODEL = "best_model.zip"
+EVALUATIONS = "evaluations"  # folders ``python -m bess_rl.evaluate`` writes
 CHECKPOINT = "checkpoint"
 PROGRESS = "progress.csv"
 EARLIER_PROGRESS = "progress.before_resume.csv"  # the rows written before a resume, while it trains
@@ -94,6 +97,14 @@ class RunDir:
     @property
     def model(self) -> Path:
         return self.path / MODEL
+
+    @property
+    def best_model(self) -> Path:
+        return self.path / BEST_MODEL
+
+    @property
+    def evaluations(self) -> Path:
+        return self.path / EVALUATIONS
 
     @property
     def checkpoint(self) -> Path:

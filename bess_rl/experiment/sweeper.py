@@ -11,13 +11,17 @@ trial whose job raised as FAIL (and, with ``max_failure_rate: 1.0``, goes on), b
 - a sweep killed mid-trial leaves that trial RUNNING for ever (bess_rl.experiment.storage: heartbeats);
 - a bad storage URL, an unreachable server or a study with other directions fails with a traceback.
 
-``OptunaStudyGuard`` closes these gaps.
+``OptunaStudyGuard`` closes these gaps, and records each finished trial's KPIs (CO2, penalised
+reduction, EV energy unmet) and run folder as the trial's user attributes, so the study alone tells
+which run folder holds which result.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -25,12 +29,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from bess_rl.experiment.config import ConfigError
+from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
 
 log = logging.getLogger(__name__)
 
+# metrics.json keys stored as user attributes of a finished trial, beside its run folder.
+TRIAL_KPIS = ("co2_kg", "co2_reduction_pct", "penalised_reduction_pct", "ev_unmet_kwh", "timesteps_per_hour")
 # Objectives (bess_rl.experiment.config.OBJECTIVES) where less is better; every other one is maximised.
 MINIMISED = frozenset({"co2_kg", "ev_unmet_kwh"})
 
@@ -74,6 +81,32 @@ def storage_url(storage: Any) -> str:
     return storage if isinstance(storage, str) else str(storage.url)
 
 
+def record_trial(config: DictConfig, job_return: JobReturn) -> None:
+    """Store the job's KPIs and run folder as user attributes of its (running) trial, found by its parameters.
+
+    Why here: the sweeper tells Optuna only the objective; the task function does not know its trial.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    out = Path(config.hydra.runtime.output_dir)
+    try:
+        metrics = read_json(RunDir(out).metrics)
+    except RunDirError:
+        return
+    sweeper = config.hydra.sweeper
+    study = optuna.load_study(study_name=sweeper.study_name, storage=storage_url(sweeper.storage))
+    overrides = set(job_return.overrides or [])
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "run_dir" not in trial.user_attrs and {f"{k}={v}" for k, v in trial.params.items()} <= overrides:
+            live = optuna.trial.Trial(study, trial._trial_id)
+            for key in TRIAL_KPIS:
+                if key in metrics:
+                    live.set_user_attr(key, float(metrics[key]))
+            live.set_user_attr("run_dir", str(out))
+            return
+
+
 class OptunaStudyGuard(Callback):
     """Hydra callback for Optuna sweeps with a storage (``hydra.callbacks`` in conf/hparams_search).
 
@@ -103,6 +136,11 @@ class OptunaStudyGuard(Callback):
         except KeyError:
             return 0  # a new study
         have = [d.name.lower() for d in storage.get_study_directions(study_id)]
+        for _ in range(50):  # another sweep created the study a moment ago and is setting its directions
+            if "not_set" not in have:
+                break
+            time.sleep(0.1)
+            have = [d.name.lower() for d in storage.get_study_directions(study_id)]
         want = [d.lower() for d in _directions(sweeper.direction)]
         if have != want:
             raise StorageError(
@@ -154,6 +192,8 @@ class OptunaStudyGuard(Callback):
             value = job_return.return_value
             job_return.status = JobStatus.FAILED
             job_return.return_value = ValueError(f"objective {config.objective} is not finite: {value}")
+        if job_return.status == JobStatus.COMPLETED and OmegaConf.select(config, "hydra.sweeper.storage"):
+            record_trial(config, job_return)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import optuna

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -28,41 +27,35 @@ from stable_baselines3.common.type_aliases import TrainFrequencyUnit
 from tqdm.rich import tqdm
 
 from bess_rl.agents.capabilities import capabilities
-from bess_rl.baselines.episode import EpisodeResult, run_episode
-from bess_rl.baselines.references import References, co2_table, compute_references
-from bess_rl.experiment import checkpoint, hardware, planner
-from bess_rl.experiment.build import algo_class, build_mpc_settings, build_scenario, build_site, make_env, new_model
+from bess_rl.baselines.references import co2_table, compute_references
+from bess_rl.experiment import checkpoint, eta, hardware, planner
+from bess_rl.experiment.build import (
+    algo_class,
+    build_eval_env,
+    build_mpc_settings,
+    build_scenario,
+    build_site,
+    make_env,
+    new_model,
+)
 from bess_rl.experiment.config import validate
+from bess_rl.experiment.evaluation import (
+    LogEverySteps,
+    best_evaluation,
+    comparison_traces,
+    evaluate_part,
+    has_eval_part,
+    held_out_eval,
+)
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
 from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
-from bess_rl.site.env import ENV_ID, PvBessEvEnv
-from bess_rl.site.params import SiteParams, penalised_kg
+from bess_rl.site.env import ENV_ID
+from bess_rl.site.params import SiteParams
 from bess_rl.site.scenario import Scenario
 
 log = logging.getLogger(__name__)
-
-def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, float]:
-    """CO2 reduction vs uncontrolled, the share of the LP's possible reduction achieved, and the KPIs.
-
-    CO2 alone rewards leaving EVs uncharged, so the penalised figure (CO2 + penalty x unmet EV
-    kWh, what the reward and the LP minimise) is reported beside it and is the default objective.
-    """
-    base = refs.uncontrolled.co2_kg
-    possible = base - refs.optimum_co2_kg
-    penalised = penalised_kg(result.co2_kg, result.ev_unmet_kwh, penalty)
-    return {
-        "co2_kg": result.co2_kg,
-        "co2_reduction_pct": 100.0 * (base - result.co2_kg) / base if base > 0 else 0.0,
-        "penalised_kg": penalised,
-        "penalised_reduction_pct": 100.0 * (base - penalised) / base if base > 0 else 0.0,
-        "lp_gap_closed_pct": 100.0 * (base - result.co2_kg) / possible if possible > 0 else 0.0,
-        "ev_unmet_kwh": result.ev_unmet_kwh,
-        "ev_served_kwh": result.ev_served_kwh,
-        "grid_import_kwh": result.grid_import_kwh,
-        **result.kpis(),
-    }
 
 
 def reset_peak_memory(device: str) -> None:
@@ -143,7 +136,11 @@ class Progress(ProgressBarCallback):
 
 
 def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> tuple[float, dict[str, Any]]:
-    """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds and resources used."""
+    """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds and resources used.
+
+    Every ``eval_every_steps`` the policy is scored on the held-out part. With ``log_every_steps`` set,
+    rows are written by timesteps and SB3's ``agent.log_interval`` (episodes or rollouts) is not used.
+    """
     guard = checkpoint.Guard(cfg.agent.name, RunDir(run_dir).checkpoint, cfg.checkpoint_every_steps)
     monitor = ResourceMonitor()
     remaining = cfg.agent.total_timesteps - model.num_timesteps
@@ -157,13 +154,17 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
         model.device,
         f", resuming at step {model.num_timesteps}" if resume else "",
     )
-    callbacks = [guard, monitor, *([Progress(steps)] if cfg.progress_bar else [])]
+    env = build_eval_env(cfg)  # a separate env: the calibration leaves the training envs alone
+    eta.announce(cfg, model, steps, env, env.episode_hours)
+    every = cfg.get("log_every_steps")
+    callbacks = [guard, monitor, *held_out_eval(cfg, run_dir), *([LogEverySteps(every)] if every else [])]
+    callbacks += [Progress(steps)] if cfg.progress_bar else []
     t0 = time.perf_counter()
     try:
         model.learn(
             remaining,
             callback=callbacks,
-            log_interval=cfg.agent.log_interval,
+            log_interval=None if every else cfg.agent.log_interval,
             reset_num_timesteps=not resume,
         )
     finally:
@@ -195,7 +196,11 @@ def write_provenance(cfg: DictConfig, run_dir: Path, scenario: Scenario, runtime
 
 
 def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume), evaluate and write the run folder; returns metrics.json's content."""
+    """Train (or resume), evaluate and write the run folder; returns metrics.json's content.
+
+    The agent is scored on the scenario's evaluation part, with the training part beside it; a scenario
+    without one is scored on its training part, with a warning and ``held_out: false`` in metrics.json.
+    """
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     rd = RunDir(run_dir)
@@ -204,6 +209,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     reset_peak_memory(runtime.device)
     scenario = build_scenario(cfg.scenario, "train")
     site = build_site(cfg.site)
+    held_out = has_eval_part(cfg.scenario)
+    if not held_out:
+        log.warning("scenario %s has no evaluation part: it is scored on the data it trains on", cfg.scenario.name)
     eval_env = make_env(build_scenario(cfg.scenario, "eval"), site, cfg.scenario, training=False)
     plan = planner.for_run(cfg, eval_env.observation_space, eval_env.action_space, runtime.device)
     table = plan.table()
@@ -230,27 +238,36 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     if cfg.save_model:
         rd.save_model(model)
 
-    def policy(env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
-        return model.predict(obs, deterministic=True)[0]
-
-    result = run_episode(eval_env, policy)
+    scored, result = evaluate_part(model, eval_env, refs)
     trained = model.num_timesteps - start_step
     metrics = {
         "agent": cfg.agent.name,
         "preset": cfg.preset.name,
-        **score(result, refs, site.unmet_penalty_kg_per_kwh),
-        "references": refs.table(),
+        "seed": cfg.seed,
+        "held_out": held_out,
+        **scored,
         "total_timesteps": int(model.num_timesteps),
         "train_seconds": train_s,
         "timesteps_per_hour": trained / train_s * 3600.0 if train_s > 0 else 0.0,
         "peak_memory_mb": peak_memory_mb(runtime.device),
         "device": runtime.device,
         "resources": resources,
-        "eval_hours": result.hours,
     }
+    if held_out:  # the same final model on the year it trained on: over-fitting shows as a gap
+        train_env = make_env(scenario, site, cfg.scenario, training=False)
+        train_refs = compute_references(train_env, build_mpc_settings(cfg.mpc))
+        train_scored, _ = evaluate_part(model, train_env, train_refs)
+        metrics["train_part"] = {k: v for k, v in train_scored.items() if k != "flags"}
+    best = best_evaluation(rd.progress) if rd.best_model.is_file() else None
+    if best:
+        metrics["best_model"] = {"path": rd.best_model.name, **best}
+    for flag in metrics["flags"]:
+        log.warning("%s (%s): degenerate policy: %s", cfg.agent.name, cfg.preset.name, flag)
     write_json(rd.metrics, metrics)
     if cfg.plot:
-        dispatch_week(result.trace, rd.dispatch_plot, f"{cfg.agent.name} ({cfg.preset.name}) dispatch")
+        title = f"{cfg.agent.name} ({cfg.preset.name}) dispatch, {'held-out' if held_out else 'training'} data"
+        others = comparison_traces(eval_env, refs)
+        dispatch_week(result.trace, rd.dispatch_plot, title, timestamps=eval_env.scenario.timestamps, others=others)
     return metrics
 
 
@@ -283,13 +300,23 @@ def objective_value(metrics: dict[str, Any], objective: Any) -> float | tuple[fl
 
 
 def print_table(metrics: dict[str, Any], console: Console | None = None) -> None:
-    """The references and the agent on the evaluation year, ranked by penalised kg."""
+    """References and agent on the evaluation part ranked by penalised kg, the training part beside it, flags."""
     rows = dict(metrics["references"])
     rows[f"{metrics['agent']} ({metrics['preset']})"] = metrics
-    (console or Console()).print(co2_table(rows, metrics["eval_hours"]))
+    part = "held-out evaluation part" if metrics.get("held_out", False) else "training part (no held-out part)"
+    (console or Console()).print(co2_table(rows, metrics["eval_hours"]), f"scored on the {part}")
+    speed = metrics.get("timesteps_per_hour")
     print(
         f"{metrics['agent']}: {metrics['co2_reduction_pct']:.2f}% CO2 reduction "
         f"({metrics['penalised_reduction_pct']:.2f}% counting unmet EV energy as penalty), "
-        f"{metrics['lp_gap_closed_pct']:.1f}% of the LP optimum's, "
-        f"{metrics['timesteps_per_hour']:,.0f} timesteps/hour on {metrics['device']}"
+        f"{metrics['lp_gap_closed_pct']:.1f}% of the LP optimum's"
+        + (f", {speed:,.0f} timesteps/hour on {metrics['device']}" if speed is not None else "")
     )
+    if "train_part" in metrics:
+        t = metrics["train_part"]
+        print(
+            f"on its training part: {t['co2_reduction_pct']:.2f}% CO2 reduction "
+            f"({t['penalised_reduction_pct']:.2f}% penalised)"
+        )
+    for flag in metrics.get("flags", []):
+        print(f"WARNING degenerate policy: {flag}")

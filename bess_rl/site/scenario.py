@@ -10,6 +10,7 @@ hourly table, exactly ``hours`` rows (8,760 for a year), one row per hour in tim
     load_kw         float >= 0   site (mall) demand without EV charging (kW)
     co2_kg_per_kwh  float >= 0   grid carbon intensity (kg CO2/kWh); optional, a constant is used if absent
     price_per_kwh   float >= 0   grid import price (currency/kWh); optional, a flat tariff is used if absent
+    timestamp       date-time    start of the hour, local time; optional, only labels plots
 
 sessions table, one row per charging session (a row may stand for several identical vehicles):
     arrival_hour    int          hour index the vehicle plugs in, 0 <= arrival_hour < hours
@@ -62,6 +63,7 @@ class Scenario:
     co2_kg_per_kwh: np.ndarray
     sessions: EvSessions
     price_per_kwh: np.ndarray = field(default=None)  # type: ignore[assignment]
+    timestamps: np.ndarray | None = None  # datetime64 start of each hour (local), when the data has them
 
     def __post_init__(self) -> None:
         if self.price_per_kwh is None:
@@ -91,6 +93,7 @@ class Scenario:
             co2_kg_per_kwh=self.co2_kg_per_kwh[sl],
             sessions=sessions,
             price_per_kwh=self.price_per_kwh[sl],
+            timestamps=None if self.timestamps is None else self.timestamps[sl],
         )
 
 
@@ -197,7 +200,21 @@ def load_scenario(
     else:
         sessions_path = Path(sessions_path)
         sessions = sessions_from_frame(_read_table(sessions_path), str(sessions_path), hours)
-    return Scenario(name or hourly_path.stem, pv, load, co2, sessions, price)
+    return Scenario(name or hourly_path.stem, pv, load, co2, sessions, price, _timestamps(table, str(hourly_path)))
+
+
+def _timestamps(df: pd.DataFrame, where: str) -> np.ndarray | None:
+    """The optional ``timestamp`` column as local wall-clock datetime64 (plots label hours with it)."""
+    if "timestamp" not in df.columns:
+        return None
+    times = pd.to_datetime(df["timestamp"], errors="coerce")
+    bad = np.flatnonzero(times.isna().to_numpy())
+    if bad.size:
+        row = int(bad[0])
+        raise ScenarioError(f"{where}: column 'timestamp' row {row}: not a date-time ({_cell(df, 'timestamp', row)})")
+    if times.dt.tz is not None:
+        times = times.dt.tz_localize(None)
+    return times.to_numpy(dtype="datetime64[ns]")
 
 
 def default_data_dir() -> Path:

@@ -22,12 +22,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from bess_rl.experiment import run_dir  # noqa: E402
+from bess_rl.experiment import run_dir, seeds  # noqa: E402
 from bess_rl.experiment.run_dir import RunDir, read_json  # noqa: E402
+from bess_rl.tools import study  # noqa: E402
 
 AGENTS = ("sac", "ppo", "a2c")
 PRESETS = ("before", "after")
@@ -39,8 +41,12 @@ RUN_FILES = (run_dir.METRICS, run_dir.CONFIG, f"{run_dir.HYDRA}/config.yaml")
 SKIPPED_DIRS = {run_dir.REPLAYS, run_dir.CHECKPOINT, run_dir.HYDRA}
 STEPS = "time/total_timesteps"
 REWARD = "rollout/ep_rew_mean"
+HELD_OUT = "eval/penalised_reduction_pct"  # the periodic held-out evaluation (bess_rl.experiment.evaluation)
 LOSSES = ("train/critic_loss", "train/value_loss", "train/loss")  # the first SB3 wrote: SAC, PPO/A2C, other
 NA = "—"
+# Config keys that do not make another config: a run's seed, how it was launched and what it printed.
+NOT_CONFIG = {"seed", "overrides", "progress_bar", "resume", "plot", "save_model", "paths", "seeds"}
+PENALISED = "penalised_reduction_pct"
 
 
 @dataclass
@@ -66,6 +72,19 @@ class Run:
     def mtime(self) -> float:
         files = [RunDir(self.path).metrics, self.path]
         return next(p.stat().st_mtime for p in files if p.exists())
+
+    @property
+    def seed(self) -> int | None:
+        seed = (self.metrics or {}).get("seed", self.config.get("seed"))
+        return int(seed) if seed is not None else None
+
+    @property
+    def config_key(self) -> str:
+        """The run's config without its seed: runs with the same key are seeds of one config."""
+        kept = {k: v for k, v in self.config.items() if k not in NOT_CONFIG}
+        if "budget" in kept:  # the budget's menu of options is not what ran; what it changed is
+            kept["budget"] = self.changes
+        return json.dumps([self.agent, self.preset, kept], sort_keys=True, default=str)
 
     @property
     def changes(self) -> list[dict[str, Any]]:
@@ -124,6 +143,19 @@ def pick(runs: Sequence[Run]) -> dict[tuple[str, str], Run]:
     return chosen
 
 
+def used_runs(runs: Sequence[Run]) -> list[Run]:
+    """Every seed's newest finished run of each config, and for an agent and preset with none, its newest run.
+
+    Why not one per agent and preset: with ``-m seed=0,1,2`` that kept the last seed only.
+    """
+    finished: dict[tuple[str, int | None], Run] = {}
+    for run in sorted((r for r in runs if r.metrics is not None), key=lambda r: r.mtime):
+        finished[(run.config_key, run.seed)] = run
+    done = {(r.agent, r.preset) for r in finished.values()}
+    unfinished = [r for key, r in pick(runs).items() if key not in done]
+    return sorted([*finished.values(), *unfinished], key=lambda r: (r.seed if r.seed is not None else -1, str(r.path)))
+
+
 def _num(value: float | None, digits: int = 0, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return NA
@@ -152,48 +184,63 @@ def _changes_text(run: Run) -> str:
     return "; ".join(f"{c['key'].removeprefix('agent.')} {c['from']:,} → {c['to']:,}" for c in run.changes) or "none"
 
 
-def result_rows(chosen: dict[tuple[str, str], Run]) -> list[dict[str, Any]]:
-    """One row per agent and preset (absent ones too), then any other agent found."""
-    keys = [(a, p) for a in AGENTS for p in PRESETS] + sorted(k for k in chosen if k[0] not in AGENTS)
+def result_rows(used: Sequence[Run], preset_grid: bool = True) -> list[dict[str, Any]]:
+    """One row per run (each seed); with ``preset_grid``, every agent and preset (absent ones too) first."""
+    found = {(r.agent, r.preset) for r in used}
+    expected = [(a, p) for a in AGENTS for p in PRESETS] if preset_grid else []
+    keys = expected + sorted(found - set(expected), key=lambda k: (AGENTS.index(k[0]) if k[0] in AGENTS else 9, k))
     rows = []
     for agent, preset in keys:
-        run = chosen.get((agent, preset))
-        m = run.metrics if run is not None and run.metrics is not None else {}
-        rows.append(
-            {
-                "agent": agent,
-                "preset": preset,
-                "status": run.status if run is not None else "missing: no run folder found",
-                "total_timesteps": m.get("total_timesteps"),
-                "changed_from_preset": _changes_text(run) if run is not None else None,
-                "log_interval": run.setting("agent.log_interval") if run is not None else None,
-                "device": m.get("device"),
-                "train_seconds": m.get("train_seconds"),
-                "timesteps_per_hour": m.get("timesteps_per_hour"),
-                "peak_memory_mb": m.get("peak_memory_mb"),
-                "rss_max_mb": _resource_max(m, "rss_mb"),
-                "cpu_pct_mean": _resource_mean(m, "cpu_pct"),
-                "gpu_util_pct_mean": _resource_mean(m, "gpu_util_pct"),
-                "resource_warnings": "; ".join((m.get("resources") or {}).get("warnings") or []) or None,
-                "co2_kg": m.get("co2_kg"),
-                "co2_vs_uncontrolled_pct": 0.0 - m["co2_reduction_pct"] + 0.0 if "co2_reduction_pct" in m else None,
-                "penalised_reduction_pct": m.get("penalised_reduction_pct"),
-                "lp_gap_closed_pct": m.get("lp_gap_closed_pct"),
-                "ev_unmet_kwh": m.get("ev_unmet_kwh"),
-                "eval_hours": m.get("eval_hours"),
-                "path": str(run.path) if run is not None else None,
-            }
-        )
+        for run in [r for r in used if (r.agent, r.preset) == (agent, preset)] or [None]:
+            rows.append(_result_row(agent, preset, run))
     return rows
 
 
-def speed_rows(chosen: dict[tuple[str, str], Run]) -> list[dict[str, Any]]:
-    """The presets' speed table (docs/presets.md) per agent: old (before) vs new (after), measured."""
+def _result_row(agent: str, preset: str, run: Run | None) -> dict[str, Any]:
+    m = run.metrics if run is not None and run.metrics is not None else {}
+    return {
+        "agent": agent,
+        "preset": preset,
+        "status": run.status if run is not None else "missing: no run folder found",
+        "total_timesteps": m.get("total_timesteps"),
+        "changed_from_preset": _changes_text(run) if run is not None else None,
+        "log_interval": run.setting("agent.log_interval") if run is not None else None,
+        "device": m.get("device"),
+        "train_seconds": m.get("train_seconds"),
+        "timesteps_per_hour": m.get("timesteps_per_hour"),
+        "peak_memory_mb": m.get("peak_memory_mb"),
+        "rss_max_mb": _resource_max(m, "rss_mb"),
+        "cpu_pct_mean": _resource_mean(m, "cpu_pct"),
+        "gpu_util_pct_mean": _resource_mean(m, "gpu_util_pct"),
+        "resource_warnings": "; ".join((m.get("resources") or {}).get("warnings") or []) or None,
+        "co2_kg": m.get("co2_kg"),
+        "co2_vs_uncontrolled_pct": 0.0 - m["co2_reduction_pct"] + 0.0 if "co2_reduction_pct" in m else None,
+        "penalised_reduction_pct": m.get("penalised_reduction_pct"),
+        "lp_gap_closed_pct": m.get("lp_gap_closed_pct"),
+        "ev_unmet_kwh": m.get("ev_unmet_kwh"),
+        "eval_hours": m.get("eval_hours"),
+        "seed": run.seed if run is not None else None,
+        "held_out": m.get("held_out"),
+        "train_part_penalised_reduction_pct": (m.get("train_part") or {}).get(PENALISED),
+        "flags": "; ".join(m.get("flags") or []) or None,
+        "path": str(run.path) if run is not None else None,
+    }
+
+
+def _median(run: Run | None, used: Sequence[Run], key: str) -> float | None:
+    """``key``'s median over the seeds of ``run``'s config (one seed's speed is one sample of a shared machine)."""
+    same = [r for r in used if run is not None and r.config_key == run.config_key]
+    values = [v for r in same if (v := _metric(r, key)) is not None]
+    return float(np.median(values)) if values else _metric(run, key)
+
+
+def speed_rows(chosen: dict[tuple[str, str], Run], used: Sequence[Run] = ()) -> list[dict[str, Any]]:
+    """The presets' speed table per agent: old (before) vs new (after), measured (median over seeds)."""
     rows = []
     for agent in AGENTS:
         before, after = chosen.get((agent, "before")), chosen.get((agent, "after"))
-        old, new = _metric(before, "timesteps_per_hour"), _metric(after, "timesteps_per_hour")
-        mem_old, mem_new = _metric(before, "peak_memory_mb"), _metric(after, "peak_memory_mb")
+        old, new = _median(before, used, "timesteps_per_hour"), _median(after, used, "timesteps_per_hour")
+        mem_old, mem_new = _median(before, used, "peak_memory_mb"), _median(after, used, "peak_memory_mb")
         rows.append(
             {
                 "agent": agent,
@@ -210,9 +257,9 @@ def speed_rows(chosen: dict[tuple[str, str], Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def references(chosen: dict[tuple[str, str], Run]) -> tuple[dict[str, dict[str, float]], list[str]]:
+def references(used: Sequence[Run]) -> tuple[dict[str, dict[str, float]], list[str]]:
     """The references of the finished runs, and a warning when runs were evaluated on different data."""
-    finished = [r for r in chosen.values() if r.metrics is not None]
+    finished = [r for r in used if r.metrics is not None]
     if not finished:
         return {}, []
     refs = finished[0].metrics["references"]
@@ -220,7 +267,7 @@ def references(chosen: dict[tuple[str, str], Run]) -> tuple[dict[str, dict[str, 
     differing = [r for r in finished if abs(r.metrics["references"]["uncontrolled"]["co2_kg"] - base) > 1e-9 * base]
     warnings = []
     if differing:
-        names = ", ".join(f"{r.agent}/{r.preset}" for r in differing)
+        names = ", ".join(sorted({f"{r.agent}/{r.preset}" for r in differing}))
         warnings.append(
             f"{names} evaluated on other data (uncontrolled CO2 differs from {finished[0].agent}/"
             f"{finished[0].preset}'s): their CO2 figures are not comparable with the others"
@@ -255,7 +302,7 @@ def _speed_table(speeds: Sequence[dict[str, Any]]) -> str:
 def _results_table(results: Sequence[dict[str, Any]]) -> str:
     header = ["agent", "preset", "status", "timesteps trained", "budget changes", "log_interval", "timesteps/h",
               "peak MB", "RSS max MB", "mean utilisation", "CO2 kg", "CO2 vs uncontrolled", "penalised reduction",
-              "LP gap closed", "EV unmet kWh"]  # fmt: skip
+              "LP gap closed", "EV unmet kWh", "seed", "training part penalised", "degenerate"]  # fmt: skip
     rows = [
         [
             r["agent"].upper(),
@@ -273,6 +320,9 @@ def _results_table(results: Sequence[dict[str, Any]]) -> str:
             _num(r["penalised_reduction_pct"], 2, "%"),
             _num(r["lp_gap_closed_pct"], 1, "%"),
             _num(r["ev_unmet_kwh"], 1),
+            _num(r["seed"]),
+            _num(r["train_part_penalised_reduction_pct"], 2, "%"),
+            r["flags"] or ("none" if r["co2_kg"] is not None else NA),
         ]
         for r in results
     ]
@@ -286,22 +336,120 @@ def _utilisation(row: dict[str, Any]) -> str:
     return ", ".join(parts) or NA
 
 
-def _references_table(refs: dict[str, dict[str, float]]) -> str:
+def reference_names(refs: dict[str, dict[str, float]]) -> dict[str, str]:
+    """The references a run recorded, the known ones first under their long names."""
+    return {**{k: n for k, n in REFERENCES.items() if k in refs}, **{k: k for k in refs if k not in REFERENCES}}
+
+
+def _references_table(refs: dict[str, dict[str, float]], penalty: float | None) -> str:
     if not refs:
         return "No finished run, so no references."
     base = refs["uncontrolled"]["co2_kg"]
+
+    def penalised(ref: dict[str, float]) -> float | None:
+        if penalty is None:
+            return None
+        return round(100 * (base - ref["co2_kg"] - penalty * ref["ev_unmet_kwh"]) / base, 9) + 0.0  # no "-0.00%"
+
     rows = [
         [
             name,
             _num(refs[key]["co2_kg"]),
             _num(100 * (refs[key]["co2_kg"] / base - 1), 2, "%"),
-            _num(refs[key].get("penalised_kg")),
+            _num(penalised(refs[key]), 2, "%"),
             _num(refs[key]["ev_unmet_kwh"], 1),
         ]
-        for key, name in REFERENCES.items()
-        if key in refs
+        for key, name in reference_names(refs).items()
     ]
-    return _md_table(["controller", "CO2 kg", "CO2 vs uncontrolled", "penalised kg", "EV unmet kWh"], rows)
+    return _md_table(["controller", "CO2 kg", "CO2 vs uncontrolled", "penalised reduction", "EV unmet kWh"], rows)
+
+
+def seed_groups(used: Sequence[Run]) -> list[list[Run]]:
+    """The finished runs per config (seeds of one config together), best penalised IQM first."""
+    groups: dict[str, list[Run]] = {}
+    for run in used:
+        if run.metrics is not None:
+            groups.setdefault(run.config_key, []).append(run)
+    return sorted(groups.values(), key=lambda g: -seeds.iqm(_scores(g, PENALISED)).value)
+
+
+def _scores(group: Sequence[Run], key: str) -> np.ndarray:
+    return np.array([float(r.metrics[key]) for r in group])
+
+
+def _label(group: Sequence[Run], groups: Sequence[Sequence[Run]]) -> str:
+    """AGENT preset, plus what sets this config apart when several share agent and preset."""
+    run = group[0]
+    name = f"{run.agent.upper()} {run.preset}"
+    twins = [g for g in groups if (g[0].agent, g[0].preset) == (run.agent, run.preset)]
+    if len(twins) < 2:
+        return name
+    mine = {o for o in run.info.get("overrides", []) if not o.startswith("seed=")}
+    others = [{o for o in g[0].info.get("overrides", []) if not o.startswith("seed=")} for g in twins]
+    common = set.intersection(*others)
+    return f"{name} ({' '.join(sorted(mine - common)) or 'defaults'})"
+
+
+def seed_rows(groups: Sequence[Sequence[Run]]) -> list[dict[str, Any]]:
+    """IQM and mean of the held-out scores over each config's seeds, with 95 % stratified bootstrap CIs."""
+    rows = []
+    for group in groups:
+        row: dict[str, Any] = {"config": _label(group, groups), "seeds": len(group),
+                               "seed_list": " ".join(str(r.seed) for r in group),
+                               "held_out": all(r.metrics.get("held_out", False) for r in group)}  # fmt: skip
+        for key in (PENALISED, "co2_reduction_pct"):
+            for stat in ("iqm", "mean"):
+                est = getattr(seeds, stat)(_scores(group, key))
+                row.update({f"{key}_{stat}": est.value, f"{key}_{stat}_low": est.low, f"{key}_{stat}_high": est.high})
+        train = [r.metrics["train_part"][PENALISED] for r in group if "train_part" in r.metrics]
+        row["train_part_penalised_mean"] = float(np.mean(train)) if train else None
+        row["ev_unmet_kwh_mean"] = float(_scores(group, "ev_unmet_kwh").mean())
+        co2 = seeds.mean(_scores(group, "co2_kg"))
+        row.update({"co2_kg_mean": co2.value, "co2_kg_mean_low": co2.low, "co2_kg_mean_high": co2.high})
+        row["preset"] = group[0].preset
+        row["degenerate_runs"] = sum(bool(r.metrics.get("flags")) for r in group)
+        rows.append(row)
+    return rows
+
+
+def _ci(row: dict[str, Any], key: str) -> str:
+    est = seeds.Estimate(row[key], row[f"{key}_low"], row[f"{key}_high"])
+    return est.text(2, "%") if not math.isnan(est.low) else f"{est.value:.2f}% (one seed: no interval)"
+
+
+def _seeds_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = ["config", "seeds", "penalised reduction IQM [95% CI]", "penalised mean [95% CI]",
+              "CO2 reduction IQM [95% CI]", "CO2 mean [95% CI]", "training part penalised (mean)",
+              "EV unmet kWh (mean)", "degenerate runs", "data"]  # fmt: skip
+    body = [
+        [r["config"], f"{r['seeds']} ({r['seed_list']})", _ci(r, f"{PENALISED}_iqm"), _ci(r, f"{PENALISED}_mean"),
+         _ci(r, "co2_reduction_pct_iqm"), _ci(r, "co2_reduction_pct_mean"),
+         _num(r["train_part_penalised_mean"], 2, "%"), _num(r["ev_unmet_kwh_mean"], 1),
+         f"{r['degenerate_runs']} of {r['seeds']}", "held out" if r["held_out"] else "**training part**"]
+        for r in rows
+    ]  # fmt: skip
+    return _md_table(header, body)
+
+
+def improvement_rows(groups: Sequence[Sequence[Run]]) -> list[dict[str, Any]]:
+    """P(X beats Y) on the penalised objective for configs of one agent (presets) or one preset (agents)."""
+    rows = []
+    for i, x in enumerate(groups):
+        for y in groups[i + 1 :]:
+            same_agent, same_preset = x[0].agent == y[0].agent, x[0].preset == y[0].preset
+            if not (same_agent or same_preset) or min(len(x), len(y)) < 2:
+                continue
+            est = seeds.probability_of_improvement(_scores(x, PENALISED), _scores(y, PENALISED))
+            rows.append({"x": _label(x, groups), "y": _label(y, groups), "poi": est.value, "low": est.low,
+                         "high": est.high})  # fmt: skip
+    return rows
+
+
+def _improvement_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "Needs two configs of one agent or one preset with at least two seeds each."
+    body = [[r["x"], r["y"], seeds.Estimate(r["poi"], r["low"], r["high"]).text(2)] for r in rows]
+    return _md_table(["X", "Y", "P(X > Y) [95% CI]"], body)
 
 
 def read_progress(path: Path) -> pd.DataFrame:
@@ -320,29 +468,36 @@ def curve(progress: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series] | 
     return (rows[STEPS], rows[column]) if len(rows) else None
 
 
-def plot_co2(rows: Sequence[dict[str, Any]], refs: dict[str, dict[str, float]], path: Path, hours: int | None) -> Path:
-    labels, values, colors = [], [], []
-    for key, name in REFERENCES.items():
-        if key in refs:
-            labels.append(name)
-            values.append(refs[key]["co2_kg"])
-            colors.append("grey")
-    for row in rows:
-        if row["co2_kg"] is not None:
-            labels.append(f"{row['agent'].upper()} {row['preset']}")
-            values.append(row["co2_kg"])
-            colors.append("tab:orange" if row["preset"] == "before" else "tab:blue")
+def plot_co2(
+    groups: Sequence[dict[str, Any]], refs: dict[str, dict[str, float]], path: Path, hours: int | None
+) -> Path:
+    """CO2 bars from zero: references, then configs ranked by penalised reduction (IQM), mean over seeds with 95 % CI.
+
+    Ranked by the penalised objective: by CO2 alone a policy that leaves EVs uncharged would come first.
+    """
+    labels, values, errors, colors = [], [], [], []
+    for key, name in reference_names(refs).items():
+        labels.append(name)
+        values.append(refs[key]["co2_kg"])
+        errors.append((0.0, 0.0))
+        colors.append("grey")
+    for row in groups:
+        labels.append(f"{row['config']} (n={row['seeds']})")
+        values.append(row["co2_kg_mean"])
+        low, high = row["co2_kg_mean_low"], row["co2_kg_mean_high"]
+        errors.append((0.0, 0.0) if math.isnan(low) else (row["co2_kg_mean"] - low, high - row["co2_kg_mean"]))
+        colors.append({"before": "tab:orange", "after": "tab:blue"}.get(row["preset"], "tab:green"))
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
-    ax.barh(labels, values, color=colors)
+    ax.barh(labels, values, xerr=np.array(errors).T if errors else None, color=colors, capsize=3)
     ax.invert_yaxis()
     base = refs.get("uncontrolled", {}).get("co2_kg")
     for i, value in enumerate(values):
         note = f"{value:,.0f} kg" + (f"  ({100 * (value - base) / base:+.2f}%)" if base else "")
         ax.text(value, i, " " + note, va="center", fontsize=8)
-    ax.set_xlim(min(values) * 0.9 if values else 0, max(values) * 1.12 if values else 1)
+    ax.set_xlim(0, max(values) * 1.3 if values else 1)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.set_xlabel(f"grid CO2 over the {hours or '?'} h evaluated, kg (deterministic policy)")
-    ax.set_title("CO2: references (grey), before (orange), after (blue)")
+    ax.set_xlabel(f"grid CO2 over the {hours or '?'} h evaluated, kg (deterministic policy; bars: mean, 95% CI)")
+    ax.set_title("CO2: references (grey), agents ranked by penalised reduction (IQM over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -350,10 +505,10 @@ def plot_co2(rows: Sequence[dict[str, Any]], refs: dict[str, dict[str, float]], 
 
 
 def plot_learning_curves(chosen: dict[tuple[str, str], Run], path: Path) -> Path:
-    """Mean episode reward and the main loss against timesteps, per agent, before and after."""
+    """Held-out penalised reduction (else mean episode reward) and the main loss against timesteps, per agent."""
     fig, axes = plt.subplots(2, len(AGENTS), figsize=(4.2 * len(AGENTS), 6.5), squeeze=False)
     for col, agent in enumerate(AGENTS):
-        for row, columns in enumerate(((REWARD,), LOSSES)):
+        for row, columns in enumerate(((HELD_OUT, REWARD), LOSSES)):
             ax = axes[row][col]
             drawn = []
             for preset, color in zip(PRESETS, ("tab:orange", "tab:blue"), strict=True):
@@ -367,9 +522,9 @@ def plot_learning_curves(chosen: dict[tuple[str, str], Run], path: Path) -> Path
             if drawn:
                 ax.legend(fontsize=7)
             else:
-                why = "no finished episode logged" if row == 0 else "not logged"
+                why = "no evaluation or finished episode logged" if row == 0 else "not logged"
                 ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="grey")
-            ax.set_title(f"{agent.upper()}: {'episode reward (mean)' if row == 0 else 'loss'}", fontsize=9)
+            ax.set_title(f"{agent.upper()}: {'held-out penalised reduction %' if row == 0 else 'loss'}", fontsize=9)
             ax.set_xlabel("timesteps", fontsize=8)
             ax.tick_params(labelsize=7)
     fig.tight_layout()
@@ -381,22 +536,28 @@ def plot_learning_curves(chosen: dict[tuple[str, str], Run], path: Path) -> Path
 def write_report(paths: Sequence[Path], out: Path) -> Path:
     """Find the runs under ``paths`` and write report.md, the CSVs and the figures into ``out``."""
     runs = find_runs(paths)
-    chosen = pick(runs)
+    chosen, used = pick(runs), used_runs(runs)
+    preset_grid = any(r.config.get("task_name") == "before_vs_after" for r in runs)
     out.mkdir(parents=True, exist_ok=True)
-    results, speeds = result_rows(chosen), speed_rows(chosen)
-    refs, warnings = references(chosen)
+    results, speeds = result_rows(used, preset_grid), speed_rows(chosen, used)
+    refs, warnings = references(used)
+    groups = seed_groups(used)
+    aggregated, improvements = seed_rows(groups), improvement_rows(groups)
     pd.DataFrame(results).to_csv(out / "results.csv", index=False)
     pd.DataFrame(speeds).to_csv(out / "speed.csv", index=False)
-    used = {id(r) for r in chosen.values()}
+    pd.DataFrame(aggregated).to_csv(out / "seeds.csv", index=False)
+    pd.DataFrame(improvements).to_csv(out / "probability_of_improvement.csv", index=False)
+    used_ids = {id(r) for r in used}
     pd.DataFrame(
         [
-            {"agent": r.agent, "preset": r.preset, "status": r.status, "used": id(r) in used, "path": str(r.path)}
+            {"agent": r.agent, "preset": r.preset, "seed": r.seed, "status": r.status, "used": id(r) in used_ids,
+             "path": str(r.path)}
             for r in runs
         ]
-    ).to_csv(out / "runs.csv", index=False)
+    ).to_csv(out / "runs.csv", index=False)  # fmt: skip
 
     hours = next((r["eval_hours"] for r in results if r["eval_hours"]), None)
-    plot_co2(results, refs, out / "co2.png", hours)
+    plot_co2(aggregated, refs, out / "co2.png", hours)
     plot_learning_curves(chosen, out / "learning_curves.png")
     dispatch = []
     for (agent, preset), run in sorted(chosen.items()):
@@ -405,29 +566,47 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
             shutil.copyfile(RunDir(run.path).dispatch_plot, out / name)
             dispatch.append(name)
 
-    finished = [r for r in chosen.values() if r.metrics is not None]
+    finished = [r for r in used if r.metrics is not None]
     machines = sorted({json.dumps(r.info.get("machine", {}), sort_keys=True) for r in finished})
     launchers = sorted({launcher for r in finished if (launcher := r.launcher())})
     scenarios = ", ".join(sorted({str(r.info.get("scenario", "?")) for r in finished})) or "?"
+    held_out = all(r.metrics.get("held_out", False) for r in finished)
+    penalty = next((r.setting("site.unmet_penalty_kg_per_kwh") for r in finished), None)
     problems = [r for r in results if r["status"] != "ok"]
+    flagged = [r for r in results if r["flags"]]
     lines = [
-        "# Before vs after: measured",
+        "# Before vs after: measured" if preset_grid else "# Runs: measured",
         "",
         f"Built {datetime.now():%Y-%m-%d %H:%M} by `python -m bess_rl.report` from {len(runs)} run folder(s) under "
         + ", ".join(f"`{p}`" for p in paths)
         + "; every number below was read from those folders.",
         "",
-        f"- Evaluation: {_num(hours)} h of scenario {scenarios}" + (" (one year)" if hours == 8760 else ""),
+        f"- Evaluation: {_num(hours)} h of scenario {scenarios}" + (" (one year)" if hours == 8760 else "")
+        + (", its held-out part (never trained on)" if held_out and finished else ", **not held out** for some runs"),
         *(f"- Machine: {', '.join(f'{k} {v}' for k, v in json.loads(m).items())}" for m in machines),
         *(f"- Launcher: {launcher}" for launcher in launchers),
         *(f"- **Warning**: {w}" for w in warnings),
+        *(f"- **Degenerate policy**, {r['agent'].upper()} {r['preset']} seed {r['seed']}: {r['flags']}"
+          for r in flagged),  # fmt: skip
         *(
             f"- Monitor, {r['agent'].upper()} {r['preset']}: {r['resource_warnings']}"
             for r in results
             if r["resource_warnings"]
         ),
         "",
-        "## Speed and memory per agent (the presets' table, measured)",
+        "## Across seeds (held-out evaluation, rliable estimators)",
+        "",
+        _seeds_table(aggregated) if aggregated else "No finished run.",
+        "",
+        "IQM: mean of the middle half of the seeds; intervals: 95 % stratified bootstrap"
+        f" ({seeds.REPS:,} resamples). Ranked by the penalised objective.",
+        "",
+        "## Probability of improvement (penalised reduction)",
+        "",
+        _improvement_table(improvements),
+        "",
+        *study_sections(used, out),
+        "## Speed and memory per agent (the presets' table, docs/presets.md, measured; median over seeds)",
         "",
         _speed_table(speeds),
         "",
@@ -438,9 +617,9 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         "peak MB is metrics.json's peak_memory_mb; RSS max and mean utilisation come from the resource monitor,"
         " sampled during this run's training only.",
         "",
-        "## References (computed in every run)",
+        "## References (computed in every run, on the same evaluation data)",
         "",
-        _references_table(refs),
+        _references_table(refs, penalty),
         "",
         "## Missing or failed",
         "",
@@ -448,7 +627,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
             f"- {r['agent'].upper()} {r['preset']}: {r['status']}" + (f" (`{r['path']}`)" if r["path"] else "")
             for r in problems
         ),
-        *(f"- not used (older or unfinished): `{r.path}`: {r.status}" for r in runs if id(r) not in used),
+        *(f"- not used (older or unfinished): `{r.path}`: {r.status}" for r in runs if id(r) not in used_ids),
         *([] if problems else ["None: every agent and preset has a finished run."]),
         "",
         "## Figures",
@@ -462,6 +641,41 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
     ]
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"
+
+
+def study_sections(used: Sequence[Run], out: Path) -> list[str]:
+    """For each Optuna study among the runs: the best trial, all trials with their KPIs, the study's figures."""
+    studies: dict[str, tuple[dict[str, Any], list[Run]]] = {}
+    for run in used:
+        sweeper = study.sweeper_config(run.path)
+        if sweeper is not None:
+            studies.setdefault(json.dumps(sweeper, sort_keys=True), (sweeper, []))[1].append(run)
+    lines = []
+    for sweeper, trials in studies.values():
+        objective = trials[0].config.get("objective", PENALISED)
+        objective = objective if isinstance(objective, str) else objective[0]
+        maximise = str(sweeper["direction"][0]).lower().startswith("max")
+        rows = study.trial_rows(trials, sweeper["params"], objective, maximise)
+        name = sweeper["study_name"] or "study"
+        pd.DataFrame(rows).to_csv(out / f"trials_{name}.csv", index=False)
+        best = rows[0] if rows and rows[0][objective] is not None else None
+        figures, notes = study.study_figures(sweeper, out)
+        header = ["trial", *sweeper["params"], "status", *study.KPIS, "run folder"]
+        body = [[r["trial"], *(r[p] or NA for p in sweeper["params"]), r["status"],
+                 *(_num(r[k], 2) for k in study.KPIS), f"`{r['run_folder']}`"] for r in rows]  # fmt: skip
+        lines += [
+            f"## Optuna study {name!r}: {len(rows)} trial(s), {objective} {'max' if maximise else 'min'}imised",
+            "",
+            f"Best trial: {best['trial']} ({objective} {best[objective]:.2f}), `{best['run_folder']}`"
+            if best else "No finished trial.",
+            "",
+            _md_table(header, body),
+            "",
+            *(f"- {note}" for note in notes),
+            *(f"![{f}]({f})" for f in figures),
+            "",
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

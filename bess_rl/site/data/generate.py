@@ -19,7 +19,11 @@ Model, in short:
   dropped when every socket of their type is taken), then aggregated into rows of identical
   (arrival, departure, vehicle type) sessions.
 
-Run ``python -m bess_rl.site.data.generate [--seed N] [--out DIR]`` to write the two files.
+Held-out data: ``iquitos_eval`` is the same site and calendar with another seed, so other weather and other
+EV sessions: a synthetic year the agents never train on (``scenario.eval_data``).
+
+Run ``python -m bess_rl.site.data.generate [--key iquitos|iquitos_eval] [--seed N] [--out DIR]`` to write a
+key's two files (``<key>_hourly.parquet``, ``<key>_sessions.parquet``).
 """
 
 from __future__ import annotations
@@ -36,8 +40,17 @@ import pvlib
 from bess_rl.site.scenario import HOURS_PER_YEAR, IQUITOS_CO2_KG_PER_KWH
 
 DEFAULT_SEED = 2024
-HOURLY_FILE = "iquitos_hourly.parquet"
-SESSIONS_FILE = "iquitos_sessions.parquet"
+# Embedded data sets and the seed each is generated from (weather and EV sessions both follow the seed).
+SEEDS = {"iquitos": DEFAULT_SEED, "iquitos_eval": 2025}
+
+
+def file_names(key: str) -> tuple[str, str]:
+    """(hourly, sessions) file names of an embedded data set key."""
+    return f"{key}_hourly.parquet", f"{key}_sessions.parquet"
+
+
+HOURLY_FILE, SESSIONS_FILE = file_names("iquitos")
+
 
 # A non-leap year gives exactly 8,760 hours; Lima has no daylight saving time.
 YEAR = 2023
@@ -287,10 +300,10 @@ def summary(hourly: pd.DataFrame, sessions: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def write(hourly: pd.DataFrame, sessions: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
-    """Write both tables as Parquet (no index) into ``out_dir``."""
+def write(hourly: pd.DataFrame, sessions: pd.DataFrame, out_dir: Path, key: str = "iquitos") -> tuple[Path, Path]:
+    """Write both tables as Parquet (no index) into ``out_dir`` under ``key``'s file names."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    hourly_path, sessions_path = out_dir / HOURLY_FILE, out_dir / SESSIONS_FILE
+    hourly_path, sessions_path = (out_dir / name for name in file_names(key))
     hourly.to_parquet(hourly_path, index=False, compression="zstd")
     sessions.to_parquet(sessions_path, index=False, compression="zstd")
     return hourly_path, sessions_path
@@ -298,15 +311,17 @@ def write(hourly: pd.DataFrame, sessions: pd.DataFrame, out_dir: Path) -> tuple[
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Generate the embedded Iquitos scenario parquet files.")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
+    parser.add_argument("--key", choices=sorted(SEEDS), default="iquitos", help="data set to write (default iquitos)")
+    parser.add_argument("--seed", type=int, help="random seed (default: the key's, " + str(SEEDS) + ")")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent, help="output folder (default: package data)"
     )
     args = parser.parse_args(argv)
-    hourly, sessions = generate(args.seed)
-    paths = write(hourly, sessions, args.out)
+    seed = SEEDS[args.key] if args.seed is None else args.seed
+    hourly, sessions = generate(seed)
+    paths = write(hourly, sessions, args.out, args.key)
     s = summary(hourly, sessions)
-    print(f"seed {args.seed}: wrote {', '.join(str(p) for p in paths)}")
+    print(f"seed {seed}: wrote {', '.join(str(p) for p in paths)}")
     print(f"PV      {s['pv_kwh_per_kwp']:.0f} kWh/kWp/yr (max {s['pv_max_kw_per_kwp']:.3f} kW/kWp)")
     print(
         f"load    {s['load_gwh']:.2f} GWh/yr, mean {s['load_mean_kw']:.0f} kW, "

@@ -1,0 +1,188 @@
+"""Wall-time estimate before training, from a short calibration on this machine.
+
+Why: SAC's design-note preset does 1,024 gradient updates per environment step; on a CPU that is
+days, and SB3's progress bar shows it only after the random warm-up. Here the env step, the policy
+call and one gradient update (forward and backward of a copy of the policy on a batch of the run's
+size) are timed for about a second before training, the run's counts of each come from its config,
+and a run longer than ``warn_hours`` is warned about with budget overrides that would fit.
+
+The calibration leaves the run untouched: it steps a separate env, updates a copy of the policy and
+restores the global random states, so a run with and without it trains identically.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+from bess_rl.site.env import PvBessEvEnv
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_STEPS = 200  # env steps timed
+CALIBRATION_UPDATES = 5  # gradient updates timed, after one untimed
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Seconds per env step, per policy call (one vec step), per gradient update, measured here."""
+
+    env_step_s: float
+    policy_call_s: float
+    update_s: float
+
+
+@dataclass(frozen=True)
+class Work:
+    """What the run will do: env steps, policy calls, gradient updates, held-out evaluation steps."""
+
+    env_steps: int
+    policy_calls: int
+    updates: int
+    eval_steps: int
+
+    def seconds(self, rates: Rates) -> float:
+        steps = self.env_steps + self.eval_steps
+        return steps * rates.env_step_s + (self.policy_calls + self.eval_steps) * rates.policy_call_s + (
+            self.updates * rates.update_s
+        )
+
+
+def work(model: BaseAlgorithm, steps: int, eval_every: int | None, eval_hours: int) -> Work:
+    """The counts SB3's learn loop performs for ``steps`` more env steps of ``model``."""
+    n_envs = model.n_envs
+    calls = -(-steps // n_envs)
+    if isinstance(model, OffPolicyAlgorithm):
+        freq = model.train_freq.frequency * n_envs  # timesteps per collection; SB3 trains after each one
+        collections = -(-steps // freq)  # that ends past learning_starts
+        warm_up = max((model.learning_starts - model.num_timesteps) // freq, 0)
+        gradient_steps = model.gradient_steps if model.gradient_steps > 0 else model.train_freq.frequency
+        updates = max(collections - warm_up, 0) * gradient_steps
+    elif isinstance(model, OnPolicyAlgorithm):
+        rollout = model.n_steps * n_envs
+        batch = getattr(model, "batch_size", None) or rollout
+        updates = -(-steps // rollout) * getattr(model, "n_epochs", 1) * -(-rollout // batch)
+    else:
+        updates = 0
+    evals = steps // eval_every if eval_every else 0
+    return Work(steps, calls, updates, evals * eval_hours)
+
+
+def _batch_size(model: BaseAlgorithm) -> int:
+    if isinstance(model, OnPolicyAlgorithm) and getattr(model, "batch_size", None) is None:
+        return model.n_steps * model.n_envs  # A2C: one update on the whole rollout
+    return int(getattr(model, "batch_size", 64))
+
+
+def _update_step(model: BaseAlgorithm) -> Callable[[], None]:
+    """One gradient update's compute on a copy of the policy (the model's own weights are not touched)."""
+    policy = copy.deepcopy(model.policy).train()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-4)
+    space = model.observation_space
+    obs = torch.as_tensor(np.stack([space.sample() for _ in range(_batch_size(model))]), device=model.device)
+    obs = obs.float()
+
+    def step() -> None:
+        optimizer.zero_grad()
+        if hasattr(policy, "critic") and hasattr(policy, "actor"):  # SAC: critic then actor, as SB3's train()
+            with torch.no_grad():
+                target = torch.cat(policy.critic_target(obs, policy.actor(obs)), dim=1)
+            actions, log_prob = policy.actor.action_log_prob(obs)
+            q = torch.cat(policy.critic(obs, actions.detach()), dim=1)
+            actor_q = torch.cat(policy.critic(obs, actions), dim=1)
+            loss = ((q - target) ** 2).mean() + (log_prob - actor_q.min(dim=1).values).mean()
+        else:
+            actions = policy(obs)[0].detach()
+            values, log_prob, entropy = policy.evaluate_actions(obs, actions)
+            loss = values.mean() - log_prob.mean() - (entropy.mean() if entropy is not None else 0.0)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def calibrate(model: BaseAlgorithm, env: PvBessEvEnv) -> Rates:
+    """Time env steps, policy calls and updates here, for about a second; global random states restored."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        obs, _ = env.reset(seed=0)
+        batch = np.repeat(obs[None], model.n_envs, axis=0)
+        t0 = time.perf_counter()
+        for _ in range(CALIBRATION_STEPS):
+            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                obs, _ = env.reset()
+        env_s = (time.perf_counter() - t0) / CALIBRATION_STEPS
+        t0 = time.perf_counter()
+        for _ in range(CALIBRATION_STEPS // 4):
+            model.predict(batch, deterministic=True)
+        call_s = (time.perf_counter() - t0) / (CALIBRATION_STEPS // 4)
+        step = _update_step(model)
+        step()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(CALIBRATION_UPDATES):
+            step()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        update_s = (time.perf_counter() - t0) / CALIBRATION_UPDATES
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+    return Rates(env_s, call_s, update_s)
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def fitting_budgets(cfg: DictConfig, model: BaseAlgorithm, todo: Work, rates: Rates, limit_s: float) -> list[str]:
+    """Overrides that bring the estimate under ``limit_s``: fewer timesteps, or fewer updates per step."""
+    total = todo.seconds(rates)
+    options = [f"agent.total_timesteps={max(int(cfg.agent.total_timesteps * limit_s / total), 1)}"]
+    update_s = todo.updates * rates.update_s
+    rest = total - update_s
+    if isinstance(model, OffPolicyAlgorithm) and update_s > 0 and rest < limit_s:
+        fitting = math.floor(model.gradient_steps * (limit_s - rest) / update_s)
+        if fitting >= 1:
+            options.append(f"agent.hparams.gradient_steps={fitting}")
+    options.append("a faster hardware profile (python -m bess_rl.doctor lists this machine's)")
+    return options
+
+
+def announce(cfg: DictConfig, model: BaseAlgorithm, steps: int, env: PvBessEvEnv, eval_hours: int) -> float:
+    """Calibrate, log the estimated wall time and warn above ``warn_hours``; returns the estimate in seconds."""
+    rates = calibrate(model, env)
+    todo = work(model, steps, cfg.get("eval_every_steps"), eval_hours)
+    estimate = todo.seconds(rates)
+    log.info(
+        "estimated wall time %s: %d env steps at %.0f/s, %d updates at %.0f/s (calibrated here)",
+        hours(estimate),
+        todo.env_steps,
+        1 / max(rates.env_step_s + rates.policy_call_s / model.n_envs, 1e-12),
+        todo.updates,
+        1 / max(rates.update_s, 1e-12),
+    )
+    warn_hours = cfg.get("warn_hours")
+    if warn_hours is not None and estimate > warn_hours * 3600:
+        log.warning(
+            "this run is estimated at %s, over warn_hours=%s; within it: %s",
+            hours(estimate),
+            warn_hours,
+            " or ".join(fitting_budgets(cfg, model, todo, rates, warn_hours * 3600)),
+        )
+    return estimate

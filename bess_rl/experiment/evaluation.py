@@ -1,0 +1,263 @@
+"""Scoring a policy on a scenario part: held-out and training part, during training and after.
+
+Why one module: the final metrics, the periodic evaluation while training, ``evaluate`` on another
+scenario and the degenerate-policy flags must score with the same formulas on the same episode runner,
+so an agent is never judged on the year it trained on without saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+
+from bess_rl.agents.capabilities import capabilities
+from bess_rl.baselines.episode import EpisodeResult, Policy, run_episode
+from bess_rl.baselines.optimum import solve_optimum
+from bess_rl.baselines.references import References, compute_references
+from bess_rl.baselines.rules import uncontrolled
+from bess_rl.experiment import hardware
+from bess_rl.experiment.build import algo_class, build_eval_env
+from bess_rl.experiment.config import ConfigError
+from bess_rl.experiment.run_dir import RunDir, RunDirError
+from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import penalised_kg
+
+log = logging.getLogger(__name__)
+
+# TensorBoard / progress.csv keys of the periodic held-out evaluation (besides SB3's eval/mean_reward).
+EVAL_KEYS = ("eval/co2_kg", "eval/co2_reduction_pct", "eval/penalised_reduction_pct", "eval/ev_unmet_kwh")
+# A policy within this relative CO2 of uncontrolled charging, with no battery use, learned nothing.
+SAME_AS_UNCONTROLLED = 1e-6
+# Battery throughput below this share of one full charge per evaluated day: never used.
+BATTERY_UNUSED = 1e-3
+# EV energy left unmet above this share of the EV demand is flagged (the LP leaves none).
+EV_UNMET_SHARE = 0.01
+
+
+class NoEvalPartError(ValueError):
+    """The scenario declares no evaluation part, so there is no held-out data to score on."""
+
+
+def has_eval_part(scenario_cfg: DictConfig) -> bool:
+    """True when ``scenario.*`` declares held-out data (``eval_data`` or ``eval_hourly_path``)."""
+    return scenario_cfg.get("eval_data") is not None or scenario_cfg.get("eval_hourly_path") is not None
+
+
+def require_eval_part(scenario_cfg: DictConfig) -> None:
+    """``evaluate`` scores held-out data only; training falls back to the training part instead."""
+    if not has_eval_part(scenario_cfg):
+        raise NoEvalPartError(
+            f"scenario {scenario_cfg.get('name')!r} has no evaluation part: set scenario.eval_data "
+            "(an embedded data set) or scenario.eval_hourly_path (your file)"
+        )
+
+
+def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, float]:
+    """CO2 reduction vs uncontrolled, the share of the LP's possible reduction achieved, and the KPIs.
+
+    CO2 alone rewards leaving EVs uncharged, so the penalised figure (CO2 + penalty x unmet EV
+    kWh, what the reward and the LP minimise) is reported beside it and is the default objective.
+    """
+    base = refs.uncontrolled.co2_kg
+    possible = base - refs.optimum_co2_kg
+    penalised = penalised_kg(result.co2_kg, result.ev_unmet_kwh, penalty)
+    return {
+        "co2_kg": result.co2_kg,
+        "co2_reduction_pct": 100.0 * (base - result.co2_kg) / base if base > 0 else 0.0,
+        "penalised_kg": penalised,
+        "penalised_reduction_pct": 100.0 * (base - penalised) / base if base > 0 else 0.0,
+        "lp_gap_closed_pct": 100.0 * (base - result.co2_kg) / possible if possible > 0 else 0.0,
+        "ev_unmet_kwh": result.ev_unmet_kwh,
+        "ev_served_kwh": result.ev_served_kwh,
+        "grid_import_kwh": result.grid_import_kwh,
+        **result.kpis(),
+    }
+
+
+def deterministic_policy(model: BaseAlgorithm) -> Policy:
+    """The policy ``predict(deterministic=True)`` gives, in the episode runner's signature."""
+
+    def policy(env: PvBessEvEnv, obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
+    return policy
+
+
+def degenerate(result: EpisodeResult, refs: References, env: PvBessEvEnv) -> list[str]:
+    """Why a policy is not a controller worth reporting, if it is not: one short phrase each."""
+    flags = []
+    base = refs.uncontrolled
+    battery_kwh = float(np.abs(result.trace["bess_kw"]).sum())
+    unused = battery_kwh < BATTERY_UNUSED * env.site.bess_capacity_kwh * max(result.hours / 24, 1.0)
+    if abs(result.co2_kg - base.co2_kg) <= SAME_AS_UNCONTROLLED * max(base.co2_kg, 1.0) and unused:
+        flags.append("same as uncontrolled charging")
+    elif unused:
+        flags.append("battery never used")
+    demand = result.ev_served_kwh + result.ev_unmet_kwh
+    if demand > 0 and result.ev_unmet_kwh > EV_UNMET_SHARE * demand:
+        share = 100 * result.ev_unmet_kwh / demand
+        flags.append(f"EV energy left unmet: {result.ev_unmet_kwh:,.0f} kWh ({share:.1f}% of the EV demand)")
+    return flags
+
+
+def comparison_traces(env: PvBessEvEnv, refs: References) -> dict[str, dict[str, np.ndarray]]:
+    """Grid import and SOC of the rule-based controller and the LP optimum, for the dispatch plot."""
+    opt = solve_optimum(env.scenario, env.site)
+    rule = refs.rule_based.trace
+    return {
+        "rule-based": {"grid_import_kw": rule["grid_import_kw"], "soc": rule["soc"]},
+        "LP optimum": {"grid_import_kw": opt.grid_import_kw, "soc": opt.soc},
+    }
+
+
+def evaluate_part(
+    model: BaseAlgorithm, env: PvBessEvEnv, refs: References | None = None
+) -> tuple[dict[str, Any], EpisodeResult]:
+    """The model's deterministic episode on ``env`` scored against references on the same data."""
+    refs = compute_references(env) if refs is None else refs
+    result = run_episode(env, deterministic_policy(model))
+    metrics = {
+        **score(result, refs, env.site.unmet_penalty_kg_per_kwh),
+        "references": refs.table(),
+        "eval_hours": result.hours,
+        "flags": degenerate(result, refs, env),
+    }
+    return metrics, result
+
+
+class HeldOutEval(EvalCallback):
+    """SB3's EvalCallback on the held-out env, every ``every_steps`` timesteps, with CO2 logged beside the reward.
+
+    The env reward is -(penalised CO2)/scale, so SB3's best-by-mean-reward is best by the penalised
+    objective; the best model is saved as ``best_model.zip`` in ``save_dir`` (``RunDir.best_model``).
+    """
+
+    def __init__(self, env: PvBessEvEnv, every_steps: int, n_envs: int, save_dir: str):
+        super().__init__(
+            env,
+            n_eval_episodes=1,
+            eval_freq=max(every_steps // n_envs, 1),
+            best_model_save_path=save_dir,
+            deterministic=True,
+            verbose=0,
+            warn=False,
+        )
+        self.env = env
+        self.baseline_co2_kg = 0.0
+        self._co2 = self._unmet = 0.0
+
+    def _init_callback(self) -> None:
+        super()._init_callback()
+        self.baseline_co2_kg = run_episode(self.env, uncontrolled).co2_kg
+
+    def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
+        """Sum the episode's CO2 and unmet EV energy from the infos; record them when it ends."""
+        super()._log_success_callback(locals_, globals_)
+        info = locals_["info"]
+        self._co2 += info["co2_kg"]
+        self._unmet += info["ev_unmet_kwh"]
+        if locals_["done"]:
+            base = self.baseline_co2_kg
+            penalised = penalised_kg(self._co2, self._unmet, self.env.site.unmet_penalty_kg_per_kwh)
+            values = (self._co2, 100 * (base - self._co2) / base, 100 * (base - penalised) / base, self._unmet)
+            for key, value in zip(EVAL_KEYS, values, strict=True):
+                self.logger.record(key, float(value))
+            self._co2 = self._unmet = 0.0
+
+
+
+def held_out_eval(cfg: DictConfig, run_dir: Path) -> list[BaseCallback]:
+    """The periodic held-out evaluation of a run config, or none when ``eval_every_steps`` is null.
+
+    A resumed run starts from the best reward its earlier rows recorded, so best_model.zip is not
+    replaced by a worse model after the resume.
+    """
+    every = cfg.get("eval_every_steps")
+    if not every:
+        return []
+    callback = HeldOutEval(build_eval_env(cfg), every, cfg.agent.n_envs, str(run_dir))
+    rd = RunDir(run_dir)
+    for progress in (rd.earlier_progress, rd.progress):
+        rewards = _column(progress, "eval/mean_reward")
+        if rewards is not None and rd.best_model.is_file():
+            callback.best_mean_reward = max(callback.best_mean_reward, float(rewards.max()))
+    return [callback]
+
+
+def _column(progress: Path, key: str) -> pd.Series | None:
+    """A progress.csv column without its empty cells, or None when the file or the column is absent."""
+    try:
+        rows = pd.read_csv(progress)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    values = rows[key].dropna() if key in rows else None
+    return values if values is not None and len(values) else None
+
+
+def best_evaluation(progress: Path) -> dict[str, float] | None:
+    """The progress.csv row of the best periodic evaluation (by the penalised objective): its step and scores."""
+    values = _column(progress, "eval/penalised_reduction_pct")
+    if values is None:
+        return None
+    best = pd.read_csv(progress).loc[values.idxmax()]
+    scores = {k.removeprefix("eval/"): float(best[k]) for k in EVAL_KEYS}
+    return {"timesteps": int(best["time/total_timesteps"]), **scores}
+
+
+class LogEverySteps(BaseCallback):
+    """A progress.csv / TensorBoard row at the first rollout end after every ``every_steps`` timesteps.
+
+    Why: SB3 writes rows every ``log_interval`` episodes (off-policy) or rollouts (on-policy); year-long
+    episodes and 8,192-step rollouts make that never in most runs, so rows follow timesteps instead.
+    """
+
+    def __init__(self, every_steps: int) -> None:
+        super().__init__()
+        self.every_steps = every_steps
+        self._last = 0
+
+    def _on_training_start(self) -> None:
+        self._last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps - self._last >= self.every_steps:
+            self._last = self.num_timesteps
+            self.model.dump_logs()
+
+
+def load_trained(run_dir: Path, best: bool = False) -> tuple[BaseAlgorithm, DictConfig]:
+    """A run folder's final (or best) model on the CPU, with the run's saved config moved to the CPU.
+
+    Loaded without an env: the env it is scored on may be another scenario, checked by ``check_spaces``.
+    """
+    rd = RunDir(run_dir)
+    cfg = rd.load_config()
+    path = rd.best_model if best else rd.model
+    if not path.is_file():
+        why = "no periodic evaluation kept one (eval_every_steps)" if best else "trained with save_model=false?"
+        raise RunDirError(f"{run_dir} has no {path.name} ({why})")
+    cfg.hardware.device = cfg.agent.device = "cpu"
+    algo = algo_class(cfg.agent.algo)
+    runtime = hardware.resolve(cfg.hardware, algo, "cpu")
+    return algo.load(path, device="cpu", **runtime.switches(capabilities(algo))), cfg
+
+
+def check_spaces(model: BaseAlgorithm, env: PvBessEvEnv) -> None:
+    """Refuse a scenario whose observation or action layout is not the one the model was trained on."""
+    for what in ("observation", "action"):
+        trained, given = getattr(model, f"{what}_space").shape, getattr(env, f"{what}_space").shape
+        if trained != given:
+            raise ConfigError(
+                f"the model was trained on {what}s of shape {trained}, this scenario gives {given} "
+                "(e.g. another scenario.forecast_hours)"
+            )

@@ -1,0 +1,102 @@
+"""The Optuna part of a report: every trial with its KPIs, the best one, and the study's figures.
+
+Why: a sweep's trials all share one agent and preset, so the before/after tables showed one of them
+(the newest, not the best) and called the other cells missing. Trials are read from their run folders
+(what each measured), the study from its storage (optimisation history, parameter importances and,
+for several objectives, the Pareto front, drawn by ``optuna.visualization.matplotlib``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from bess_rl.experiment import run_dir  # noqa: E402
+
+log = logging.getLogger(__name__)
+KPIS = ("penalised_reduction_pct", "co2_reduction_pct", "co2_kg", "ev_unmet_kwh", "timesteps_per_hour")
+
+
+def sweeper_config(path: Path) -> dict[str, Any] | None:
+    """The Optuna sweeper config a run folder was launched with (``.hydra/hydra.yaml``), or None."""
+    hydra_yaml = path / run_dir.HYDRA / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return None
+    config = path / run_dir.CONFIG  # resolves the sweeper's ${paths.output_dir}, ${seed}
+    merged = OmegaConf.merge(OmegaConf.load(config) if config.is_file() else {}, OmegaConf.load(hydra_yaml))
+    sweeper = OmegaConf.select(merged, "hydra.sweeper", default=None)
+    if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return None
+    return {
+        "storage": sweeper.get("storage"),
+        "study_name": sweeper.get("study_name"),
+        "direction": OmegaConf.to_container(sweeper.direction) if OmegaConf.is_list(sweeper.direction) else [
+            str(sweeper.direction)],
+        "params": sorted(OmegaConf.to_container(sweeper.get("params") or {})),
+    }  # fmt: skip
+
+
+def trial_rows(runs: Sequence[Any], params: Sequence[str], objective: str, maximise: bool) -> list[dict[str, Any]]:
+    """One row per trial folder: its searched parameters and KPIs, best objective first, failures last."""
+    rows = []
+    for run in runs:
+        overrides = dict(o.split("=", 1) for o in run.info.get("overrides", []) if "=" in o)
+        row = {"trial": run.path.name, **{p: overrides.get(p) for p in params}, "status": run.status}
+        row.update({k: (run.metrics or {}).get(k) for k in KPIS})
+        row["run_folder"] = str(run.path)
+        rows.append(row)
+    sign = -1 if maximise else 1
+    return sorted(rows, key=lambda r: (r[objective] is None, sign * (r[objective] or 0.0)))
+
+
+def study_figures(sweeper: dict[str, Any], out: Path) -> tuple[list[str], list[str]]:
+    """PNGs of the study (names written under ``out``) and notes on what could not be drawn."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    notes: list[str] = []
+    storage = sweeper["storage"]
+    if not storage:
+        return [], ["the sweep had no storage, so no study figures (set hydra.sweeper.storage)"]
+    try:
+        study = optuna.load_study(study_name=sweeper["study_name"], storage=storage)
+    except Exception as exc:  # a storage moved or deleted since the sweep: the tables still stand
+        return [], [f"study {sweeper['study_name']!r} not readable at {storage}: {str(exc).splitlines()[0]}"]
+    objectives = len(sweeper["direction"])
+    drawn = []
+    plots = {"optimization_history.png": ovm.plot_optimization_history,
+             "param_importances.png": ovm.plot_param_importances}  # fmt: skip
+    if objectives > 1:
+        plots = {"pareto_front.png": ovm.plot_pareto_front}
+        plots.update({f"optimization_history_{i}.png": _for_target(ovm.plot_optimization_history, i)
+                      for i in range(objectives)})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is marked experimental
+        for name, plot in plots.items():
+            try:
+                ax = plot(study)
+            except Exception as exc:  # too few complete trials, or scikit-learn missing for importances
+                notes.append(f"{name.removesuffix('.png')}: not drawn ({type(exc).__name__}: {str(exc)[:120]})")
+                continue
+            figure = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+            figure.tight_layout()
+            figure.savefig(out / name, dpi=90)
+            plt.close(figure)
+            drawn.append(name)
+    return drawn, notes
+
+
+def _for_target(plot: Any, index: int) -> Any:
+    def draw(study: Any) -> Any:
+        return plot(study, target=lambda t: t.values[index], target_name=f"objective {index}")
+
+    return draw
