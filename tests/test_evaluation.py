@@ -19,6 +19,7 @@ from bess_rl.experiment.build import build_scenario, build_site, make_env
 from bess_rl.experiment.evaluation import EVAL_KEYS, degenerate, has_eval_part, load_trained
 from bess_rl.experiment.run_dir import RunDir
 from bess_rl.experiment.train import run
+from bess_rl.site.env import PvBessEvEnv
 from bess_rl.tools.evaluate import main as evaluate_main
 from bess_rl.tools.export import main as export_main
 from tests.helpers import COMMON, TINY, compose_cfg, small_env
@@ -122,10 +123,13 @@ def test_evaluate_scores_the_model_on_another_scenario_and_writes_a_folder(ppo_r
     shutil.rmtree(RunDir(out).evaluations)
 
 
+OBS_3, OBS_5 = (PvBessEvEnv(forecast_hours=k).observation_space.shape[0] for k in (3, 5))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["scenario.forecast_hours=5"], "trained on observations of shape (15,), this scenario gives (19,)"),
+        (["scenario.forecast_hours=5"], f"trained on observations of shape ({OBS_3},), this scenario gives ({OBS_5},)"),
         (["scenario.eval_data=null"], "has no evaluation part"),
         (["--best", "nonsense=1"], "override 'nonsense=1'"),
     ],

@@ -64,7 +64,7 @@ def test_report_keeps_every_seed_and_compares_agents(tmp_path):
     results = table(md, "Results per agent and preset")
     assert len(results) == 6 and sorted(r[15] for r in results if r[0] == "PPO") == ["0", "1", "2"]
     references = {r[0]: r for r in table(md, "References")}
-    assert references["LP optimum"][3] == "10.00%"
+    assert references["LP bound"][3] == "10.00%"
 
 
 def test_configs_that_differ_beyond_the_seed_are_not_pooled(tmp_path):
