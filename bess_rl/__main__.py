@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from bess_rl.experiment import population_run
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.checkpoint import NumericalError, TrainingInterrupted
 from bess_rl.experiment.config import register_configs
@@ -36,6 +37,11 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
             metrics = run(resume_config(run_dir, cfg, overrides), run_dir, resume=True)
         else:
             apply_budget(cfg)
+            if cfg.population.size > 1:  # N members, each its own run folder: a table and objective per member
+                members = population_run.run(cfg, Path(hc.runtime.output_dir))
+                for metrics in members:
+                    print_table(metrics)
+                return population_run.objective(members, cfg.objective)
             metrics = run(cfg, Path(hc.runtime.output_dir))
     except TrainingInterrupted as exc:
         if hc.mode == RunMode.MULTIRUN:

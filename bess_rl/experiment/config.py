@@ -67,6 +67,7 @@ class SacHparams:
     train_freq: int = MISSING
     gradient_steps: int = MISSING
     ent_coef: Any = MISSING
+    target_entropy: Any = MISSING
     net_arch: list[int] = MISSING
 
 
@@ -144,6 +145,23 @@ class ScenarioConfig:
     forecast_noise: float = MISSING
 
 
+@dataclass
+class PopulationConfig:
+    """``population.size`` SAC members trained as one stacked update (``bess_rl.agents.population``);
+    each list, when given, holds one value per member and replaces the agent's hyper-parameter."""
+
+    size: int = MISSING
+    seeds: list[int] | None = MISSING
+    learning_rate: list[float] | None = MISSING
+    tau: list[float] | None = MISSING
+    gamma: list[float] | None = MISSING
+    target_entropy: list[float] | None = MISSING
+
+
+# The per-member lists of ``population``: each replaces ``seed`` or ``agent.hparams.<key>`` of one member.
+POPULATION_LISTS = ("seeds", "learning_rate", "tau", "gamma", "target_entropy")
+
+
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore; each group's yaml lists its schema first."""
     cs = ConfigStore.instance()
@@ -154,6 +172,7 @@ def register_configs() -> None:
     cs.store(group="scenario", name="scenario_schema", node=ScenarioConfig)
     cs.store(group="site", name="site_schema", node=SiteParams)
     cs.store(group="mpc", name="mpc_schema", node=MpcSettings)
+    cs.store(group="population", name="population_schema", node=PopulationConfig)
 
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -217,7 +236,30 @@ def validate(cfg: DictConfig) -> None:
     valid_compile = [m.value for m in CompileMode]
     if cfg.hardware.compile not in valid_compile:
         raise ConfigError(f"hardware.compile must be one of {valid_compile}, got {cfg.hardware.compile!r}")
+    validate_population(cfg)
     objectives = [cfg.objective] if isinstance(cfg.objective, str) else list(cfg.objective)
     for name in objectives:
         if name not in OBJECTIVES:
             raise ConfigError(f"objective {name!r} is not one of {list(OBJECTIVES)}")
+
+
+def validate_population(cfg: DictConfig) -> None:
+    """A population is FastSAC members of one env each, with one list entry per member."""
+    pop = cfg.get("population")
+    if pop is None:
+        return
+    if pop.size < 1:
+        raise ConfigError(f"population.size must be >= 1, got {pop.size}")
+    for key in POPULATION_LISTS:
+        values = pop.get(key)
+        if values is not None and len(values) != pop.size:
+            raise ConfigError(f"population.{key} has {len(values)} values for population.size={pop.size}")
+    if pop.size == 1:
+        return
+    if cfg.agent.name != "sac" or cfg.agent.algo != "bess_rl.agents.fast_sac.FastSAC":
+        raise ConfigError(
+            f"population.size={pop.size} trains FastSAC members only: use agent=sac with "
+            f"agent.algo=bess_rl.agents.fast_sac.FastSAC (got agent={cfg.agent.name}, agent.algo={cfg.agent.algo})"
+        )
+    if cfg.agent.n_envs != 1:
+        raise ConfigError(f"population members train on one env each: set agent.n_envs=1 (got {cfg.agent.n_envs})")

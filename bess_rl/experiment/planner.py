@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from gymnasium import spaces
 from numpy.typing import DTypeLike
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from stable_baselines3 import A2C, PPO, SAC
 
 from bess_rl.agents.capabilities import capabilities
@@ -53,6 +53,7 @@ class Workload:
     optimize_memory_usage: bool
     auto_entropy: bool  # SAC's learned entropy coefficient: one more parameter and its Adam state
     optimizer_slots: int  # state tensors per parameter: Adam 2, RMSprop (A2C's default) 1
+    members: int = 1  # population.size: each member has its own buffer, networks and batch
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class MemoryPlan:
     def table(self) -> str:
         w = self.workload
         head = f"memory plan: {w.agent} on {w.device}, {w.obs_dim} obs x {w.act_dim} actions, {self.n_params:,} params"
+        if w.members > 1:
+            head += f" per member, {w.members} members"
         lines = [head]
         lines += [f"  {p.name:<15} {p.where:<6} {size(p.nbytes):>9}  {p.detail}" for p in self.parts]
         lines.append(f"  {'total':<15} {'':<6} {size(self.total):>9}")
@@ -144,6 +147,7 @@ def estimate(
         optimize_memory_usage=bool(hp.get("optimize_memory_usage", False)),
         auto_entropy=sac and str(hp.get("ent_coef", "auto")).startswith("auto"),
         optimizer_slots=1 if issubclass(algo, A2C) and hp.get("use_rms_prop", True) else 2,
+        members=int(OmegaConf.select(cfg, "population.size", default=1)),
     )
     return plan_for(workload)
 
@@ -220,6 +224,16 @@ def plan_for(w: Workload) -> MemoryPlan:
             f"batch {batch:,} x {widths:,} layer widths x {ACTIVATION_FACTOR} + the batch",
         ),
     ]
+    if w.members > 1:
+        # A population stacks N copies of everything but the CUDA context, and each member also keeps its
+        # own FastSAC networks (what member_model exports), so the networks count twice per member.
+        def times(p: Part) -> Part:
+            twice = p.name == "networks"
+            n = (2 if twice else 1) * w.members
+            what = f"{w.members} members x{' 2 (stacked and own) x' if twice else ''}"
+            return replace(p, nbytes=n * p.nbytes, detail=f"{what} ({p.detail})")
+
+        parts = [times(p) for p in parts]
     if on_gpu:
         parts.append(Part("CUDA context", CUDA_CONTEXT_BYTES, "device", "PyTorch/CUDA runtime, fixed"))
     return MemoryPlan(w, tuple(parts), n_params)
@@ -248,6 +262,8 @@ def check(plan: MemoryPlan, budget_gb: float | None, what: str) -> None:
     after = plan_for(smaller).budgeted
     overrides = " ".join(f"agent.hparams.{k}={v}" for k, v in changes.items())
     verdict = "within budget" if after <= budget_gb * GB else "still over budget: halve again"
+    if plan.workload.members > 1:
+        verdict += f"; or train fewer than population.size={plan.workload.members} members"
     raise MemoryBudgetError(
         f"{what}: {plan.workload.agent} needs about {size(plan.budgeted)} of {memory} but the budget is "
         f"{budget_gb:g} GB; the biggest part is the {biggest.name} ({size(biggest.nbytes)}: {biggest.detail}). "

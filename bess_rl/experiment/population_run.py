@@ -1,0 +1,155 @@
+"""``population.size=N``: N SAC members trained as one stacked update, each written as a normal run folder.
+
+Why: evaluate, report, replay and a seeds report read single-run folders; writing every member as one
+(``member_<i>/``: its own resolved config with its seed and hyper-parameters, run_info, metrics and a
+plain FastSAC model.zip) keeps them working unchanged. Scoring and provenance are ``train``'s own
+functions, so a member's metrics mean what a single run's mean.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+from stable_baselines3.common.logger import configure
+
+from bess_rl.agents.population import Population
+from bess_rl.baselines.episode import run_episode
+from bess_rl.baselines.references import compute_references
+from bess_rl.experiment import hardware, planner
+from bess_rl.experiment.build import algo_class, build_mpc_settings, build_scenario, build_site, make_env
+from bess_rl.experiment.config import POPULATION_LISTS, validate
+from bess_rl.experiment.monitor import ResourceMonitor
+from bess_rl.experiment.plots import dispatch_week
+from bess_rl.experiment.run_dir import RunDir, write_json
+from bess_rl.experiment.train import objective_value, peak_memory_mb, reset_peak_memory, score, write_provenance
+from bess_rl.site.env import PvBessEvEnv
+
+log = logging.getLogger(__name__)
+
+# The hyper-parameters a population may vary per member (``population.<key>`` lists).
+VARIED = tuple(k for k in POPULATION_LISTS if k != "seeds")
+
+
+def member_configs(cfg: DictConfig) -> list[DictConfig]:
+    """Each member's config as a single run's: its seed and hyper-parameters in place, population.size 1."""
+    pop = cfg.population
+    seeds = list(pop.seeds) if pop.seeds is not None else [cfg.seed + i for i in range(pop.size)]
+    members = []
+    for i, seed in enumerate(seeds):
+        member = copy.deepcopy(cfg)
+        with open_dict(member):
+            member.seed = int(seed)
+            for key in VARIED:
+                if pop[key] is not None:
+                    member.agent.hparams[key] = pop[key][i]
+            member.population = {"size": 1, **{k: None for k in POPULATION_LISTS}}
+        members.append(member)
+    return members
+
+
+def build_population(cfg: DictConfig, members: list[DictConfig], env_fn: Any, device: str) -> Population:
+    """The stacked population: shared hyper-parameters from ``agent.hparams``, varied ones per member."""
+    hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
+    net_arch = hp.pop("net_arch")
+    per_member = {key: [m.agent.hparams[key] for m in members] for key in VARIED}
+    for key in VARIED:
+        hp.pop(key, None)
+    return Population(
+        env_fn,
+        len(members),
+        seeds=[m.seed for m in members],
+        device=device,
+        policy_kwargs={"net_arch": list(net_arch)},
+        verbose=0,
+        **per_member,
+        **hp,
+    )
+
+
+def learn(pop: Population, steps: int) -> tuple[float, dict[str, Any]]:
+    """Train every member ``steps`` env steps; returns seconds and the resources sampled meanwhile."""
+    lead = pop.members[0]
+    lead.set_logger(configure(None, []))  # the monitor records into its model's logger
+    monitor = ResourceMonitor()
+    monitor.init_callback(lead)
+    monitor.on_training_start({}, {})
+    t0 = time.perf_counter()
+    try:
+        pop.learn(steps)
+        monitor.on_training_end()
+    finally:
+        monitor.stop()
+    return time.perf_counter() - t0, monitor.summary()
+
+
+def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
+    """Train the population, then evaluate and write ``member_<i>/`` per member; returns their metrics."""
+    validate(cfg)
+    algo = algo_class(cfg.agent.algo)
+    runtime = hardware.resolve(cfg.hardware, algo, cfg.agent.device)
+    reset_peak_memory(runtime.device)
+    scenario, site = build_scenario(cfg.scenario, "train"), build_site(cfg.site)
+    eval_env = make_env(build_scenario(cfg.scenario, "eval"), site, cfg.scenario, training=False)
+    plan = planner.for_run(cfg, eval_env.observation_space, eval_env.action_space, runtime.device)
+    log.info("%s, about %s in all", plan.table().splitlines()[0], planner.size(plan.total))
+    planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
+    members = member_configs(cfg)
+    folders = [RunDir(run_dir / f"member_{i}") for i in range(len(members))]
+    for member, rd in zip(members, folders, strict=True):
+        rd.path.mkdir(parents=True, exist_ok=True)
+        write_provenance(member, rd.path, scenario, runtime)
+        rd.update_run_info(population={"size": len(members), "run_dir": str(run_dir)})
+
+    def env_fn() -> PvBessEvEnv:
+        return make_env(scenario, site, cfg.scenario, training=True)
+
+    pop = build_population(cfg, members, env_fn, runtime.device)
+    refs = compute_references(eval_env, build_mpc_settings(cfg.mpc))
+    log.info("training %d %s members (%s preset) for %d steps each on %s", pop.size, cfg.agent.name,
+             cfg.preset.name, cfg.agent.total_timesteps, runtime.device)  # fmt: skip
+    train_s, resources = learn(pop, cfg.agent.total_timesteps)
+    peak = peak_memory_mb(runtime.device)
+    results = []
+    for i, (member, rd) in enumerate(zip(members, folders, strict=True)):
+        model = pop.member_model(i)
+        if member.save_model:
+            rd.save_model(model)
+
+        def policy(env: PvBessEvEnv, obs: np.ndarray, model: Any = model) -> np.ndarray:
+            return model.predict(obs, deterministic=True)[0]
+
+        result = run_episode(eval_env, policy)
+        per_hour = model.num_timesteps / train_s * 3600.0 if train_s > 0 else 0.0
+        metrics = {
+            "agent": member.agent.name,
+            "preset": member.preset.name,
+            **score(result, refs, site.unmet_penalty_kg_per_kwh),
+            "references": refs.table(),
+            "total_timesteps": int(model.num_timesteps),
+            "train_seconds": train_s,
+            "timesteps_per_hour": per_hour,
+            "peak_memory_mb": peak,
+            "device": runtime.device,
+            "resources": resources,
+            "eval_hours": result.hours,
+            # Shared by all members: the seconds, memory and resources above are the whole population's.
+            "population": {"size": pop.size, "member": i, "aggregate_timesteps_per_hour": per_hour * pop.size},
+        }
+        write_json(rd.metrics, metrics)
+        if member.plot:
+            dispatch_week(result.trace, rd.dispatch_plot, f"{member.agent.name} member {i} dispatch")
+        results.append(metrics)
+    return results
+
+
+def objective(results: list[dict[str, Any]], name: Any) -> float | tuple[float, ...]:
+    """What a sweep optimises for a population: the members' mean of ``train.objective_value``."""
+    values = np.array([objective_value(m, name) for m in results], dtype=float)
+    mean = values.mean(axis=0)
+    return float(mean) if mean.ndim == 0 else tuple(float(v) for v in mean)
