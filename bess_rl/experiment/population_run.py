@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from stable_baselines3.common.logger import configure
 
 from bess_rl.agents.population import Population
-from bess_rl.baselines.episode import run_episode
 from bess_rl.baselines.references import compute_references
 from bess_rl.experiment import hardware, planner
 from bess_rl.experiment.build import algo_class, build_mpc_settings, build_scenario, build_site, make_env
@@ -27,7 +26,7 @@ from bess_rl.experiment.config import POPULATION_LISTS, validate
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.run_dir import RunDir, write_json
-from bess_rl.experiment.train import objective_value, peak_memory_mb, reset_peak_memory, score, write_provenance
+from bess_rl.experiment.train import final_metrics, objective_value, reset_peak_memory, write_provenance
 from bess_rl.site.env import PvBessEvEnv
 
 log = logging.getLogger(__name__)
@@ -114,33 +113,17 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     log.info("training %d %s members (%s preset) for %d steps each on %s", pop.size, cfg.agent.name,
              cfg.preset.name, cfg.agent.total_timesteps, runtime.device)  # fmt: skip
     train_s, resources = learn(pop, cfg.agent.total_timesteps)
-    peak = peak_memory_mb(runtime.device)
     results = []
     for i, (member, rd) in enumerate(zip(members, folders, strict=True)):
         model = pop.member_model(i)
         if member.save_model:
             rd.save_model(model)
 
-        def policy(env: PvBessEvEnv, obs: np.ndarray, model: Any = model) -> np.ndarray:
-            return model.predict(obs, deterministic=True)[0]
-
-        result = run_episode(eval_env, policy)
-        per_hour = model.num_timesteps / train_s * 3600.0 if train_s > 0 else 0.0
-        metrics = {
-            "agent": member.agent.name,
-            "preset": member.preset.name,
-            **score(result, refs, site.unmet_penalty_kg_per_kwh),
-            "references": refs.table(),
-            "total_timesteps": int(model.num_timesteps),
-            "train_seconds": train_s,
-            "timesteps_per_hour": per_hour,
-            "peak_memory_mb": peak,
-            "device": runtime.device,
-            "resources": resources,
-            "eval_hours": result.hours,
-            # Shared by all members: the seconds, memory and resources above are the whole population's.
-            "population": {"size": pop.size, "member": i, "aggregate_timesteps_per_hour": per_hour * pop.size},
-        }
+        metrics, result = final_metrics(member, model, eval_env, refs, scenario, site, train_s, model.num_timesteps,
+                                        resources)  # fmt: skip
+        # Shared by all members: the seconds, memory and resources are the whole population's.
+        aggregate = metrics["timesteps_per_hour"] * pop.size
+        metrics["population"] = {"size": pop.size, "member": i, "aggregate_timesteps_per_hour": aggregate}
         write_json(rd.metrics, metrics)
         if member.plot:
             dispatch_week(result.trace, rd.dispatch_plot, f"{member.agent.name} member {i} dispatch")

@@ -27,7 +27,8 @@ from stable_baselines3.common.type_aliases import TrainFrequencyUnit
 from tqdm.rich import tqdm
 
 from bess_rl.agents.capabilities import capabilities
-from bess_rl.baselines.references import co2_table, compute_references
+from bess_rl.baselines.episode import EpisodeResult
+from bess_rl.baselines.references import References, co2_table, compute_references
 from bess_rl.experiment import checkpoint, eta, hardware, planner
 from bess_rl.experiment.build import (
     algo_class,
@@ -51,7 +52,7 @@ from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
 from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
-from bess_rl.site.env import ENV_ID
+from bess_rl.site.env import ENV_ID, PvBessEvEnv
 from bess_rl.site.params import SiteParams
 from bess_rl.site.scenario import Scenario
 
@@ -238,26 +239,8 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     if cfg.save_model:
         rd.save_model(model)
 
-    scored, result = evaluate_part(model, eval_env, refs)
     trained = model.num_timesteps - start_step
-    metrics = {
-        "agent": cfg.agent.name,
-        "preset": cfg.preset.name,
-        "seed": cfg.seed,
-        "held_out": held_out,
-        **scored,
-        "total_timesteps": int(model.num_timesteps),
-        "train_seconds": train_s,
-        "timesteps_per_hour": trained / train_s * 3600.0 if train_s > 0 else 0.0,
-        "peak_memory_mb": peak_memory_mb(runtime.device),
-        "device": runtime.device,
-        "resources": resources,
-    }
-    if held_out:  # the same final model on the year it trained on: over-fitting shows as a gap
-        train_env = make_env(scenario, site, cfg.scenario, training=False)
-        train_refs = compute_references(train_env, build_mpc_settings(cfg.mpc))
-        train_scored, _ = evaluate_part(model, train_env, train_refs)
-        metrics["train_part"] = {k: v for k, v in train_scored.items() if k != "flags"}
+    metrics, result = final_metrics(cfg, model, eval_env, refs, scenario, site, train_s, trained, resources)
     best = best_evaluation(rd.progress) if rd.best_model.is_file() else None
     if best:
         metrics["best_model"] = {"path": rd.best_model.name, **best}
@@ -269,6 +252,50 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         others = comparison_traces(eval_env, refs)
         dispatch_week(result.trace, rd.dispatch_plot, title, timestamps=eval_env.scenario.timestamps, others=others)
     return metrics
+
+
+def final_metrics(
+    cfg: DictConfig,
+    model: BaseAlgorithm,
+    eval_env: PvBessEvEnv,
+    refs: References,
+    scenario: Scenario,
+    site: SiteParams,
+    train_s: float,
+    trained: int,
+    resources: dict[str, Any],
+) -> tuple[dict[str, Any], EpisodeResult]:
+    """metrics.json's content for a trained model (one run or one population member) and its evaluation episode.
+
+    :param cfg: the run's (or member's) config.
+    :param model: the trained model.
+    :param eval_env: the evaluation env; ``refs`` the references on it.
+    :param scenario: the training part, scored beside the evaluation part when that is held out.
+    :param site: the site sizes.
+    :param train_s: training wall seconds; ``trained`` the env steps trained in them.
+    :param resources: the resource monitor's summary.
+    """
+    held_out = has_eval_part(cfg.scenario)
+    scored, result = evaluate_part(model, eval_env, refs)
+    metrics = {
+        "agent": cfg.agent.name,
+        "preset": cfg.preset.name,
+        "seed": cfg.seed,
+        "held_out": held_out,
+        **scored,
+        "total_timesteps": int(model.num_timesteps),
+        "train_seconds": train_s,
+        "timesteps_per_hour": trained / train_s * 3600.0 if train_s > 0 else 0.0,
+        "peak_memory_mb": peak_memory_mb(str(model.device.type)),
+        "device": str(model.device.type),
+        "resources": resources,
+    }
+    if held_out:  # the same final model on the year it trained on: over-fitting shows as a gap
+        train_env = make_env(scenario, site, cfg.scenario, training=False)
+        train_refs = compute_references(train_env, build_mpc_settings(cfg.mpc))
+        train_scored, _ = evaluate_part(model, train_env, train_refs)
+        metrics["train_part"] = {k: v for k, v in train_scored.items() if k != "flags"}
+    return metrics, result
 
 
 def retry_after_oom(
