@@ -49,5 +49,6 @@ def co2_table(rows: list[tuple[str, float, float]], hours: int) -> Table:
     for col in ("controller", "CO2 kg", "vs uncontrolled", "EV unmet kWh"):
         table.add_column(col, justify="left" if col == "controller" else "right")
     for name, co2, unmet in rows:
-        table.add_row(name, f"{co2:,.0f}", f"{100 * (co2 - base) / base:+.2f}%", f"{unmet:,.1f}")
+        change = f"{100 * (co2 - base) / base:+.2f}%" if base > 0 else "n/a"  # a grid with no CO2 at all
+        table.add_row(name, f"{co2:,.0f}", change, f"{unmet:,.1f}")
     return table
