@@ -33,6 +33,8 @@ from bess_rl.baselines.references import References, co2_table, compute_referenc
 from bess_rl.experiment import checkpoint, hardware, planner
 from bess_rl.experiment.build import algo_class, build_scenario, build_site, make_env, new_model
 from bess_rl.experiment.config import validate
+from bess_rl.experiment.fingerprint import fingerprint
+from bess_rl.experiment.input_checks import check_scenario
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
@@ -42,6 +44,7 @@ from bess_rl.site.params import SiteParams, penalised_kg
 from bess_rl.site.scenario import Scenario
 
 log = logging.getLogger(__name__)
+
 
 def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, float]:
     """CO2 reduction vs uncontrolled and the share of the LP's possible reduction achieved.
@@ -105,6 +108,8 @@ def attach_logger(model: BaseAlgorithm, run_dir: Path, resume: bool) -> None:
     """progress.csv + TensorBoard in the run folder; a resume appends to the earlier rows."""
     csv, earlier = RunDir(run_dir).progress, RunDir(run_dir).earlier_progress
     if resume and csv.is_file() and csv.stat().st_size:
+        if earlier.is_file():  # an earlier resume was interrupted too: keep both sets of rows
+            merge_progress(run_dir)
         shutil.move(csv, earlier)
     model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
 
@@ -143,9 +148,11 @@ class Progress(ProgressBarCallback):
 
 def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> tuple[float, dict[str, Any]]:
     """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds and resources used."""
-    guard = checkpoint.Guard(cfg.agent.name, RunDir(run_dir).checkpoint, cfg.checkpoint_every_steps)
-    monitor = ResourceMonitor()
     remaining = cfg.agent.total_timesteps - model.num_timesteps
+    if remaining <= 0:  # resumed from a "trained" checkpoint: straight to the evaluation
+        return 0.0, {}
+    guard = checkpoint.Guard(cfg.agent.name, RunDir(run_dir).checkpoint, cfg.checkpoint_every_steps, fingerprint(cfg))
+    monitor = ResourceMonitor()
     steps = steps_to_run(model, remaining)
     log.info(
         "training %s (%s preset) for %d steps%s on %s%s",
@@ -165,8 +172,16 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
             log_interval=cfg.agent.log_interval,
             reset_num_timesteps=not resume,
         )
+    except ValueError as exc:  # torch.distributions refuses NaN/inf parameters before the guard sees them
+        if "distribution" in str(exc).lower() or "expected parameter" in str(exc).lower():
+            raise checkpoint.NumericalError(
+                f"{cfg.agent.name}: the policy's outputs became non-finite at step {model.num_timesteps} "
+                "(try a lower agent.hparams.learning_rate)"
+            ) from None
+        raise
     finally:
         monitor.stop()
+        guard.restore_handlers()
     return time.perf_counter() - t0, monitor.summary()
 
 
@@ -194,12 +209,19 @@ def write_provenance(cfg: DictConfig, run_dir: Path, scenario: Scenario, runtime
 def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train (or resume), evaluate and write the run folder; returns metrics.json's content."""
     validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rd = RunDir(run_dir)
+    with rd.lock():
+        return _run(cfg, rd, resume)
+
+
+def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> dict[str, Any]:
+    run_dir = rd.path
     algo = algo_class(cfg.agent.algo)
     runtime = hardware.resolve(cfg.hardware, algo, cfg.agent.device)
     reset_peak_memory(runtime.device)
     scenario = build_scenario(cfg.scenario)
+    check_scenario(scenario)
+    planner.check_scenario(scenario, cfg.agent.n_envs, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     site = build_site(cfg.site)
     eval_env = make_env(scenario, site, cfg.scenario, training=False)
     plan = planner.for_run(cfg, eval_env.observation_space, eval_env.action_space, runtime.device)
@@ -209,7 +231,8 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     if resume:
         switches = runtime.switches(capabilities(algo))
-        model = checkpoint.load(rd.checkpoint, cfg.agent.name, runtime.device, **switches)
+        template = new_model(cfg, scenario, site, runtime)
+        model = checkpoint.load(rd.checkpoint, cfg.agent.name, template, runtime.device, fingerprint(cfg), **switches)
         rd.update_run_info(resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
     else:
         write_provenance(cfg, run_dir, scenario, runtime)
@@ -223,7 +246,6 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         model = retry_after_oom(cfg, run_dir, scenario, site, runtime, exc)
         start_step, (train_s, resources) = 0, learn(cfg, model, run_dir, resume=False)
     merge_progress(run_dir)
-    shutil.rmtree(rd.checkpoint, ignore_errors=True)  # finished: the model is final
     if cfg.save_model:
         model.save(rd.model)
 
@@ -246,6 +268,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         "eval_hours": result.hours,
     }
     write_json(rd.metrics, metrics)
+    checkpoint.discard(rd.checkpoint)  # the results are on disk: the "trained" checkpoint is no longer needed
     if cfg.plot:
         dispatch_week(result.trace, rd.dispatch_plot, f"{cfg.agent.name} ({cfg.preset.name}) dispatch")
     return metrics
@@ -283,10 +306,16 @@ def print_table(metrics: dict[str, Any], console: Console | None = None) -> None
     """CO2 of the references and the agent on the evaluation year."""
     rows = [(name, r["co2_kg"], r["ev_unmet_kwh"]) for name, r in metrics["references"].items()]
     rows.append((f"{metrics['agent']} ({metrics['preset']})", metrics["co2_kg"], metrics["ev_unmet_kwh"]))
+    refs = metrics["references"]
+    possible = refs["uncontrolled"]["co2_kg"] - refs["lp_optimum"]["co2_kg"]
+    # A gap of ~0 (nothing to gain over uncontrolled) makes the share noise: 1e17 % once.
+    gap = (
+        f"{metrics['lp_gap_closed_pct']:.1f}%" if possible > 1e-6 * max(refs["uncontrolled"]["co2_kg"], 1.0) else "n/a"
+    )
     (console or Console()).print(co2_table(rows, metrics["eval_hours"]))
     print(
         f"{metrics['agent']}: {metrics['co2_reduction_pct']:.2f}% CO2 reduction "
         f"({metrics['penalised_reduction_pct']:.2f}% counting unmet EV energy as penalty), "
-        f"{metrics['lp_gap_closed_pct']:.1f}% of the LP optimum's, "
+        f"{gap} of the LP optimum's, "
         f"{metrics['timesteps_per_hour']:,.0f} timesteps/hour on {metrics['device']}"
     )
