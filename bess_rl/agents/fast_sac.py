@@ -34,7 +34,7 @@ AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 _SQUASH_EPS = 1e-6  # SB3's SquashedDiagGaussianDistribution epsilon
 _STATS = ("critic_loss", "actor_loss", "ent_coef_loss", "ent_coef")
-STOP_POLL_STEPS = 64  # gradient steps between polls of ``should_stop`` (~0.2 s for the 256x256 presets on CPU)
+STOP_POLL_STEPS = 16  # gradient steps between polls of ``should_stop`` (~0.1 s for the 256x256 presets on CPU)
 
 
 class DeviceReplayBuffer(ReplayBuffer):

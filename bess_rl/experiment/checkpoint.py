@@ -30,7 +30,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from bess_rl.agents.fast_sac import DeviceReplayBuffer
 from bess_rl.experiment import fingerprint as fingerprints
@@ -141,8 +141,10 @@ def discard(directory: Path) -> None:
 
 def _env_state(envs: VecEnv) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Each training env's and Monitor's state as JSON fields plus arrays (``env<i>.<name>``)."""
+    if not isinstance(envs, DummyVecEnv):
+        raise CheckpointError(f"cannot checkpoint a {type(envs).__name__}: training envs must be a DummyVecEnv")
     fields, arrays = [], {}
-    for i, wrapped in enumerate(getattr(envs, "envs", [])):
+    for i, wrapped in enumerate(envs.envs):
         env = wrapped.unwrapped
         if not isinstance(wrapped, Monitor) or not isinstance(env, PvBessEvEnv):
             raise CheckpointError(f"cannot checkpoint training env {i} of type {type(wrapped).__name__}")

@@ -149,7 +149,9 @@ class Progress(ProgressBarCallback):
 def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> tuple[float, dict[str, Any]]:
     """Train to ``agent.total_timesteps`` under the checkpoint/NaN guard; returns seconds and resources used."""
     remaining = cfg.agent.total_timesteps - model.num_timesteps
-    if remaining <= 0:  # resumed from a "trained" checkpoint: straight to the evaluation
+    if remaining <= 0:  # resumed from a checkpoint taken at the end of training: straight to the evaluation
+        if hasattr(model, "finish_train"):
+            model.finish_train()  # FastSAC: the rest of a last update a signal cut short
         return 0.0, {}
     guard = checkpoint.Guard(cfg.agent.name, RunDir(run_dir).checkpoint, cfg.checkpoint_every_steps, fingerprint(cfg))
     monitor = ResourceMonitor()
