@@ -36,7 +36,6 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["agent=ppo", "agent.hparams.clip_range=-1"], "agent.hparams.clip_range must be a number in (0, inf]"),
     (["agent=ppo", "agent.hparams.ent_coef=-1"], "agent.hparams.ent_coef must be a number in [0, inf]"),
     (["agent.hparams.ent_coef=-1"], "agent.hparams.ent_coef must be a number in [0, inf]"),
-    (["agent.total_timesteps=100", "agent.hparams.learning_starts=100"], "nothing would be trained"),
     (["checkpoint_every_steps=1.5"], "checkpoint_every_steps must be a whole number"),
     (["scenario.hours=100"], "scenario.hours=100 applies to scenario files"),
     ([f"scenario.hourly_path={HOURLY_DUPLICATE}", *FILE], "column 'load_kw' appears more than once"),

@@ -266,7 +266,7 @@ def read_state(directory: Path) -> dict[str, Any]:
     if found is None:
         raise CheckpointError(f"no checkpoint in {directory.parent} (missing {CHECKPOINT_DIR}/{STATE})")
     state = read_json(found / STATE)
-    for key, kind in (("agent", str), ("algo", str), ("num_timesteps", int)):
+    for key, kind in (("agent", str), ("num_timesteps", int)):
         if not isinstance(state.get(key), kind):
             raise CheckpointError(f"{found / STATE} has no valid {key!r}")
     return state
@@ -288,7 +288,7 @@ def load(
     if state["agent"] != agent:
         raise CheckpointError(f"{directory} holds a {state['agent']} checkpoint, not {agent}")
     expected = type(template).__module__ + "." + type(template).__qualname__
-    if algo_class(state["algo"]) is not type(template):
+    if algo_class(str(state.get("algo"))) is not type(template):
         raise CheckpointError(f"{directory} holds a {state['algo']} checkpoint, the config trains {expected}")
     changed = fingerprints.differences(state.get("fingerprint"), fingerprint)
     if changed:

@@ -34,7 +34,7 @@ from bess_rl.experiment import checkpoint, hardware, planner
 from bess_rl.experiment.build import algo_class, build_scenario, build_site, make_env, new_model
 from bess_rl.experiment.config import validate
 from bess_rl.experiment.fingerprint import fingerprint
-from bess_rl.experiment.input_checks import check_scenario
+from bess_rl.experiment.input_checks import check_scenario, untrained_warning
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
@@ -223,6 +223,8 @@ def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> dict[str, Any]:
     reset_peak_memory(runtime.device)
     scenario = build_scenario(cfg.scenario)
     check_scenario(scenario)
+    if untrained_warning(cfg):
+        log.warning("%s", untrained_warning(cfg))
     planner.check_scenario(scenario, cfg.agent.n_envs, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     site = build_site(cfg.site)
     eval_env = make_env(scenario, site, cfg.scenario, training=False)
@@ -262,6 +264,7 @@ def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> dict[str, Any]:
         **score(result, refs, site.unmet_penalty_kg_per_kwh),
         "references": refs.table(),
         "total_timesteps": int(model.num_timesteps),
+        "gradient_updates": int(model._n_updates),
         "train_seconds": train_s,
         "timesteps_per_hour": trained / train_s * 3600.0 if train_s > 0 else 0.0,
         "peak_memory_mb": peak_memory_mb(runtime.device),
@@ -320,4 +323,5 @@ def print_table(metrics: dict[str, Any], console: Console | None = None) -> None
         f"({metrics['penalised_reduction_pct']:.2f}% counting unmet EV energy as penalty), "
         f"{gap} of the LP optimum's, "
         f"{metrics['timesteps_per_hour']:,.0f} timesteps/hour on {metrics['device']}"
+        + (" (untrained: no gradient update ran)" if metrics.get("gradient_updates") == 0 else "")
     )
