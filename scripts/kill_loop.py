@@ -3,7 +3,8 @@
 Why: a checkpoint is only trustworthy if no kill, at any moment (checkpoint writes included), leaves a
 run that cannot resume or resumes differently. This kills ``python -m bess_rl`` at random times after
 its first checkpoint exists, checks after each kill that a complete checkpoint is there, resumes, and
-at the end compares the metrics with an uninterrupted run of the same config.
+at the end compares the metrics with an uninterrupted run of the same config. Every other kill is
+timed to land inside a checkpoint write (as soon as ``checkpoint.tmp`` appears).
 
     python scripts/kill_loop.py --kills 30 --out /tmp/kill_loop
 """
@@ -75,14 +76,19 @@ def main() -> int:
     while not list((root / "outputs" / "runs").glob("*/*")):
         time.sleep(0.05)
     run_dir = next((root / "outputs" / "runs").glob("*/*"))
-    kills, lost, mid_swap, steps = 0, 0, 0, []
+    kills, lost, mid_swap, went_back, steps = 0, 0, 0, 0, []
     while kills < args.kills:
         deadline, previous = time.monotonic() + 180, steps[-1] if steps else -1
         while checkpointed_step(run_dir) <= previous:  # a new checkpoint: this process is training
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the run stopped or stalled before kill {kills + 1}: {proc.stderr.read().decode()}")
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.0))
+        if kills % 2:  # every other kill lands inside a checkpoint write: as soon as checkpoint.tmp appears
+            while not (run_dir / "checkpoint.tmp").exists() and proc.poll() is None:
+                time.sleep(0.0005)
+            time.sleep(rng.uniform(0.0, 0.03))
+        else:
+            time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
@@ -94,6 +100,7 @@ def main() -> int:
             lost += 1
             break
         steps.append(checkpoint.read_state(run_dir / "checkpoint")["num_timesteps"])
+        went_back += len(steps) > 1 and steps[-1] < steps[-2]
         print(f"kill {kills}: checkpoint at step {steps[-1]} ({found.name})", flush=True)
         proc = start([f"resume={run_dir}"], root)
     rc = proc.wait()
@@ -103,6 +110,7 @@ def main() -> int:
         "kills": kills,
         "lost_checkpoints": lost,
         "kills_mid_checkpoint_write": mid_swap,
+        "checkpoints_older_than_the_previous_kills": went_back,
         "checkpoint_steps_after_kills": steps,
         "final_exit_code": rc,
         "resumed_equals_uninterrupted": exact,
@@ -111,7 +119,7 @@ def main() -> int:
     }
     print(json.dumps(result, indent=2))
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if exact and not lost and kills == args.kills else 1
+    return 0 if exact and not lost and not went_back and kills == args.kills else 1
 
 
 if __name__ == "__main__":

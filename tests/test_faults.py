@@ -11,6 +11,7 @@ import base64
 import errno
 import json
 import os
+import shutil
 import signal
 import zipfile
 from pathlib import Path
@@ -127,13 +128,20 @@ def test_disk_full_at_a_periodic_checkpoint_is_one_line_and_keeps_the_previous(t
     assert not (tmp_path / "checkpoint.tmp").exists()
 
 
-def interrupted(tmp_path: Path, monkeypatch) -> Path:
-    """A PPO run folder killed after its first periodic checkpoint."""
-    kill_at(monkeypatch, checkpoint, "save", 2)
-    with pytest.raises(Killed):
-        run(compose_cfg(PPO), tmp_path)
-    monkeypatch.undo()
-    return tmp_path
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> Path:
+    """A PPO run folder killed at its second periodic checkpoint (the first, at step 64, is kept)."""
+    path = tmp_path_factory.mktemp("killed")
+    with pytest.MonkeyPatch.context() as mp:
+        kill_at(mp, checkpoint, "save", 2)
+        with pytest.raises(Killed):
+            run(compose_cfg(PPO), path)
+    return path
+
+
+def interrupted(killed_run: Path, where: Path) -> Path:
+    """A copy of ``killed_run`` to damage (one training run serves every test)."""
+    return Path(shutil.copytree(killed_run, where / "run"))
 
 
 def rewrite_data(model_zip: Path, change) -> None:
@@ -148,15 +156,15 @@ def rewrite_data(model_zip: Path, change) -> None:
             z.writestr(n, content)
 
 
-def test_a_crafted_model_zip_runs_no_code(tmp_path, monkeypatch):
-    run_dir = interrupted(tmp_path, monkeypatch)
+def test_a_crafted_model_zip_runs_no_code(tmp_path, killed_run):
+    run_dir = interrupted(killed_run, tmp_path)
     marker = tmp_path / "pwned"
     payload = base64.b64encode(cloudpickle.dumps(_Evil(str(marker)))).decode()
     rewrite_data(run_dir / "checkpoint" / "model.zip", lambda d: d.update(policy_class={":serialized:": payload}))
     resume(run_dir)  # the serialized policy_class is replaced by the config's
     assert not marker.exists()
 
-    run_dir = interrupted(tmp_path / "again", monkeypatch)
+    run_dir = interrupted(killed_run, tmp_path / "again")
     rewrite_data(run_dir / "checkpoint" / "model.zip", lambda d: d.update(evil={":serialized:": payload}))
     with pytest.raises(RunDirError, match="serialized field 'evil' is not one this config defines"):
         resume(run_dir)
@@ -174,8 +182,8 @@ class _Evil:
         return (Path.write_text, (Path(self.path), "code ran"))
 
 
-def test_a_checkpoint_naming_another_class_is_refused(tmp_path, monkeypatch):
-    run_dir = interrupted(tmp_path, monkeypatch)
+def test_a_checkpoint_naming_another_class_is_refused(tmp_path, killed_run):
+    run_dir = interrupted(killed_run, tmp_path)
     state_file = run_dir / "checkpoint" / "state.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps(state | {"algo": "collections.OrderedDict"}))
@@ -191,8 +199,8 @@ def test_a_checkpoint_naming_another_class_is_refused(tmp_path, monkeypatch):
         (("name: after", "name: before"), "preset.name: 'after' -> 'before'"),
     ],
 )
-def test_a_resume_whose_inputs_changed_is_refused_naming_the_change(tmp_path, monkeypatch, edit, named):
-    run_dir = interrupted(tmp_path, monkeypatch)
+def test_a_resume_whose_inputs_changed_is_refused_naming_the_change(tmp_path, edit, named, killed_run):
+    run_dir = interrupted(killed_run, tmp_path)
     config = RunDir(run_dir).config
     config.write_text(config.read_text().replace(*edit, 1))
     with pytest.raises(CheckpointError, match="inputs differ") as err:
@@ -221,8 +229,8 @@ CORRUPTIBLE = ["model.zip", "arrays.npz", "training.json", "rng.json", "state.js
 
 
 @pytest.mark.parametrize("name", [*(f"checkpoint/{n}" for n in CORRUPTIBLE), "resolved_config.yaml", "run_info.json"])
-def test_a_truncated_file_is_one_line(tmp_path, monkeypatch, name):
-    run_dir = interrupted(tmp_path, monkeypatch)
+def test_a_truncated_file_is_one_line(tmp_path, name, killed_run):
+    run_dir = interrupted(killed_run, tmp_path)
     path = run_dir / name
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(USER_ERRORS) as err:
@@ -241,8 +249,8 @@ def test_unique_run_dir_gives_runs_started_in_one_second_their_own_folders(tmp_p
     assert second == base + "_1" and Path(second).is_dir()
 
 
-def test_two_resumes_of_one_run_cannot_both_proceed(tmp_path, monkeypatch):
-    run_dir = interrupted(tmp_path, monkeypatch)
+def test_two_resumes_of_one_run_cannot_both_proceed(tmp_path, killed_run):
+    run_dir = interrupted(killed_run, tmp_path)
     with RunDir(run_dir).lock(), pytest.raises(RunDirError, match="in use by another bess_rl process"):
         resume(run_dir)
 
@@ -263,7 +271,7 @@ def test_sigint_during_the_last_rollout_stops_the_run(tmp_path, monkeypatch):
 
 
 def test_sigterm_inside_a_long_sac_update_stops_it_and_the_resume_is_exact(tmp_path, monkeypatch):
-    cfg = [*SAC, "agent.hparams.gradient_steps=150", "agent.hparams.train_freq=20"]
+    cfg = [*SAC, "agent.hparams.gradient_steps=40", "agent.hparams.train_freq=20"]
     want = outcome(run(compose_cfg(cfg), tmp_path / "straight"))
     real, seen = FastSAC._steps, {"n": 0}
 
@@ -277,7 +285,7 @@ def test_sigterm_inside_a_long_sac_update_stops_it_and_the_resume_is_exact(tmp_p
     with pytest.raises(TrainingInterrupted, match="SIGTERM at step 40"):
         run(compose_cfg(cfg), tmp_path / "run")
     monkeypatch.undo()
-    assert seen["n"] == 2  # the update stopped at the next poll instead of running all its 150 steps
+    assert seen["n"] == 2  # the update stopped at the next poll instead of running all its 40 steps
     assert outcome(resume(tmp_path / "run")) == want
 
 
@@ -398,3 +406,25 @@ def test_sigterm_stops_a_long_sac_update_within_two_seconds(tmp_path, monkeypatc
     with pytest.raises(TrainingInterrupted, match="SIGTERM"):
         run(compose_cfg(cfg), tmp_path)
     assert time.monotonic() - sent["t"] < 2.0  # 100,000 gradient steps would take minutes
+
+
+def test_replay_of_a_crafted_or_truncated_run_folder_is_one_line(tmp_path, killed_run, capsys):
+    from bess_rl.tools import replay
+
+    run_dir = interrupted(killed_run, tmp_path)
+    RunDir(run_dir).metrics.write_text('{"co2_kg": 1')
+    assert replay.main([str(run_dir)]) == 2
+    assert "metrics.json cannot be read" in capsys.readouterr().err
+    RunDir(run_dir).metrics.write_text("{}")
+    config = RunDir(run_dir).config
+    config.write_text(config.read_text().replace("algo: bess_rl.agents.fast_onpolicy.FastPPO", "algo: os.system"))
+    assert replay.main([str(run_dir)]) == 2
+    assert "agent.algo 'os.system' is not allowed" in capsys.readouterr().err
+
+
+def test_learning_starts_past_the_total_is_reported_as_untrained(tmp_path, caplog, capsys):
+    overrides = ["agent=sac", *COMMON, *TINY["sac"], "agent.hparams.learning_starts=60"]
+    metrics = run(compose_cfg(overrides), tmp_path)
+    assert "no gradient update will run" in caplog.text and metrics["gradient_updates"] == 0
+    train.print_table(metrics)
+    assert "(untrained: no gradient update ran)" in capsys.readouterr().out

@@ -58,6 +58,6 @@ def test_ctrl_c_stops_a_sweep_with_130_and_fails_its_trial(tmp_path):
 
 def test_a_short_kill_loop_loses_nothing(tmp_path):
     script = ROOT / "scripts" / "kill_loop.py"
-    args = [sys.executable, str(script), "--kills", "3", "--steps", "3200", "--out", str(tmp_path / "k")]
+    args = [sys.executable, str(script), "--kills", "3", "--steps", "1280", "--out", str(tmp_path / "k")]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
