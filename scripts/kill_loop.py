@@ -61,6 +61,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bess_rl_kill_loop"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=25600, help="agent.total_timesteps of the killed run")
+    parser.add_argument("--max-delay", type=float, default=1.0, help="seconds after a new checkpoint, at most")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     straight_root, root = args.out / "straight", args.out / "killed"
@@ -76,7 +77,7 @@ def main() -> int:
     while not list((root / "outputs" / "runs").glob("*/*")):
         time.sleep(0.05)
     run_dir = next((root / "outputs" / "runs").glob("*/*"))
-    kills, lost, mid_swap, went_back, steps = 0, 0, 0, 0, []
+    kills, lost, mid_swap, went_back, steps, found = 0, 0, 0, 0, [], run_dir
     while kills < args.kills:
         deadline, previous = time.monotonic() + 180, steps[-1] if steps else -1
         while checkpointed_step(run_dir) <= previous:  # a new checkpoint: this process is training
@@ -88,7 +89,7 @@ def main() -> int:
                 time.sleep(0.0005)
             time.sleep(rng.uniform(0.0, 0.03))
         else:
-            time.sleep(rng.uniform(0.0, 1.0))
+            time.sleep(rng.uniform(0.0, args.max_delay))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
@@ -97,13 +98,13 @@ def main() -> int:
         mid_swap += any(p.exists() for p in (run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"))
         found = checkpoint.current(run_dir / "checkpoint")
         if found is None:
-            lost += 1
+            lost += not (run_dir / "metrics.json").is_file()  # with metrics.json the run had finished
             break
         steps.append(checkpoint.read_state(run_dir / "checkpoint")["num_timesteps"])
         went_back += len(steps) > 1 and steps[-1] < steps[-2]
         print(f"kill {kills}: checkpoint at step {steps[-1]} ({found.name})", flush=True)
         proc = start([f"resume={run_dir}"], root)
-    rc = proc.wait()
+    rc = proc.wait() if found is not None else 0
     err = proc.stderr.read().decode()
     exact = rc == 0 and outcome(run_dir) == straight
     result = {

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from tests.helpers import COMMON, TINY, cli
+from tests.helpers import COMMON, TINY, cli, compose_cfg
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +31,9 @@ def test_bad_run_folders_and_resume_values_are_one_line(tmp_path):
 
 
 def test_a_resume_logs_into_its_run_folder_and_creates_no_other(tmp_path):
-    assert cli(*TINY["ppo"], "agent=ppo", *COMMON, "agent.total_timesteps=128", cwd=tmp_path).returncode == 0
-    (run_dir,) = (tmp_path / "outputs" / "runs").glob("*/*")
+    run_dir = tmp_path / "outputs" / "runs" / "ppo-after" / "2026-12-01_10-00-00"
+    run_dir.mkdir(parents=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(compose_cfg(["agent=ppo", *COMMON])))
     refused = cli(f"resume={run_dir}", cwd=tmp_path)
     assert refused.returncode == 2 and "no checkpoint in" in refused.stderr
     assert list((tmp_path / "outputs" / "runs").glob("*/*")) == [run_dir]
@@ -58,6 +60,17 @@ def test_ctrl_c_stops_a_sweep_with_130_and_fails_its_trial(tmp_path):
 
 def test_a_short_kill_loop_loses_nothing(tmp_path):
     script = ROOT / "scripts" / "kill_loop.py"
-    args = [sys.executable, str(script), "--kills", "3", "--steps", "1280", "--out", str(tmp_path / "k")]
+    args = [
+        sys.executable,
+        str(script),
+        "--kills",
+        "3",
+        "--steps",
+        "1280",
+        "--max-delay",
+        "0.05",
+        "--out",
+        str(tmp_path / "k"),
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
