@@ -14,9 +14,10 @@ from omegaconf import DictConfig, open_dict
 from bess_rl.experiment import population_run
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.checkpoint import NumericalError, TrainingInterrupted
-from bess_rl.experiment.config import register_configs
+from bess_rl.experiment.config import ConfigError, register_configs
 from bess_rl.experiment.errors import USER_ERRORS
-from bess_rl.experiment.folders import register_resolvers
+from bess_rl.experiment.run_dir import register_resolvers
+from bess_rl.experiment.sweep_stop import fail_running_trial
 from bess_rl.experiment.train import objective_value, print_table, resume_config, run
 
 log = logging.getLogger("bess_rl")
@@ -32,7 +33,9 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     with open_dict(cfg):
         cfg.overrides = overrides
     try:
-        if cfg.resume:
+        if cfg.resume is not None:
+            if not str(cfg.resume).strip():
+                raise ConfigError("resume= needs a run folder, e.g. resume=outputs/runs/sac-after/<time>")
             run_dir = Path(cfg.resume)
             metrics = run(resume_config(run_dir, cfg, overrides), run_dir, resume=True)
         else:
@@ -45,9 +48,19 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
             metrics = run(cfg, Path(hc.runtime.output_dir))
     except TrainingInterrupted as exc:
         if hc.mode == RunMode.MULTIRUN:
-            raise  # one interrupted trial is a failed trial, not the end of the sweep
-        log.warning("%s\nresume with: python -m bess_rl resume=%s", exc, exc.path.parent)
+            trial = fail_running_trial(hc.sweeper, overrides)
+            log.warning("%s; sweep stopped%s", exc, f" (trial {trial} marked failed)" if trial is not None else "")
+        else:
+            log.warning("%s\nresume with: python -m bess_rl resume=%s", exc, exc.path.parent)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: the last checkpoint stays
+        log.warning("interrupted")
+        sys.exit(130)
+    except MemoryError as exc:
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        log.error("out of memory (%s): lower the scenario size or the agent's buffer/batch", type(exc).__name__)
+        sys.exit(2)
     except USER_ERRORS as exc:
         if hc.mode == RunMode.MULTIRUN:
             raise  # the sweeper records the trial as failed and goes on

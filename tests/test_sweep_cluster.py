@@ -25,7 +25,7 @@ import sqlalchemy
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from bess_rl.experiment.folders import unique_dir
+from bess_rl.experiment.run_dir import unique_sweep_dir
 from bess_rl.experiment.storage import SWEEP_ATTR
 from bess_rl.experiment.sweeper import OptunaStudyGuard
 from tests.pg import PASSWORD, PgServer, free_port
@@ -210,7 +210,7 @@ def test_bad_storage_input_on_the_command_line_is_one_line_before_any_trial(tmp_
 
 def test_unique_dir_takes_the_next_free_name(tmp_path):
     path = str(tmp_path / "sweeps" / "2026-01-01_00-00-00")
-    assert [unique_dir(path) for _ in range(3)] == [path, f"{path}-1", f"{path}-2"]
+    assert [unique_sweep_dir(path) for _ in range(3)] == [path, f"{path}-1", f"{path}-2"]
     assert all(Path(p).is_dir() for p in (path, f"{path}-1", f"{path}-2"))
 
 

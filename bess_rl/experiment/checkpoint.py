@@ -2,11 +2,13 @@
 
 Why at a rollout start: there SB3's state is consistent (the last transition is stored, the last
 update done, nothing half-collected), so saving model + optimizers (SB3's zip), the replay buffer,
-the vectorised envs and every RNG there, and restoring them, continues the run exactly as if it
+the training envs and every RNG there, and restoring them, continues the run exactly as if it
 had never stopped: on CPU with a fixed seed a resumed run ends with the same metrics.
 
-Checkpoints are pickles and torch files: they are loaded only from the run folder the user names
-with ``resume=``, and torch tensors are loaded with ``weights_only=True``.
+Nothing in a checkpoint is unpickled on resume: env, buffer and RNG state are arrays (``arrays.npz``,
+read with ``allow_pickle=False``) and JSON, model.zip is loaded by ``safe_load`` with every pickled
+field replaced from the run's config. A folder swap that a kill cannot break keeps one complete
+checkpoint at every moment (``save``), and ``state.json`` records the inputs it was trained on.
 """
 
 from __future__ import annotations
@@ -14,28 +16,47 @@ from __future__ import annotations
 import json
 import logging
 import math
-import pickle
+import os
 import random
 import shutil
 import signal
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import get_class
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from bess_rl.experiment.run_dir import CHECKPOINT, write_json
+from bess_rl.agents.fast_sac import DeviceReplayBuffer
+from bess_rl.experiment import fingerprint as fingerprints
+from bess_rl.experiment.build import algo_class
+from bess_rl.experiment.run_dir import CHECKPOINT, RunDirError, read_json, write_json
+from bess_rl.experiment.safe_load import load_model, read_npz
+from bess_rl.site.env import PvBessEvEnv
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = CHECKPOINT
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+MODEL, ARRAYS, TRAINING, RNG, STATE = "model.zip", "arrays.npz", "training.json", "rng.json", "state.json"
+# Monitor's per-episode bookkeeping; SB3 ReplayBuffer arrays; model attributes SB3 would pickle.
+MONITOR_FIELDS = (
+    "t_start",
+    "rewards",
+    "needs_reset",
+    "episode_returns",
+    "episode_lengths",
+    "episode_times",
+    "total_steps",
+)
+BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+MODEL_ARRAYS = ("_last_obs", "_last_episode_starts", "_last_original_obs")
+MODEL_DEQUES = ("ep_info_buffer", "ep_success_buffer")
 
 
 class TrainingInterrupted(Exception):
@@ -76,50 +97,217 @@ def _restore_rng(model: BaseAlgorithm, state: dict[str, Any], torch_state: torch
     torch.set_rng_state(torch_state)
 
 
-def save(model: BaseAlgorithm, directory: Path, agent: str, reason: str) -> Path:
-    """Write a complete checkpoint; atomic (a temp folder renamed), so a crash mid-save loses nothing."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save(tmp / "model.zip")
-    if isinstance(model, OffPolicyAlgorithm):
-        model.save_replay_buffer(tmp / "replay_buffer.pkl")
-    with open(tmp / "envs.pkl", "wb") as f:
-        pickle.dump(model.get_env(), f)
-    torch.save(torch.get_rng_state(), tmp / "torch_rng.pt")
-    meta = {"agent": agent, "algo": type(model).__module__ + "." + type(model).__qualname__}
-    meta |= {"num_timesteps": model.num_timesteps, "reason": reason, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (tmp / "rng.json").write_text(json.dumps(_rng_state(model)))
-    write_json(tmp / "state.json", meta)
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+def _fsync(path: Path) -> None:
+    """Flush a written file or folder to disk: a rename is durable only once what it points to is."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _siblings(directory: Path) -> tuple[Path, Path]:
+    """``checkpoint.tmp`` (being written) and ``checkpoint.old`` (being replaced) next to ``directory``."""
+    return directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+
+
+def current(directory: Path) -> Path | None:
+    """The complete checkpoint: ``directory``, or where a kill mid-swap left it (newest first); None if none.
+
+    A folder is complete once its ``state.json`` exists: ``save`` writes that file last.
+    """
+    tmp, old = _siblings(directory)
+    for candidate in (directory, tmp, old) if not directory.exists() else (directory,):
+        if (candidate / STATE).is_file():
+            return candidate
+    return None
+
+
+def recover(directory: Path) -> None:
+    """Finish a swap a kill interrupted: the complete checkpoint becomes ``directory``, leftovers go."""
+    found = current(directory)
+    if found is not None and found != directory:
+        found.rename(directory)
+        _fsync(directory.parent)
+    for leftover in _siblings(directory):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def discard(directory: Path) -> None:
+    """Remove the checkpoint once the run's results are on disk."""
+    for path in (directory, *_siblings(directory)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _env_state(envs: VecEnv) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Each training env's and Monitor's state as JSON fields plus arrays (``env<i>.<name>``)."""
+    if not isinstance(envs, DummyVecEnv):
+        raise CheckpointError(f"cannot checkpoint a {type(envs).__name__}: training envs must be a DummyVecEnv")
+    fields, arrays = [], {}
+    for i, wrapped in enumerate(envs.envs):
+        env = wrapped.unwrapped
+        if not isinstance(wrapped, Monitor) or not isinstance(env, PvBessEvEnv):
+            raise CheckpointError(f"cannot checkpoint training env {i} of type {type(wrapped).__name__}")
+        env_fields, env_arrays = env.state()
+        monitor = {key: getattr(wrapped, key) for key in MONITOR_FIELDS}
+        fields.append({"env": env_fields, "monitor": monitor})
+        arrays |= {f"env{i}.{key}": value for key, value in env_arrays.items()}
+    return fields, arrays
+
+
+def _restore_envs(envs: VecEnv, fields: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> None:
+    if len(fields) != envs.num_envs:
+        raise CheckpointError(f"the checkpoint holds {len(fields)} training envs, the config {envs.num_envs}")
+    for i, (wrapped, saved) in enumerate(zip(envs.envs, fields, strict=True)):
+        prefix = f"env{i}."
+        wrapped.unwrapped.restore(
+            saved["env"], {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+        )
+        for key in MONITOR_FIELDS:
+            setattr(wrapped, key, saved["monitor"][key])
+
+
+def _buffer_state(model: BaseAlgorithm) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The filled rows of the replay buffer as arrays (``buffer.<name>``), plus its position."""
+    buf = getattr(model, "replay_buffer", None)
+    if buf is None:
+        return {}, {}
+    fields = {"pos": int(buf.pos), "full": bool(buf.full)}
+    rows = buf.size()
+    if isinstance(buf, DeviceReplayBuffer):
+        return fields, {"buffer.data": buf.data[: rows * buf.n_envs].cpu().numpy()}
+    arrays = {f"buffer.{k}": getattr(buf, k)[:rows] for k in BUFFER_ARRAYS if getattr(buf, k, None) is not None}
+    return fields, arrays
+
+
+def _restore_buffer(model: BaseAlgorithm, fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    buf = getattr(model, "replay_buffer", None)
+    if buf is None:
+        return
+    buf.pos, buf.full = int(fields["pos"]), bool(fields["full"])
+    rows = buf.size()
+    try:
+        if isinstance(buf, DeviceReplayBuffer):
+            buf.data[: rows * buf.n_envs].copy_(torch.from_numpy(arrays["buffer.data"]))
+            buf.rows.fill_(rows * buf.n_envs)
+            return
+        for key in BUFFER_ARRAYS:
+            if getattr(buf, key, None) is not None:
+                getattr(buf, key)[:rows] = arrays[f"buffer.{key}"]
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's replay buffer does not fit this config's ({exc})") from None
+
+
+def _model_state(model: BaseAlgorithm) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Collection state SB3 would cloudpickle into model.zip: the last observation and episode stats."""
+    arrays = {f"model.{k}": getattr(model, k) for k in MODEL_ARRAYS if getattr(model, k) is not None}
+    fields = {k: list(getattr(model, k) or []) for k in MODEL_DEQUES}
+    return fields, arrays
+
+
+def _restored_model_state(fields: dict[str, Any], arrays: dict[str, np.ndarray], window: int) -> dict[str, Any]:
+    """``_model_state`` as the values ``safe_load.load_model`` puts in place of the zip's pickles."""
+    state: dict[str, Any] = {k: arrays.get(f"model.{k}") for k in MODEL_ARRAYS}
+    state |= {k: deque(fields[k], maxlen=window) for k in MODEL_DEQUES}
+    return state
+
+
+def _write(path: Path, write: Any) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save(model: BaseAlgorithm, directory: Path, agent: str, reason: str, fingerprint: dict[str, Any]) -> Path:
+    """Write a complete checkpoint into ``checkpoint.tmp``, then swap it in; a kill at any point leaves one.
+
+    The swap renames the old folder aside, the new one into place, and deletes the old one last, so
+    ``current`` always finds a complete checkpoint. A failed write (a full disk) removes the partial
+    folder and keeps the previous checkpoint.
+    """
+    recover(directory)
+    tmp, old = _siblings(directory)
+    try:
+        tmp.mkdir(parents=True)
+        model.save(tmp / MODEL)
+        _fsync(tmp / MODEL)
+        env_fields, env_arrays = _env_state(model.get_env())
+        buffer_fields, buffer_arrays = _buffer_state(model)
+        model_fields, model_arrays = _model_state(model)
+        arrays = env_arrays | buffer_arrays | model_arrays | {"torch_rng": torch.get_rng_state().numpy()}
+        _write(tmp / ARRAYS, lambda f: np.savez(f, **arrays))
+        vec = {"seeds": list(model.get_env()._seeds), "options": list(model.get_env()._options)}
+        training = {"envs": env_fields, "vec_env": vec, "buffer": buffer_fields, "model": model_fields}
+        _write(tmp / TRAINING, lambda f: f.write(json.dumps(training).encode()))
+        _write(tmp / RNG, lambda f: f.write(json.dumps(_rng_state(model)).encode()))
+        meta = {"agent": agent, "algo": type(model).__module__ + "." + type(model).__qualname__}
+        meta |= {"num_timesteps": model.num_timesteps, "reason": reason, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_json(tmp / STATE, meta | {"fingerprint": fingerprint})  # last: marks the folder complete
+        _fsync(tmp)
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+        _fsync(directory.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "the previous checkpoint is kept" if current(directory) else "no earlier checkpoint exists"
+        raise CheckpointError(
+            f"checkpoint at step {model.num_timesteps} could not be written to {directory} "
+            f"({exc.strerror or exc}); {kept}"
+        ) from None
+    shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
 def read_state(directory: Path) -> dict[str, Any]:
-    path = directory / "state.json"
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint in {directory.parent} (missing {CHECKPOINT_DIR}/state.json)")
-    return json.loads(path.read_text())
+    """state.json of the complete checkpoint (wherever a kill mid-swap left it)."""
+    found = current(directory)
+    if found is None:
+        raise CheckpointError(f"no checkpoint in {directory.parent} (missing {CHECKPOINT_DIR}/{STATE})")
+    state = read_json(found / STATE)
+    for key, kind in (("agent", str), ("num_timesteps", int)):
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{found / STATE} has no valid {key!r}")
+    return state
 
 
-def load(directory: Path, agent: str, device: str, **overrides: Any) -> BaseAlgorithm:
-    """The model, its envs, replay buffer and RNGs exactly as ``save`` left them.
+def load(
+    directory: Path, agent: str, template: BaseAlgorithm, device: str, fingerprint: dict[str, Any], **overrides: Any
+) -> BaseAlgorithm:
+    """The model, its envs, replay buffer and RNGs exactly as ``save`` left them, nothing unpickled.
 
+    ``template`` is a fresh model of the run's config: its envs receive the saved env state and its
+    classes, schedules and spaces replace what model.zip would unpickle. A checkpoint whose inputs
+    (config, scenario files, package versions) differ from ``fingerprint`` is refused, naming what changed.
     ``overrides`` replace saved attributes (e.g. FastSAC's ``cuda_graphs`` when a GPU run resumes on CPU).
     """
     state = read_state(directory)
+    found = current(directory)
+    assert found is not None  # read_state found it
     if state["agent"] != agent:
         raise CheckpointError(f"{directory} holds a {state['agent']} checkpoint, not {agent}")
-    with open(directory / "envs.pkl", "rb") as f:
-        envs: VecEnv = pickle.load(f)  # noqa: S301 - only from the run folder the user named
-    model = get_class(state["algo"]).load(
-        directory / "model.zip", env=envs, device=device, force_reset=False, **overrides
-    )
-    if isinstance(model, OffPolicyAlgorithm):
-        model.load_replay_buffer(directory / "replay_buffer.pkl")
-    torch_rng = torch.load(directory / "torch_rng.pt", weights_only=True)
-    _restore_rng(model, json.loads((directory / "rng.json").read_text()), torch_rng)
+    expected = type(template).__module__ + "." + type(template).__qualname__
+    if algo_class(str(state.get("algo"))) is not type(template):
+        raise CheckpointError(f"{directory} holds a {state['algo']} checkpoint, the config trains {expected}")
+    changed = fingerprints.differences(state.get("fingerprint"), fingerprint)
+    if changed:
+        raise CheckpointError(f"resume refused, the inputs differ from the checkpoint's: {'; '.join(changed)}")
+    arrays = read_npz(found / ARRAYS)
+    training = read_json(found / TRAINING)
+    rng = read_json(found / RNG)
+    try:
+        envs = template.get_env()
+        _restore_envs(envs, training["envs"], arrays)
+        envs._seeds, envs._options = list(training["vec_env"]["seeds"]), list(training["vec_env"]["options"])
+        restored = _restored_model_state(training["model"], arrays, template._stats_window_size)
+        model = load_model(found / MODEL, type(template), template, restored, device, **overrides)
+        _restore_buffer(model, training["buffer"], arrays)
+        _restore_rng(model, rng, torch.from_numpy(arrays["torch_rng"]))
+    except (CheckpointError, RunDirError):
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # an edited or foreign file
+        raise CheckpointError(f"{found} does not match this run ({type(exc).__name__}: {exc})") from None
     return model
 
 
@@ -127,12 +315,18 @@ class Guard(BaseCallback):
     """Checkpoints on SIGINT/SIGTERM (and every ``every_steps``) and stops on non-finite numbers.
 
     Signals only set a flag: the work happens at the next rollout start, where the state is
-    consistent. Previous signal handlers are restored when training ends.
+    consistent, or at the end of training when the signal came during the last rollout. A model with
+    a ``should_stop`` hook (FastSAC) polls the flag inside its long update, so SIGTERM takes effect in
+    well under a second of gradient steps. Previous signal handlers are restored when training ends.
+    When training completes, a "trained" checkpoint keeps the result until metrics.json is written.
     """
 
-    def __init__(self, agent: str, directory: Path, every_steps: int | None = None) -> None:
+    def __init__(
+        self, agent: str, directory: Path, every_steps: int | None = None, fingerprint: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.agent, self.directory, self.every_steps = agent, directory, every_steps
+        self.fingerprint = fingerprint or {}
         self.requested: str | None = None
         self._last_saved = 0
         self._previous: dict[int, Any] = {}
@@ -148,21 +342,35 @@ class Guard(BaseCallback):
         self._last_saved = self.model.num_timesteps
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
+        if hasattr(self.model, "should_stop"):
+            self.model.should_stop = lambda: self.requested is not None
+            self.model.finish_train()  # the rest of an update a signal cut short before the checkpoint
 
-    def _on_training_end(self) -> None:
+    def restore_handlers(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if hasattr(self.model, "should_stop"):
+            self.model.should_stop = None
+
+    def _stop_if_requested(self) -> None:
+        if self.requested is not None:
+            save(self.model, self.directory, self.agent, self.requested, self.fingerprint)
+            self.restore_handlers()
+            raise TrainingInterrupted(self.requested, self.model.num_timesteps, self.directory)
+
+    def _on_training_end(self) -> None:
+        self._check_finite()
+        self._stop_if_requested()
+        save(self.model, self.directory, self.agent, "trained", self.fingerprint)
+        self.restore_handlers()
 
     def _on_rollout_start(self) -> None:
         self._check_finite()
+        self._stop_if_requested()
         step = self.model.num_timesteps
-        if self.requested is not None:
-            save(self.model, self.directory, self.agent, self.requested)
-            self._on_training_end()
-            raise TrainingInterrupted(self.requested, step, self.directory)
         if self.every_steps and step - self._last_saved >= self.every_steps:
-            save(self.model, self.directory, self.agent, "periodic")
+            save(self.model, self.directory, self.agent, "periodic", self.fingerprint)
             self._last_saved = step
 
     def _on_step(self) -> bool:

@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bess_rl.baselines.mpc import MpcSettings
+from bess_rl.experiment.input_checks import check_config
 from bess_rl.site.params import SiteParams
 
 
@@ -210,6 +211,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("progress_bar", "save_model", "plot"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    check_config(cfg)
     agent = cfg.agent
     keys = ["agent.n_envs", "agent.total_timesteps", "agent.log_interval", "agent.hparams.learning_rate"]
     keys += [f"agent.hparams.{k}" for k in ("batch_size", "buffer_size", "n_steps", "n_epochs", "gradient_steps")]

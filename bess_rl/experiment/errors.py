@@ -5,6 +5,7 @@ from __future__ import annotations
 from bess_rl.experiment.checkpoint import CheckpointError, NumericalError
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.hardware import HardwareError
+from bess_rl.experiment.input_checks import InputError
 from bess_rl.experiment.planner import MemoryBudgetError
 from bess_rl.experiment.run_dir import RunDirError
 from bess_rl.site.params import SiteError
@@ -19,4 +20,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     NumericalError,
     MemoryBudgetError,
     RunDirError,
+    InputError,
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import psutil
 from gymnasium import spaces
 from numpy.typing import DTypeLike
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +21,7 @@ from stable_baselines3 import A2C, PPO, SAC
 
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.experiment.build import algo_class, asked_device
+from bess_rl.site.scenario import Scenario
 
 GB = 1e9
 FLOAT32 = 4
@@ -270,3 +272,31 @@ def check(plan: MemoryPlan, budget_gb: float | None, what: str) -> None:
         f"To fit, halve them: {overrides} needs about {size(after)} "
         f"({verdict}); or raise hardware.memory_budget_gb if the machine really has more."
     )
+
+
+# Peak bytes per plugged-in session-hour (sum of departure - arrival), measured with 1 M of them over a
+# week: the LP (scipy sparse matrices + HiGHS) once, and each env's per-hour session groups, built once
+# per training env and once for the evaluation env. Both grow linearly with the session-hours.
+LP_BYTES_PER_SESSION_HOUR = 1_400
+ENV_BYTES_PER_SESSION_HOUR = 50
+
+
+def scenario_part(scenario: Scenario, n_envs: int) -> Part:
+    """The memory the scenario's EV sessions take in the envs and the LP, which the replay buffer plan leaves out."""
+    ses = scenario.sessions
+    pairs = int(np.sum(ses.departure - ses.arrival, dtype=np.int64))
+    per_pair = LP_BYTES_PER_SESSION_HOUR + (n_envs + 1) * ENV_BYTES_PER_SESSION_HOUR
+    detail = f"{len(ses):,} sessions, {pairs:,} session-hours x ({LP_BYTES_PER_SESSION_HOUR} B LP + {n_envs + 1} envs)"
+    return Part("scenario", pairs * per_pair, "host", detail)
+
+
+def check_scenario(scenario: Scenario, n_envs: int, budget_gb: float | None, what: str) -> None:
+    """Refuse a scenario too large for the budget (or, without one, for the free RAM) before any env is built."""
+    part = scenario_part(scenario, n_envs)
+    budget = budget_gb * GB if budget_gb is not None else psutil.virtual_memory().available
+    if part.nbytes > budget:
+        limit = f"the budget of {budget_gb:g} GB" if budget_gb is not None else f"the {size(budget)} of free RAM"
+        raise MemoryBudgetError(
+            f"{what}: the scenario needs about {size(part.nbytes)} ({part.detail}), more than {limit}; "
+            "use a shorter scenario.window_hours or fewer sessions"
+        )

@@ -7,10 +7,15 @@ renamed over the old one), so a kill or a full disk leaves either the old file o
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,10 @@ EARLIER_PROGRESS = "progress.before_resume.csv"  # the rows written before a res
 OOM_RETRY = "oom_retry.json"
 DISPATCH_PLOT = "dispatch_week.png"
 REPLAYS = "replays"
+REQUIRED = ("seed", "agent", "preset", "scenario", "site", "hardware")  # top-level keys every run config has
 HYDRA = ".hydra"
+LOCK = ".lock"
+RESUMES = "resumes"  # a resume's Hydra log and config, inside the run folder it continues
 
 
 class RunDirError(ValueError):
@@ -153,6 +161,9 @@ class RunDir:
             raise RunDirError(f"{self.config} cannot be read ({type(exc).__name__})") from None
         if not isinstance(cfg, DictConfig):
             raise RunDirError(f"{self.config} does not hold a config mapping")
+        missing = [key for key in REQUIRED if key not in cfg]
+        if missing:
+            raise RunDirError(f"{self.config} is incomplete (no {', '.join(missing)}): truncated or edited?")
         return cfg
 
     def update_run_info(self, **fields: Any) -> None:
@@ -164,3 +175,103 @@ class RunDir:
             else:
                 info[key] = value
         write_json(self.run_info, info)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder for one process (two resumes of one run must not both train into it).
+
+        An flock on ``.lock``: the kernel releases it when the process dies, even on SIGKILL.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"cannot use {self.path} as the run folder ({exc.strerror or exc})") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirError(
+                    f"{self.path} is in use by another bess_rl process (a resume already running?)"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+
+def _create_unique(base: Path) -> Path:
+    """``base``, or ``base_1``, ``base_2``, ... whichever this process creates first (``mkdir`` is exclusive)."""
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create the run folder under {base.parent} ({exc.strerror or exc})") from None
+    for n in range(10_000):
+        path = base if n == 0 else base.with_name(f"{base.name}_{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RunDirError(f"cannot create the run folder {path} ({exc.strerror or exc})") from None
+    raise RunDirError(f"no free run folder name next to {base}")
+
+
+_CREATED: dict[tuple[str, str], str] = {}
+
+
+def unique_run_dir(base: str, resume: str | None = None) -> str:
+    """OmegaConf resolver of ``hydra.run.dir``: a folder no other run shares, created here.
+
+    Two runs started in the same second get ``<time>`` and ``<time>_1``. A resume of a run folder logs
+    into ``<run>/resumes/<time>`` instead, so it creates no empty run folder; a ``resume=`` that names no
+    run folder gets a throwaway temporary folder, since the resume is refused before anything is written.
+    Resolved once per process and argument: Hydra reads ``hydra.run.dir`` more than once.
+    """
+    key = (str(base), str(resume))
+    if key not in _CREATED:
+        if resume is None:
+            _CREATED[key] = str(_create_unique(Path(base)))
+        elif (Path(resume) / CONFIG).is_file() and os.access(resume, os.W_OK):
+            stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            _CREATED[key] = str(_create_unique(Path(resume) / RESUMES / stamp))
+        else:
+            _CREATED[key] = tempfile.mkdtemp(prefix="bess_rl-refused-resume-")
+    return _CREATED[key]
+
+
+def _unique_run_dir_or_exit(base: str, resume: str | None = None) -> str:
+    """``unique_run_dir`` for Hydra: it resolves ``hydra.run.dir`` outside the task function, where an
+    exception is printed as a traceback, so an unusable output folder ends the process with one line."""
+    try:
+        return unique_run_dir(base, resume)
+    except RunDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def unique_sweep_dir(path: str) -> str:
+    """OmegaConf resolver of ``hydra.sweep.dir``: ``path`` or the first free ``path-N``, created here.
+
+    Two sweeps started in the same second would otherwise write their trials into one folder. Registered
+    with ``use_cache``, so every later read of ``hydra.sweep.dir`` in this process and in the job configs
+    copied from it (joblib, submitit) names the same folder.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = path, 0
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}-{n}"
+
+
+def register_resolvers() -> None:
+    """Make ``${unique_run_dir:<base>,${resume}}`` and ``${unique_sweep_dir:<path>}`` available to the
+    configs (``__main__`` calls it; idempotent)."""
+    if not OmegaConf.has_resolver("unique_run_dir"):
+        OmegaConf.register_new_resolver("unique_run_dir", _unique_run_dir_or_exit)
+    if not OmegaConf.has_resolver("unique_sweep_dir"):
+        OmegaConf.register_new_resolver("unique_sweep_dir", unique_sweep_dir, use_cache=True)

@@ -48,6 +48,8 @@ from bess_rl.experiment.evaluation import (
     has_eval_part,
     held_out_eval,
 )
+from bess_rl.experiment.fingerprint import fingerprint
+from bess_rl.experiment.input_checks import check_scenario, untrained_warning
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
@@ -100,6 +102,8 @@ def attach_logger(model: BaseAlgorithm, run_dir: Path, resume: bool) -> None:
     """progress.csv + TensorBoard in the run folder; a resume appends to the earlier rows."""
     csv, earlier = RunDir(run_dir).progress, RunDir(run_dir).earlier_progress
     if resume and csv.is_file() and csv.stat().st_size:
+        if earlier.is_file():  # an earlier resume was interrupted too: keep both sets of rows
+            merge_progress(run_dir)
         shutil.move(csv, earlier)
     model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
 
@@ -142,9 +146,13 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
     Every ``eval_every_steps`` the policy is scored on the held-out part. With ``log_every_steps`` set,
     rows are written by timesteps and SB3's ``agent.log_interval`` (episodes or rollouts) is not used.
     """
-    guard = checkpoint.Guard(cfg.agent.name, RunDir(run_dir).checkpoint, cfg.checkpoint_every_steps)
-    monitor = ResourceMonitor()
     remaining = cfg.agent.total_timesteps - model.num_timesteps
+    if remaining <= 0:  # resumed from a checkpoint taken at the end of training: straight to the evaluation
+        if hasattr(model, "finish_train"):
+            model.finish_train()  # FastSAC: the rest of a last update a signal cut short
+        return 0.0, {}
+    guard = checkpoint.Guard(cfg.agent.name, RunDir(run_dir).checkpoint, cfg.checkpoint_every_steps, fingerprint(cfg))
+    monitor = ResourceMonitor()
     steps = steps_to_run(model, remaining)
     log.info(
         "training %s (%s preset) for %d steps%s on %s%s",
@@ -168,8 +176,16 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
             log_interval=None if every else cfg.agent.log_interval,
             reset_num_timesteps=not resume,
         )
+    except ValueError as exc:  # torch.distributions refuses NaN/inf parameters before the guard sees them
+        if "distribution" in str(exc).lower() or "expected parameter" in str(exc).lower():
+            raise checkpoint.NumericalError(
+                f"{cfg.agent.name}: the policy's outputs became non-finite at step {model.num_timesteps} "
+                "(try a lower agent.hparams.learning_rate)"
+            ) from None
+        raise
     finally:
         monitor.stop()
+        guard.restore_handlers()
     return time.perf_counter() - t0, monitor.summary()
 
 
@@ -203,12 +219,21 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     without one is scored on its training part, with a warning and ``held_out: false`` in metrics.json.
     """
     validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rd = RunDir(run_dir)
+    with rd.lock():
+        return _run(cfg, rd, resume)
+
+
+def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> dict[str, Any]:
+    run_dir = rd.path
     algo = algo_class(cfg.agent.algo)
     runtime = hardware.resolve(cfg.hardware, algo, cfg.agent.device)
     reset_peak_memory(runtime.device)
     scenario = build_scenario(cfg.scenario, "train")
+    check_scenario(scenario)
+    if untrained_warning(cfg):
+        log.warning("%s", untrained_warning(cfg))
+    planner.check_scenario(scenario, cfg.agent.n_envs, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     site = build_site(cfg.site)
     held_out = has_eval_part(cfg.scenario)
     if not held_out:
@@ -221,7 +246,8 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     if resume:
         switches = runtime.switches(capabilities(algo))
-        model = checkpoint.load(rd.checkpoint, cfg.agent.name, runtime.device, **switches)
+        template = new_model(cfg, scenario, site, runtime)
+        model = checkpoint.load(rd.checkpoint, cfg.agent.name, template, runtime.device, fingerprint(cfg), **switches)
         rd.update_run_info(resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
     else:
         write_provenance(cfg, run_dir, scenario, runtime)
@@ -235,7 +261,6 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         model = retry_after_oom(cfg, run_dir, scenario, site, runtime, exc)
         start_step, (train_s, resources) = 0, learn(cfg, model, run_dir, resume=False)
     merge_progress(run_dir)
-    shutil.rmtree(rd.checkpoint, ignore_errors=True)  # finished: the model is final
     if cfg.save_model:
         rd.save_model(model)
 
@@ -247,6 +272,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     for flag in metrics["flags"]:
         log.warning("%s (%s): degenerate policy: %s", cfg.agent.name, cfg.preset.name, flag)
     write_json(rd.metrics, metrics)
+    checkpoint.discard(rd.checkpoint)  # the results are on disk: the "trained" checkpoint is no longer needed
     if cfg.plot:
         title = f"{cfg.agent.name} ({cfg.preset.name}) dispatch, {'held-out' if held_out else 'training'} data"
         others = comparison_traces(eval_env, refs)
@@ -284,6 +310,7 @@ def final_metrics(
         "held_out": held_out,
         **scored,
         "total_timesteps": int(model.num_timesteps),
+        "gradient_updates": int(model._n_updates),
         "train_seconds": train_s,
         "timesteps_per_hour": trained / train_s * 3600.0 if train_s > 0 else 0.0,
         "peak_memory_mb": peak_memory_mb(str(model.device.type)),
@@ -332,12 +359,19 @@ def print_table(metrics: dict[str, Any], console: Console | None = None) -> None
     rows[f"{metrics['agent']} ({metrics['preset']})"] = metrics
     part = "held-out evaluation part" if metrics.get("held_out", False) else "training part (no held-out part)"
     (console or Console()).print(co2_table(rows, metrics["eval_hours"]), f"scored on the {part}")
+    refs = metrics["references"]
+    possible = refs["uncontrolled"]["co2_kg"] - refs["lp_optimum"]["co2_kg"]
+    # A gap of ~0 (nothing to gain over uncontrolled) makes the share noise: 1e17 % once.
+    gap = (
+        f"{metrics['lp_gap_closed_pct']:.1f}%" if possible > 1e-6 * max(refs["uncontrolled"]["co2_kg"], 1.0) else "n/a"
+    )
     speed = metrics.get("timesteps_per_hour")
     print(
         f"{metrics['agent']}: {metrics['co2_reduction_pct']:.2f}% CO2 reduction "
         f"({metrics['penalised_reduction_pct']:.2f}% counting unmet EV energy as penalty), "
-        f"{metrics['lp_gap_closed_pct']:.1f}% of the LP optimum's"
+        f"{gap} of the LP optimum's"
         + (f", {speed:,.0f} timesteps/hour on {metrics['device']}" if speed is not None else "")
+        + (" (untrained: no gradient update ran)" if metrics.get("gradient_updates") == 0 else "")
     )
     if "train_part" in metrics:
         t = metrics["train_part"]

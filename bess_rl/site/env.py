@@ -54,6 +54,8 @@ from bess_rl.site.scenario import Scenario, default_scenario, session_hours
 
 ENV_ID = "bess_rl/PvBessEv-v1"
 FORECAST_ERRORS = ("exact", "persistence", "noise")
+# The bit generators a saved env state may name (a state file picks one by name, never by import).
+BIT_GENERATORS = {g.__name__: g for g in (np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937, np.random.SFC64)}
 
 
 def forecasts(series: np.ndarray, k: int, error: str, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -203,6 +205,30 @@ class PvBessEvEnv(gym.Env):
             obs[-3] = obs[-2] = 0.0
         obs[-1] = self._remaining[gone].sum() / self.ev_scale_kw if gone.size else 0.0
         return obs
+
+    # --- checkpoint state: plain numbers and arrays, so a resume unpickles nothing --------------
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What changes while stepping: (JSON-able fields, arrays); everything else comes from the scenario."""
+        fields = {"t": self._t, "start": self._start, "k": self._k, "e": self._e}
+        fields["np_random"] = self.np_random.bit_generator.state
+        return fields, {"remaining": self._remaining.copy()}
+
+    def restore(self, fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """The inverse of ``state`` on an env built from the same scenario and site."""
+        remaining = np.asarray(arrays["remaining"], dtype=np.float64)
+        if remaining.shape != self._energy.shape:
+            raise ValueError(f"saved env state has {remaining.shape[0]} sessions, the scenario {self._energy.shape[0]}")
+        self._t, self._start, self._k, self._e = (
+            int(fields["t"]),
+            int(fields["start"]),
+            int(fields["k"]),
+            float(fields["e"]),
+        )
+        rng_state = fields["np_random"]
+        generator = np.random.Generator(BIT_GENERATORS[rng_state["bit_generator"]]())
+        generator.bit_generator.state = rng_state
+        self.np_random = generator
+        self._remaining = remaining.copy()
 
     # --- gymnasium API --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

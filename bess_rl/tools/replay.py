@@ -13,8 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bess_rl.experiment.checkpoint import CheckpointError
-from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json
+from bess_rl.experiment.errors import USER_ERRORS
+from bess_rl.experiment.run_dir import RunDir, read_json
 from bess_rl.experiment.train import run
 
 # Outcomes that must replay exactly; timings and memory are measurements, not outcomes.
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         replayed, diffs = replay(args.run_dir)
-    except (CheckpointError, RunDirError, FileNotFoundError) as exc:
+    except (*USER_ERRORS, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if diffs:

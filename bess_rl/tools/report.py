@@ -24,11 +24,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from bess_rl.experiment import run_dir, seeds  # noqa: E402
-from bess_rl.experiment.run_dir import RunDir, read_json  # noqa: E402
+from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json  # noqa: E402
 from bess_rl.tools import study  # noqa: E402
 
 AGENTS = ("sac", "ppo", "a2c")
@@ -38,7 +39,7 @@ REFERENCES = {"uncontrolled": "uncontrolled", "rule_based": "rule-based (RBC)", 
               "lp_optimum": "LP bound", "lp_achievable": "LP plan through the env"}  # fmt: skip
 RUN_FILES = (run_dir.METRICS, run_dir.CONFIG, f"{run_dir.HYDRA}/config.yaml")
 # A replay reproduces a run: it is not another result.
-SKIPPED_DIRS = {run_dir.REPLAYS, run_dir.CHECKPOINT, run_dir.HYDRA}
+SKIPPED_DIRS = {run_dir.REPLAYS, run_dir.CHECKPOINT, run_dir.HYDRA, run_dir.RESUMES}
 STEPS = "time/total_timesteps"
 REWARD = "rollout/ep_rew_mean"
 HELD_OUT = "eval/penalised_reduction_pct"  # the periodic held-out evaluation (bess_rl.experiment.evaluation)
@@ -131,7 +132,10 @@ def find_runs(paths: Sequence[Path]) -> list[Run]:
         for folder in sorted([root, *root.rglob("*")]):
             skipped = SKIPPED_DIRS & set(folder.relative_to(root).parts)
             if folder.is_dir() and not skipped and any((folder / f).is_file() for f in RUN_FILES):
-                found.append(load_run(folder))
+                try:
+                    found.append(load_run(folder))
+                except (RunDirError, ValueError, yaml.YAMLError) as exc:  # a truncated or edited file
+                    print(f"warning: skipping {folder}: {str(exc).splitlines()[0]}", file=sys.stderr)
     return found
 
 

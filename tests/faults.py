@@ -1,0 +1,58 @@
+"""Bad inputs and the one line each must give, as data: a new fault is one more row.
+
+Each row: the overrides (added to tests.helpers.COMMON) and a part of the expected message. Rows that need a
+scenario file name one of the files ``write_files`` puts in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+FILES = Path(tempfile.gettempdir()) / "bess_rl_fault_files"  # written by ``write_files`` before the table runs
+HOURLY_OK = FILES / "hourly_ok.csv"
+HOURLY_HUGE = FILES / "hourly_huge.csv"
+HOURLY_ZERO_CO2 = FILES / "hourly_zero_co2.csv"
+HOURLY_DUPLICATE = FILES / "hourly_duplicate.csv"
+SESSIONS = FILES / "sessions.csv"
+
+
+def write_files() -> None:
+    """A 168-hour scenario, and the same with a unit mistake, no CO2 at all and a repeated column."""
+    FILES.mkdir(parents=True, exist_ok=True)
+    rows = [f"{0.5 if 8 <= h % 24 < 17 else 0.0},{1000 + h % 24}" for h in range(168)]
+    HOURLY_OK.write_text("\n".join(["pv_kw_per_kwp,load_kw", *rows]) + "\n")
+    HOURLY_HUGE.write_text("\n".join(["pv_kw_per_kwp,load_kw", "0.1,1e300", *rows[1:]]) + "\n")
+    HOURLY_ZERO_CO2.write_text("\n".join(["pv_kw_per_kwp,load_kw,co2_kg_per_kwh", *(r + ",0" for r in rows)]) + "\n")
+    HOURLY_DUPLICATE.write_text("\n".join(["pv_kw_per_kwp,load_kw,load_kw", *(r + ",5" for r in rows)]) + "\n")
+    SESSIONS.write_text("arrival_hour,departure_hour,energy_kwh,max_power_kw\n10,12,20,50\n")
+
+
+FILE = ["scenario.hours=168", "scenario.window_hours=null"]
+BAD_INPUTS: list[tuple[list[str], str]] = [
+    # 9: silently ignored or accepted
+    ([f"scenario.sessions_path={SESSIONS}"], "scenario.sessions_path needs scenario.hourly_path"),
+    (["agent.hparams.gamma=2"], "agent.hparams.gamma must be a number in (0, 1]"),
+    (["agent=ppo", "agent.hparams.clip_range=-1"], "agent.hparams.clip_range must be a number in (0, inf]"),
+    (["agent=ppo", "agent.hparams.ent_coef=-1"], "agent.hparams.ent_coef must be a number in [0, inf]"),
+    (["agent.hparams.ent_coef=-1"], "agent.hparams.ent_coef must be a number in [0, inf]"),
+    (["checkpoint_every_steps=1.5"], "checkpoint_every_steps must be a whole number"),
+    (["scenario.hours=100"], "scenario.hours=100 applies to scenario files"),
+    ([f"scenario.hourly_path={HOURLY_DUPLICATE}", *FILE], "column 'load_kw' appears more than once"),
+    (["scenario.forecast_hours=10000"], "scenario.forecast_hours must be <= 168"),
+    # 10: tracebacks before
+    (["seed=-1"], "seed must be in [0, 4294967295]"),
+    (["seed=4294967296"], "seed must be in [0, 4294967295]"),
+    (["site.pv_kwp=nan"], "site.pv_kwp must be a finite number"),
+    (["site.bess_capacity_kwh=inf"], "site.bess_capacity_kwh must be a finite number"),
+    (["scenario.co2_kg_per_kwh=-1"], "scenario.co2_kg_per_kwh must be a number in [0, 1000]"),
+    (["scenario.co2_kg_per_kwh=nan"], "scenario.co2_kg_per_kwh must be a number in [0, 1000]"),
+    ([f"scenario.hourly_path={HOURLY_HUGE}", *FILE], "load_kw row 0: 1e+300 is above 1e+09"),
+    (["checkpoint_every_steps=abc"], "checkpoint_every_steps must be a whole number"),
+    (["agent.hparams.ent_coef=banana"], "agent.hparams.ent_coef must be auto, auto_<initial value> or a number"),
+    (["agent=ppo", "agent.hparams.ent_coef=banana"], "agent.hparams.ent_coef"),
+    (["agent.algo=collections.OrderedDict"], "agent.algo 'collections.OrderedDict' is not allowed"),
+    (["agent.algo=stable_baselines3.common.utils.Schedule"], "is not a Stable-Baselines3 algorithm class"),
+    (["agent.hparams.learning_rate=nan"], "agent.hparams.learning_rate must be a number in (0, inf]"),
+    (["agent.hparams.tau=0"], "agent.hparams.tau must be a number in (0, 1]"),
+]

@@ -1,0 +1,76 @@
+"""The faults only the command line shows: Hydra's run folder, sweeps, real signals and SIGKILLs (slow)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from tests.helpers import COMMON, TINY, cli, compose_cfg
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bad_run_folders_and_resume_values_are_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    proc = cli(f"paths.output_dir={afile}", *COMMON, cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot create the run folder" in proc.stderr and "Traceback" not in proc.stderr
+    empty = cli("resume=", *COMMON, cwd=tmp_path)
+    assert empty.returncode == 2 and "resume= needs a run folder" in empty.stderr
+    assert not (tmp_path / "outputs").exists()  # neither started a run folder
+
+
+def test_a_resume_logs_into_its_run_folder_and_creates_no_other(tmp_path):
+    run_dir = tmp_path / "outputs" / "runs" / "ppo-after" / "2026-12-01_10-00-00"
+    run_dir.mkdir(parents=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(compose_cfg(["agent=ppo", *COMMON])))
+    refused = cli(f"resume={run_dir}", cwd=tmp_path)
+    assert refused.returncode == 2 and "no checkpoint in" in refused.stderr
+    assert list((tmp_path / "outputs" / "runs").glob("*/*")) == [run_dir]
+    assert list(run_dir.glob("resumes/*/.hydra/overrides.yaml"))
+
+
+def test_ctrl_c_stops_a_sweep_with_130_and_fails_its_trial(tmp_path):
+    args = ["-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=3", "agent=ppo", *COMMON, *TINY["ppo"]]
+    args += ["agent.total_timesteps=200000", "agent.log_interval=1"]
+    env = {**os.environ, "BESS_RL_ROOT": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "bess_rl", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "outputs" / "sweeps").glob("*/*/progress.csv")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    study = optuna.load_study(study_name="ppo", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_a_short_kill_loop_loses_nothing(tmp_path):
+    script = ROOT / "scripts" / "kill_loop.py"
+    args = [
+        sys.executable,
+        str(script),
+        "--kills",
+        "3",
+        "--steps",
+        "1280",
+        "--max-delay",
+        "0.05",
+        "--out",
+        str(tmp_path / "k"),
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
