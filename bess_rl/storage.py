@@ -33,8 +33,6 @@ from sqlalchemy.exc import (
 )
 
 log = logging.getLogger(__name__)
-# alembic 1.19 logs each of its plugins at INFO whenever optuna opens a storage: noise around a one-line error.
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 # Trial system attribute naming the sweep folder whose process asked the trial (its jobs are under it).
 SWEEP_ATTR = "bess_rl:sweep_dir"
