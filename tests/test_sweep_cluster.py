@@ -17,16 +17,18 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
 from omegaconf import OmegaConf
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from bess_rl.experiment.run_dir import unique_sweep_dir
-from bess_rl.experiment.storage import SWEEP_ATTR
+from bess_rl.experiment.storage import SWEEP_ATTR, open_storage
 from bess_rl.experiment.sweeper import OptunaStudyGuard
 from tests.pg import PASSWORD, PgServer, free_port
 from tests.test_app import COMMON, TINY, cli
@@ -124,7 +126,7 @@ def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_st
         long.send_signal(signal.SIGKILL)
         long.communicate(timeout=30)
     time.sleep(3.5)  # its heartbeat has stopped for longer than the grace period
-    # Two trials at once in joblib workers; the resumed sampler seed (4 + 1) draws soc_min 1.5, then 0.1.
+    # Two trials at once in joblib workers; the resumed sampler seed (4 mixed with 1) draws soc_min 0.1, then 1.5.
     resumed = multirun(tmp_path, route, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                        "hydra.sweeper.n_jobs=2", FAST_BEAT, *ONE_FAILS)  # fmt: skip
     out = resumed.stdout + resumed.stderr
@@ -132,12 +134,42 @@ def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_st
     assert "trial(s) [0] were left RUNNING by a sweep that stopped (no heartbeat): marked FAIL" in out
     assert "resuming study 'ppo' at trial 1" in out
     study = trials(route)
-    assert [t.state for t in study] == [FAIL, FAIL, COMPLETE]
-    assert [t.params["site.soc_min"] for t in study[1:]] == [1.5, 0.1]
+    assert [t.state for t in study] == [FAIL, COMPLETE, FAIL]
+    assert [t.params["site.soc_min"] for t in study[1:]] == [0.1, 1.5]
     assert "site needs 0 <= soc_min < soc_max <= 1" in out  # the failure came back from its worker process
     assert "1 of this sweep's 2 trials complete" in out  # the killed sweep's trial is not this one's
     folders = check_folders(tmp_path, study)
     assert [folders[n].name for n in (0, 1, 2)] == ["0", "0", "1"]  # the killed sweep's job 0, then two jobs
+
+
+def test_a_beat_newer_than_the_clock_is_not_stale(route):
+    """Two sweeps started together: one reads the clock, the other beats, then the first reads the beats."""
+    ours = open_storage(route, heartbeat_interval=1, grace_period=2)  # (and SQLite's folder)
+    plain = RDBStorage(route, heartbeat_interval=1, grace_period=2)
+    study_id = plain.create_new_study("ppo")
+    trial_id = plain.create_new_trial(study_id)  # not ours: no heartbeat thread of its own in this test
+    plain.record_heartbeat(trial_id)
+
+    def shift_beat(seconds: float) -> None:
+        with plain.engine.begin() as conn:
+            beat = conn.execute(sqlalchemy.text("SELECT heartbeat FROM trial_heartbeats")).scalar_one()
+            beat = datetime.fromisoformat(beat) if isinstance(beat, str) else beat  # SQLite: text
+            update = sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :beat")
+            conn.execute(update, {"beat": beat + timedelta(seconds=seconds)})
+
+    shift_beat(+5)
+    assert RDBStorage._get_stale_trial_ids(plain, study_id) == [trial_id]  # optuna 2.10 would fail it
+    assert ours.fail_stale_trials(study_id) == []
+    shift_beat(-10)
+    assert ours.fail_stale_trials(study_id) == [trial_id]
+    for storage in (plain, ours):
+        storage.engine.dispose()
+
+
+def test_a_study_another_sweep_is_creating_is_not_refused(pg_url):
+    RDBStorage(pg_url).create_new_study("ppo")  # created, its directions not set yet
+    sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
+    assert OptunaStudyGuard()._open_study(pg_url, sweeper) == 0
 
 
 @pytest.mark.slow

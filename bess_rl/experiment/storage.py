@@ -18,7 +18,10 @@ from typing import Any
 import sqlalchemy
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
+from optuna.storages._rdb import models  # optuna<3 is pinned: its 2.x table models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import func, orm
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -30,8 +33,6 @@ from sqlalchemy.exc import (
 )
 
 log = logging.getLogger(__name__)
-# alembic 1.19 logs each of its plugins at INFO whenever optuna opens a storage: noise around a one-line error.
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 # Trial system attribute naming the sweep folder whose process asked the trial (its jobs are under it).
 SWEEP_ATTR = "bess_rl:sweep_dir"
@@ -83,6 +84,26 @@ class HeartbeatStorage(RDBStorage):
                     self._beating = True
                     threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True).start()
         return trial
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna 2.10's own takes ``timedelta.seconds`` of (clock - last beat): a beat written by another
+        process after the clock was read is a negative age, which wraps to ~86,400 s and failed a live
+        trial of a sweep started beside this one. ``total_seconds`` does not wrap."""
+        assert self.heartbeat_interval is not None
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        with _create_scoped_session(self.scoped_session, True) as session:
+            now = session.execute(func.now()).scalar().replace(tzinfo=None)
+            running = (
+                session.query(models.TrialModel)
+                .options(orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.state == TrialState.RUNNING, models.TrialModel.study_id == study_id)
+                .all()
+            )
+            return [
+                t.trial_id
+                for t in running  # a trial without a beat yet is being created right now: not stale
+                if t.heartbeats and (now - t.heartbeats[0].heartbeat).total_seconds() > grace
+            ]
 
     def _beat(self) -> None:
         """Dies with the process (daemon): a killed sweep stops beating, which is what marks its trials stale."""

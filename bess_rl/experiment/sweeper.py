@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -74,6 +73,15 @@ def non_finite(value: Any) -> bool:
         return not all(math.isfinite(float(v)) for v in values)
     except (TypeError, ValueError):
         return False
+
+
+def resumed_seed(seed: int, n_trials: int) -> int:
+    """The sampler seed for a study that holds ``n_trials``. Not ``seed + n_trials``: two sweeps started
+    together with seeds 1 and 2 met at 2 (one opened the study when it held a trial) and drew the same
+    parameters; a SeedSequence mix of both numbers does not collide like that."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, n_trials]).generate_state(1)[0])
 
 
 def storage_url(storage: Any) -> str:
@@ -136,13 +144,8 @@ class OptunaStudyGuard(Callback):
         except KeyError:
             return 0  # a new study
         have = [d.name.lower() for d in storage.get_study_directions(study_id)]
-        for _ in range(50):  # another sweep created the study a moment ago and is setting its directions
-            if "not_set" not in have:
-                break
-            time.sleep(0.1)
-            have = [d.name.lower() for d in storage.get_study_directions(study_id)]
         want = [d.lower() for d in _directions(sweeper.direction)]
-        if have != want:
+        if "not_set" not in have and have != want:  # not_set: another sweep is creating the study right now
             raise StorageError(
                 f"study {sweeper.study_name!r} in {shown(url)} has directions {have}, this sweep {want}: "
                 "set another hydra.sweeper.study_name"
@@ -176,15 +179,16 @@ class OptunaStudyGuard(Callback):
                                "sweep_dir": str(config.hydra.sweep.dir)}  # fmt: skip
         seed = OmegaConf.select(sweeper, "sampler.seed")
         if self.first_trial and seed is not None:
-            # Same seed on resume would replay the first sweep's start-up trials; offset it reproducibly.
+            # Same seed on resume would replay the first sweep's start-up trials; mix it reproducibly.
             with read_write(sweeper.sampler):
-                sweeper.sampler.seed = seed + self.first_trial
+                sweeper.sampler.seed = resumed_seed(seed, self.first_trial)
             log.info(
-                "resuming study %r at trial %d: sampler seed %d + %d",
+                "resuming study %r at trial %d: sampler seed %d mixed with %d -> %d",
                 sweeper.study_name,
                 self.first_trial,
                 seed,
                 self.first_trial,
+                sweeper.sampler.seed,
             )
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
