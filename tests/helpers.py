@@ -67,7 +67,7 @@ TINY = {
             "agent.hparams.n_epochs=1", "agent.hparams.net_arch=[16]"],
     "a2c": ["agent.total_timesteps=64", "agent.hparams.net_arch=[16]"],
 }  # fmt: skip
-COMMON = ["scenario.window_hours=168", "progress_bar=false", "plot=false"]
+COMMON = ["scenario=iquitos", "scenario.window_hours=168", "progress_bar=false", "plot=false"]
 
 
 def compose_cfg(overrides: list[str]) -> DictConfig:

@@ -38,6 +38,7 @@ PPO = [
     "agent.total_timesteps=256",
     "checkpoint_every_steps=64",
     "agent.log_interval=1",
+    "log_every_steps=64",
 ]
 SAC = ["agent=sac", *COMMON, *TINY["sac"], "agent.total_timesteps=60"]
 
@@ -88,7 +89,7 @@ def test_kill_between_the_swap_renames_keeps_a_checkpoint_and_resumes_exactly(tm
 
 
 def test_kill_during_the_evaluation_keeps_the_trained_checkpoint(tmp_path, monkeypatch, straight):
-    kill_at(monkeypatch, train, "run_episode", 1)
+    kill_at(monkeypatch, train, "evaluate_part", 1)
     with pytest.raises(Killed):
         run(compose_cfg(PPO), tmp_path)
     monkeypatch.undo()

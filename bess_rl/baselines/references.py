@@ -143,7 +143,7 @@ def co2_table(rows: dict[str, dict[str, Any]], hours: int) -> Group:
         co2.add_row(
             name,
             f"{row['penalised_kg']:,.0f}",
-            f"{100 * (row['penalised_kg'] - ref) / ref:+.2f}%" if ref else "—",
+            f"{100 * (row['penalised_kg'] - ref) / ref:+.2f}%" if ref else "n/a",  # a grid with no CO2 at all
             f"{row['co2_kg']:,.0f}",
             f"{row['ev_unmet_kwh']:,.1f}",
             "" if name == "uncontrolled" else degenerate(row, base),

@@ -49,16 +49,24 @@ def asked_device(cfg: DictConfig) -> str:
     return requested_device(cfg.hardware, capabilities(algo_class(cfg.agent.algo)), cfg.agent.device)
 
 
+def has_eval_part(cfg: DictConfig) -> bool:
+    """``scenario.*`` declares held-out data: ``eval_hourly_path``, or ``eval_data`` beside embedded training
+    data (your own ``hourly_path`` is never evaluated on the embedded data set's other year)."""
+    if cfg.get("eval_hourly_path") is not None:
+        return True
+    return cfg.get("eval_data") is not None and cfg.get("hourly_path") is None
+
+
 def build_scenario(cfg: DictConfig, part: str = "train") -> Scenario:
     """The ``train`` or ``eval`` part of ``scenario.*``: an embedded data set (``data`` / ``eval_data``) or
     the user's files (``hourly_path`` / ``eval_hourly_path``), cut to the configured window.
 
-    A scenario without an evaluation part is evaluated on its training part (the same year).
+    A scenario without an evaluation part (``has_eval_part``) is evaluated on its training part.
     """
+    if part == "eval" and not has_eval_part(cfg):
+        return build_scenario(cfg, "train")
     prefix = "eval_" if part == "eval" else ""
     hourly_path, data = cfg.get(f"{prefix}hourly_path"), cfg.get(f"{prefix}data")
-    if part == "eval" and hourly_path is None and data is None:
-        return build_scenario(cfg, "train")
     if hourly_path is not None:
         sessions = cfg.get(f"{prefix}sessions_path")
         scenario = load_scenario(hourly_path, sessions, cfg.name, cfg.hours, cfg.co2_kg_per_kwh, cfg.price_per_kwh)

@@ -23,7 +23,7 @@ from bess_rl.baselines.optimum import solve_optimum
 from bess_rl.baselines.references import References, compute_references
 from bess_rl.baselines.rules import uncontrolled
 from bess_rl.experiment import hardware
-from bess_rl.experiment.build import algo_class, build_eval_env
+from bess_rl.experiment.build import algo_class, build_eval_env, has_eval_part
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.run_dir import RunDir, RunDirError
 from bess_rl.site.env import PvBessEvEnv
@@ -43,11 +43,6 @@ EV_UNMET_SHARE = 0.01
 
 class NoEvalPartError(ValueError):
     """The scenario declares no evaluation part, so there is no held-out data to score on."""
-
-
-def has_eval_part(scenario_cfg: DictConfig) -> bool:
-    """True when ``scenario.*`` declares held-out data (``eval_data`` or ``eval_hourly_path``)."""
-    return scenario_cfg.get("eval_data") is not None or scenario_cfg.get("eval_hourly_path") is not None
 
 
 def require_eval_part(scenario_cfg: DictConfig) -> None:

@@ -29,6 +29,10 @@ class InputError(ValueError):
     """An input that would be silently ignored, or fail later with a traceback."""
 
 
+# Site values where null means "none" (no import cap).
+NULLABLE_SITE_KEYS = frozenset({"import_cap_kw"})
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -65,6 +69,8 @@ def check_config(cfg: DictConfig) -> None:
         _in_range("agent.hparams.ent_coef", ent, 0.0, math.inf)
     _check_scenario_config(cfg.scenario)
     for key, value in cfg.site.items():
+        if value is None and key in NULLABLE_SITE_KEYS:
+            continue
         if not _number(value) or not math.isfinite(value):
             raise InputError(f"site.{key} must be a finite number, got {value!r}")
 
