@@ -1,6 +1,6 @@
 """Wall-time estimate before training, from a short calibration on this machine.
 
-Why: SAC's design-note preset does 1,024 gradient updates per environment step; on a CPU that is
+Why: SAC's presets (docs/presets.md) do 1,024 gradient updates per environment step; on a CPU that is
 days, and SB3's progress bar shows it only after the random warm-up. Here the env step, the policy
 call and one gradient update (forward and backward of a copy of the policy on a batch of the run's
 size) are timed for about a second before training, the run's counts of each come from its config,
