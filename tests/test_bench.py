@@ -40,7 +40,7 @@ def check_sac_rows(rows: list[dict], variants: set[str]) -> None:
 
 def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
     monkeypatch.setenv("BESS_RL_ROOT", str(tmp_path))  # the default JSON path is <root>/outputs/bench/<time>.json
-    report = run_tiny(["--agents", "sac", "ppo", "a2c", "--device", "cpu"])
+    report = run_tiny(["--agents", "sac", "ppo", "a2c", "--device", "cpu", "--population", "2"])
     (path,) = (tmp_path / "outputs" / "bench").glob("*.json")
     data = json.loads(path.read_text())
     assert data["results"] == report["results"] and data["machine"]["cpu_count"] >= 1
@@ -49,6 +49,9 @@ def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
     for row in data["results"]:
         by_agent.setdefault(row["agent"], []).append(row)
     assert by_agent["env"][0]["env_steps_per_s"] > 0
+    (population,) = [row for row in by_agent["sac"] if row["variant"].startswith("population 2")]
+    assert population["grad_steps_per_s"] > 0
+    by_agent["sac"] = [row for row in by_agent["sac"] if row is not population]
     check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16", "fast mkl", "sbx"})
     for agent in ("ppo", "a2c"):
         sb3, fast = by_agent[agent]

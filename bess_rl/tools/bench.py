@@ -234,9 +234,11 @@ def bench_sac(
         where = "cpu" if name == "sbx" else str(model.device)
         subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, SBX_NOTE if name == "sbx" else note)
     for size in populations:
+        pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
         pop = Population(
-            PvBessEvEnv, size, seeds=range(seed, seed + size), device=device, policy_kwargs={"net_arch": net_arch}, **hp
-        )
+            PvBessEvEnv, size, seeds=range(seed, seed + size), device=device, policy_kwargs={"net_arch": net_arch},
+            **pop_hp,
+        )  # fmt: skip
         for member in pop.members:
             for transition in transitions:
                 member.replay_buffer.add(*transition)
