@@ -20,7 +20,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.episode import EpisodeResult, Policy, run_episode
 from bess_rl.baselines.optimum import solve_optimum
-from bess_rl.baselines.references import References, compute_references
+from bess_rl.baselines.references import References
 from bess_rl.baselines.rules import uncontrolled
 from bess_rl.experiment import hardware
 from bess_rl.experiment.build import algo_class, build_eval_env, has_eval_part
@@ -112,11 +112,8 @@ def comparison_traces(env: PvBessEvEnv, refs: References) -> dict[str, dict[str,
     }
 
 
-def evaluate_part(
-    model: BaseAlgorithm, env: PvBessEvEnv, refs: References | None = None
-) -> tuple[dict[str, Any], EpisodeResult]:
+def evaluate_part(model: BaseAlgorithm, env: PvBessEvEnv, refs: References) -> tuple[dict[str, Any], EpisodeResult]:
     """The model's deterministic episode on ``env`` scored against references on the same data."""
-    refs = compute_references(env) if refs is None else refs
     result = run_episode(env, deterministic_policy(model))
     metrics = {
         **score(result, refs, env.site.unmet_penalty_kg_per_kwh),

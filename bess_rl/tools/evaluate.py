@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bess_rl.baselines.references import compute_references
-from bess_rl.experiment.build import build_scenario, build_site, make_env
+from bess_rl.experiment.build import build_eval_env, build_mpc_settings
 from bess_rl.experiment.config import ConfigError, compose_config, validate
 from bess_rl.experiment.errors import USER_ERRORS
 from bess_rl.experiment.evaluation import (
@@ -58,9 +58,9 @@ def evaluate(run_dir: Path, overrides: list[str], best: bool = False) -> tuple[d
     cfg = apply_overrides(cfg, overrides)
     validate(cfg)
     require_eval_part(cfg.scenario)
-    env = make_env(build_scenario(cfg.scenario, "eval"), build_site(cfg.site), cfg.scenario, training=False)
+    env = build_eval_env(cfg)
     check_spaces(model, env)
-    refs = compute_references(env)
+    refs = compute_references(env, build_mpc_settings(cfg.mpc))  # the MPC as the run configured it
     scored, result = evaluate_part(model, env, refs)
     metrics = {
         "agent": cfg.agent.name,
@@ -74,7 +74,7 @@ def evaluate(run_dir: Path, overrides: list[str], best: bool = False) -> tuple[d
         **scored,
     }
     out = RunDir(run_dir).evaluations / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    write_json(out / "metrics.json", metrics)
+    write_json(RunDir(out).metrics, metrics)
     atomic_write_text(out / "evaluated_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     title = f"{cfg.agent.name} ({cfg.preset.name}) dispatch, {cfg.scenario.name} evaluation part"
     others = comparison_traces(env, refs)
