@@ -11,14 +11,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from bess_rl.experiment import population_run
 from bess_rl.experiment.budget import apply_budget
-from bess_rl.experiment.checkpoint import NumericalError, TrainingInterrupted
 from bess_rl.experiment.config import ConfigError, register_configs
-from bess_rl.experiment.errors import USER_ERRORS
 from bess_rl.experiment.run_dir import register_resolvers
 from bess_rl.experiment.sweep_stop import fail_running_trial
-from bess_rl.experiment.train import objective_value, print_table, resume_config, run
 
 log = logging.getLogger("bess_rl")
 
@@ -28,6 +24,13 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
+    # Imported here, not above: torch and SB3 take seconds to import, and a mistyped override
+    # (refused by Hydra before this function runs) should not wait for them.
+    from bess_rl.experiment import population_run
+    from bess_rl.experiment.checkpoint import NumericalError, TrainingInterrupted
+    from bess_rl.experiment.errors import USER_ERRORS
+    from bess_rl.experiment.train import objective_value, print_table, resume_config, run
+
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     with open_dict(cfg):

@@ -36,10 +36,15 @@ CONFIG = [
 
 
 def start(args: list[str], root: Path) -> subprocess.Popen:
+    """``python -m bess_rl *args`` with its outputs under ``root``; stderr to ``root/stderr.log``."""
     env = {**os.environ, "BESS_RL_ROOT": str(root)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "bess_rl", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    with open(root / "stderr.log", "ab") as err:
+        return subprocess.Popen([sys.executable, "-m", "bess_rl", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+
+
+def stderr_tail(root: Path) -> str:
+    return (root / "stderr.log").read_text(errors="replace")[-3000:]
 
 
 def checkpointed_step(run_dir: Path) -> int:
@@ -69,10 +74,7 @@ def main() -> int:
         d.mkdir(parents=True, exist_ok=False)
 
     config = [*CONFIG, f"agent.total_timesteps={args.steps}"]
-    proc = start(config, straight_root)
-    assert proc.wait() == 0, proc.stderr.read().decode()
-    straight = outcome(next((straight_root / "outputs" / "runs").glob("*/*")))
-
+    reference = start(config, straight_root)  # the uninterrupted run, beside the killed one
     proc = start(config, root)
     while not list((root / "outputs" / "runs").glob("*/*")):
         time.sleep(0.05)
@@ -82,7 +84,7 @@ def main() -> int:
         deadline, previous = time.monotonic() + 180, steps[-1] if steps else -1
         while checkpointed_step(run_dir) <= previous:  # a new checkpoint: this process is training
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the run stopped or stalled before kill {kills + 1}: {proc.stderr.read().decode()}")
+                raise SystemExit(f"the run stopped or stalled before kill {kills + 1}: {stderr_tail(root)}")
             time.sleep(0.01)
         if kills % 2:  # every other kill lands inside a checkpoint write: as soon as checkpoint.tmp appears
             while not (run_dir / "checkpoint.tmp").exists() and proc.poll() is None:
@@ -105,7 +107,9 @@ def main() -> int:
         print(f"kill {kills}: checkpoint at step {steps[-1]} ({found.name})", flush=True)
         proc = start([f"resume={run_dir}"], root)
     rc = proc.wait() if found is not None else 0
-    err = proc.stderr.read().decode()
+    err = stderr_tail(root)
+    assert reference.wait() == 0, stderr_tail(straight_root)
+    straight = outcome(next((straight_root / "outputs" / "runs").glob("*/*")))
     exact = rc == 0 and outcome(run_dir) == straight
     result = {
         "kills": kills,

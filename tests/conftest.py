@@ -1,8 +1,9 @@
-"""Fixtures, and the one hook that skips ``gpu``-marked tests on a machine without CUDA."""
+"""Fixtures; the hook that skips ``gpu``-marked tests without CUDA, and the one that sizes ``-n auto``."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -11,6 +12,12 @@ from bess_rl.site.params import SiteParams
 from bess_rl.site.scenario import Scenario
 from tests.helpers import SMALL_SITE, make_scenario
 from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL server)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker more than CPUs. A good part of the suite waits (subprocesses starting,
+    signals, heartbeats, servers); the extra worker keeps the CPUs busy meanwhile."""
+    return (os.cpu_count() or 1) + 1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import logging.config
 import os
+import runpy
 import subprocess
 import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from omegaconf import DictConfig
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
@@ -82,6 +89,63 @@ def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProc
                           cwd=cwd, timeout=timeout)  # fmt: skip
 
 
+@contextlib.contextmanager
+def _logging_kept() -> Iterator[None]:
+    """Hydra configures logging with ``dictConfig``, which closes every handler of the process: in a CLI
+    process there are none, here pytest's capture handlers would go too. Only the handlers made during
+    the block are closed, and the root logger gets its handlers and level back afterwards."""
+    before = set(logging._handlerList)  # weak references to every live handler
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    clear = logging.config._clearExistingHandlers
+
+    def clear_new_only() -> None:
+        logging._handlers.clear()
+        logging.shutdown([ref for ref in logging._handlerList if ref not in before])
+        logging._handlerList[:] = [ref for ref in logging._handlerList if ref in before]
+
+    logging.config._clearExistingHandlers = clear_new_only
+    try:
+        yield
+    finally:
+        logging.config._clearExistingHandlers = clear
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def run_cli(*args: str, cwd: Path, capfd: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess:
+    """``cli`` without starting an interpreter (torch and SB3 are imported already: ~4 s less a call): the
+    same entry point, arguments, environment and folder; its output (child processes' included) through
+    the test's ``capfd``; the exit code the interpreter would give (an uncaught exception: its traceback
+    and 1). For what needs a process of its own (signals, kills, concurrent runs), use ``cli``."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    saved = os.environ.get("BESS_RL_ROOT"), Path.cwd(), sys.argv
+    os.environ["BESS_RL_ROOT"] = str(cwd)
+    os.chdir(cwd)
+    sys.argv = ["bess_rl", *args]
+    code = 0
+    capfd.readouterr()  # what the test printed before
+    try:
+        with _logging_kept():
+            runpy.run_module("bess_rl", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    finally:
+        GlobalHydra.instance().clear()
+        root, folder, sys.argv = saved
+        os.chdir(folder)
+        if root is None:
+            os.environ.pop("BESS_RL_ROOT", None)
+        else:
+            os.environ["BESS_RL_ROOT"] = root
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
 def small_env(episode_hours: int = 48, random_start: bool = False) -> PvBessEvEnv:
     """The tiny scenario at the small site, ``episode_hours`` long."""
     return PvBessEvEnv(make_scenario(), SMALL_SITE, episode_hours=episode_hours, random_start=random_start)
@@ -90,3 +154,10 @@ def small_env(episode_hours: int = 48, random_start: bool = False) -> PvBessEvEn
 def vec_env(cls: type[DummyVecEnv], n_envs: int, seed: int = 0, episode_hours: int = 48) -> VecEnv:
     """Monitor-wrapped, seeded training envs on random days, as ``build.new_model`` builds them."""
     return make_vec_env(lambda: small_env(episode_hours, True), n_envs=n_envs, seed=seed, vec_env_cls=cls)
+
+
+def table(markdown: str, title: str) -> list[list[str]]:
+    """The body rows of the Markdown table under ``## title``."""
+    section = markdown.split(f"## {title}")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]

@@ -43,6 +43,7 @@ PRESET_TABLES = {
                        "log_interval": 100},
 }  # fmt: skip
 
+
 @pytest.mark.parametrize("agent", AGENTS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_are_the_documented_tables(agent, preset):

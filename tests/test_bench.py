@@ -20,7 +20,7 @@ def restore_torch_threads():
 
 
 def run_tiny(extra: list[str]) -> dict:
-    return main(["--presets", "before", "--seconds", "0.1", "--prefill", "600", *extra])
+    return main(["--presets", "before", "--seconds", "0.1", "--rounds", "1", "--prefill", "600", *extra])
 
 
 def check_sac_rows(rows: list[dict], variants: set[str]) -> None:
@@ -97,3 +97,23 @@ def test_bench_on_cuda_compares_graphs(tmp_path):
     assert set(a2c) == {"sb3", "fast", "sb3 cuda", "fast cuda", "fast graphs cuda"}
     assert all(r["device"].startswith("cuda") == name.endswith("cuda") for name, r in a2c.items())
     assert all(r["env_steps_per_s"] > 0 for r in a2c.values())
+
+
+def test_each_job_runs_once_per_round_at_least():
+    calls = {"a": 0, "b": 0}
+
+    def job(name: str):
+        def run() -> int:
+            calls[name] += 1
+            return 1
+
+        return run
+
+    interleaved({"a": job("a"), "b": job("b")}, seconds=1e-9, device="cpu", rounds=2)
+    assert calls == {"a": 2, "b": 2}
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--seconds", "--prefill"])
+def test_non_positive_sizes_are_refused(flag):
+    with pytest.raises(SystemExit):
+        parse_args([flag, "0"])

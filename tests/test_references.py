@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from bess_rl.baselines.mpc import MpcSettings
 from bess_rl.baselines.references import compute_references
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import penalised_kg
@@ -14,7 +15,9 @@ from tests.helpers import make_scenario
 
 def test_ordering_on_the_default_year():
     env = PvBessEvEnv()
-    refs = compute_references(env)
+    # The MPC re-plans once a day here (365 solves per forecast, not 2,190): a year of its default
+    # 4-hourly re-planning costs ~20 s, and MPC settings are checked on shorter data in test_baselines.
+    refs = compute_references(env, MpcSettings(horizon_hours=24, every_hours=24))
     unc, rbc, lp = refs.uncontrolled.co2_kg, refs.rule_based.co2_kg, refs.optimum_co2_kg
     # HiGHS stops within its optimality tolerance, so allow a part in 10^7 on ~3,000 t.
     assert lp <= rbc * (1 + 1e-7)
@@ -48,3 +51,17 @@ def test_lp_stays_a_lower_bound_under_an_import_cap(site):
     for res in (refs.uncontrolled, refs.rule_based):
         assert lp <= penalised_kg(res.co2_kg, res.ev_unmet_kwh, pen) * (1 + 1e-7)
     assert refs.uncontrolled.ev_unmet_kwh > 0  # the cap binds: uncontrolled charging is cut
+
+
+def test_an_equal_env_reuses_the_references_and_any_change_recomputes(site):
+    scenario = make_scenario(days=2, seed=5)
+    first = compute_references(PvBessEvEnv(scenario, site))
+    assert compute_references(PvBessEvEnv(make_scenario(days=2, seed=5), site)) is first  # equal data, new objects
+    others = [
+        compute_references(PvBessEvEnv(scenario, site), MpcSettings(horizon_hours=12)),
+        compute_references(PvBessEvEnv(scenario, dataclasses.replace(site, bess_capacity_kwh=900.0))),
+        compute_references(PvBessEvEnv(scenario, site, forecast_error="persistence")),
+        compute_references(PvBessEvEnv(make_scenario(days=2, seed=6), site)),
+    ]
+    assert all(other is not first for other in others)
+    assert others[1].rule_based.co2_kg != first.rule_based.co2_kg  # recomputed, not relabelled

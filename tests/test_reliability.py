@@ -20,13 +20,13 @@ from bess_rl.experiment.checkpoint import NumericalError
 from bess_rl.experiment.train import run
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.tools.replay import COMPARED
-from tests.helpers import COMMON, TINY, cli, compose_cfg
+from tests.helpers import COMMON, TINY, compose_cfg, run_cli
 
 LONG = {
     "sac": ["agent=sac", "agent.total_timesteps=3000", "agent.hparams.learning_starts=100",
             "agent.hparams.gradient_steps=1", "agent.hparams.batch_size=32", "agent.hparams.buffer_size=5000",
             "agent.hparams.net_arch=[32]", "agent.log_interval=1"],
-    "ppo": ["agent=ppo", "agent.total_timesteps=12000", "agent.hparams.n_steps=64", "agent.hparams.batch_size=32",
+    "ppo": ["agent=ppo", "agent.total_timesteps=8000", "agent.hparams.n_steps=64", "agent.hparams.batch_size=32",
             "agent.hparams.n_epochs=2", "agent.hparams.net_arch=[32]", "agent.log_interval=1"],
 }  # fmt: skip
 
@@ -63,7 +63,7 @@ def outcome(run_dir: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("agent", "sig"), [("ppo", signal.SIGINT), ("sac", signal.SIGTERM)])
-def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, agent, sig):
+def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, agent, sig, capfd):
     args = [*LONG[agent], *COMMON]
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
@@ -77,7 +77,7 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, agent, si
     assert state["agent"] == agent and 0 < state["num_timesteps"] < int(args[1].split("=")[1])
     assert not (run_dir / "metrics.json").exists()
 
-    resumed = cli(f"resume={run_dir}", "progress_bar=false", cwd=interrupted)
+    resumed = run_cli(f"resume={run_dir}", "progress_bar=false", cwd=interrupted, capfd=capfd)
     assert resumed.returncode == 0, resumed.stderr
     assert not (run_dir / "checkpoint").exists()  # finished: the final model replaces it
     info = json.loads((run_dir / "run_info.json").read_text())
@@ -85,25 +85,25 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, agent, si
 
     straight = tmp_path / "straight"
     straight.mkdir()
-    assert cli(*args, cwd=straight).returncode == 0
+    assert run_cli(*args, cwd=straight, capfd=capfd).returncode == 0
     assert outcome(run_dir) == outcome(run_dirs(straight)[0])
 
 
 @pytest.mark.slow
-def test_resume_refusals(tmp_path):
-    not_a_run = cli(f"resume={tmp_path}", cwd=tmp_path)
+def test_resume_refusals(tmp_path, capfd):
+    not_a_run = run_cli(f"resume={tmp_path}", cwd=tmp_path, capfd=capfd)
     assert not_a_run.returncode == 2 and "is not a bess_rl run folder" in not_a_run.stderr
 
-    assert cli(*TINY["ppo"], "agent=ppo", *COMMON, cwd=tmp_path).returncode == 0
+    assert run_cli(*TINY["ppo"], "agent=ppo", *COMMON, cwd=tmp_path, capfd=capfd).returncode == 0
     finished = run_dirs(tmp_path)[0]
-    done = cli(f"resume={finished}", cwd=tmp_path)
+    done = run_cli(f"resume={finished}", cwd=tmp_path, capfd=capfd)
     assert done.returncode == 2 and "no checkpoint in" in done.stderr
 
     (finished / "checkpoint").mkdir()
     (finished / "checkpoint" / "state.json").write_text(json.dumps({"agent": "ppo", "num_timesteps": 10}))
-    other = cli(f"resume={finished}", "agent=sac", cwd=tmp_path)
+    other = run_cli(f"resume={finished}", "agent=sac", cwd=tmp_path, capfd=capfd)
     assert other.returncode == 2 and "holds a ppo checkpoint; it cannot be resumed as agent=sac" in other.stderr
-    extra = cli(f"resume={finished}", "seed=3", cwd=tmp_path)
+    extra = run_cli(f"resume={finished}", "seed=3", cwd=tmp_path, capfd=capfd)
     assert extra.returncode == 2 and "drop these overrides: seed=3" in extra.stderr
     for proc in (not_a_run, done, other, extra):
         assert "Traceback" not in proc.stderr
@@ -172,17 +172,17 @@ def test_out_of_memory_twice_is_an_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_malformed_csv_is_one_clear_line(tmp_path):
+def test_malformed_csv_is_one_clear_line(tmp_path, capfd):
     bad = tmp_path / "hourly.csv"
     bad.write_text('pv_kw_per_kwp,load_kw\n0.1,"1000\n')
-    proc = cli(f"scenario.hourly_path={bad}", *COMMON, cwd=tmp_path)
+    proc = run_cli(f"scenario.hourly_path={bad}", *COMMON, cwd=tmp_path, capfd=capfd)
     assert proc.returncode == 2
     assert "cannot be read as csv" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
-def test_buffer_over_the_memory_budget_is_refused_before_training(tmp_path):
-    proc = cli("agent=sac", "preset=before", "hardware.memory_budget_gb=0.5", *COMMON, cwd=tmp_path)
+def test_buffer_over_the_memory_budget_is_refused_before_training(tmp_path, capfd):
+    proc = run_cli("agent=sac", "preset=before", "hardware.memory_budget_gb=0.5", *COMMON, cwd=tmp_path, capfd=capfd)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "agent.hparams.buffer_size=2500000" in proc.stderr
     assert not list((tmp_path / "outputs" / "runs").glob("*/*/progress.csv"))

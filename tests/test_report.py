@@ -12,7 +12,7 @@ import pytest
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.train import run
 from bess_rl.tools.report import AGENTS, PRESETS, REWARD, STEPS, curve, main, read_progress, write_report
-from tests.helpers import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg, table
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,6 @@ def sweep_dir(tmp_path_factory) -> Path:
             apply_budget(cfg)
             run(cfg, root / f"{agent}-{preset}")
     return root
-
-
-def table(markdown: str, title: str) -> list[list[str]]:
-    """The body rows of the Markdown table under ``## title``."""
-    section = markdown.split(f"## {title}")[1].split("\n## ")[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
-    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
 
 
 def test_report_has_one_row_per_agent_and_preset_from_the_run_folders(sweep_dir, tmp_path):

@@ -12,7 +12,7 @@ from rliable import metrics
 
 from bess_rl.experiment import seeds
 from bess_rl.tools.report import write_report
-from tests.test_report import table
+from tests.helpers import table
 
 
 def test_bootstrap_statistics_are_rliables_on_every_resample():

@@ -6,14 +6,14 @@ import optuna
 import pytest
 
 from bess_rl.tools.report import write_report
-from tests.helpers import COMMON, TINY, cli
-from tests.test_report import table
+from tests.helpers import COMMON, TINY, run_cli, table
 
 
 @pytest.mark.slow
-def test_optuna_sweep_report_lists_every_trial_and_the_best(tmp_path):
-    proc = cli("-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=2", *COMMON, *TINY["ppo"], cwd=tmp_path,
-               timeout=300)  # fmt: skip
+def test_optuna_sweep_report_lists_every_trial_and_the_best(tmp_path, capfd):
+    proc = run_cli(
+        "-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=2", *COMMON, *TINY["ppo"], cwd=tmp_path, capfd=capfd
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="ppo", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
     for trial in study.trials:

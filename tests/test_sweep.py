@@ -15,13 +15,13 @@ from optuna.trial import FrozenTrial, TrialState
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.sweeper import OptunaStudyGuard, check_directions
-from tests.helpers import COMMON, TINY, cli, compose_cfg
+from tests.helpers import COMMON, TINY, compose_cfg, run_cli
 
 COMPLETE, FAIL = TrialState.COMPLETE, TrialState.FAIL
 
 
-def multirun(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return cli("-m", *args, cwd=root, timeout=240)
+def multirun(root: Path, capfd: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    return run_cli("-m", *args, cwd=root, capfd=capfd)
 
 
 def trials(root: Path, study: str) -> list[FrozenTrial]:
@@ -36,13 +36,13 @@ PPO_SWEEP = ["hparams_search=ppo_optuna", "hydra.sweeper.n_trials=2", *COMMON, *
 
 
 @pytest.mark.slow
-def test_sweep_resumes_and_a_resumed_sweep_that_only_fails_exits_nonzero(tmp_path):
-    first = multirun(tmp_path, *PPO_SWEEP)
+def test_sweep_resumes_and_a_resumed_sweep_that_only_fails_exits_nonzero(tmp_path, capfd):
+    first = multirun(tmp_path, capfd, *PPO_SWEEP)
     assert first.returncode == 0, first.stderr[-3000:]
     assert [t.state for t in trials(tmp_path, "ppo")] == [COMPLETE] * 2
     assert len(finished_runs(tmp_path)) == 2
 
-    again = multirun(tmp_path, *PPO_SWEEP)  # the same command: the study in outputs/optuna.db goes on
+    again = multirun(tmp_path, capfd, *PPO_SWEEP)  # the same command: the study in outputs/optuna.db goes on
     assert again.returncode == 0, again.stderr[-3000:]
     study = trials(tmp_path, "ppo")
     assert [t.state for t in study] == [COMPLETE] * 4
@@ -51,24 +51,25 @@ def test_sweep_resumes_and_a_resumed_sweep_that_only_fails_exits_nonzero(tmp_pat
         t.params["agent.hparams.learning_rate"] for t in study[:2]
     )
 
-    failing = multirun(tmp_path, *PPO_SWEEP, "site.soc_min=1.5")  # the study has a best trial from before
+    failing = multirun(tmp_path, capfd, *PPO_SWEEP, "site.soc_min=1.5")  # the study has a best trial from before
     assert failing.returncode == 1
     assert "all 2 trials of this sweep failed" in failing.stdout + failing.stderr
     assert [t.state for t in trials(tmp_path, "ppo")] == [COMPLETE] * 4 + [FAIL] * 2
 
 
 @pytest.mark.slow
-def test_sweep_where_every_trial_fails_exits_nonzero_and_records_them(tmp_path):
-    proc = multirun(tmp_path, *PPO_SWEEP, "site.soc_min=1.5")
+def test_sweep_where_every_trial_fails_exits_nonzero_and_records_them(tmp_path, capfd):
+    proc = multirun(tmp_path, capfd, *PPO_SWEEP, "site.soc_min=1.5")
     assert proc.returncode != 0
     assert "Failed experiment: site needs 0 <= soc_min < soc_max <= 1" in proc.stdout + proc.stderr
     assert [t.state for t in trials(tmp_path, "ppo")] == [FAIL] * 2
 
 
 @pytest.mark.slow
-def test_multi_objective_sweep_on_the_joblib_launcher(tmp_path):
-    proc = multirun(tmp_path, "hparams_search=sac_optuna_mo", "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
-                    "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", *COMMON, *TINY["sac"])  # fmt: skip
+def test_multi_objective_sweep_on_the_joblib_launcher(tmp_path, capfd):
+    proc = multirun(tmp_path, capfd, "hparams_search=sac_optuna_mo", "hydra.sweeper.n_trials=2",
+                    "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", *COMMON,
+                    *TINY["sac"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = trials(tmp_path, "sac_mo")
     assert [t.state for t in study] == [COMPLETE] * 2
@@ -135,10 +136,10 @@ def test_budget_refuses_keys_the_agent_lacks():
 
 
 @pytest.mark.slow
-def test_the_entry_point_applies_the_budget(tmp_path):
+def test_the_entry_point_applies_the_budget(tmp_path, capfd):
     """Needs ``apply_budget(cfg)`` before ``run`` in bess_rl/__main__.py."""
     args = ["experiment=before_vs_after", "budget.name=cpu", "agent=sac", *COMMON, *TINY["sac"]]
-    proc = cli(*args, cwd=tmp_path)
+    proc = run_cli(*args, cwd=tmp_path, capfd=capfd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = OmegaConf.load(next((tmp_path / "outputs" / "runs").glob("sac-after/*/resolved_config.yaml")))
     assert saved.agent.total_timesteps == 12 and saved.agent.hparams.gradient_steps == 1  # 60 x 0.2, 2 / 256 -> 1

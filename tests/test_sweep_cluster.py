@@ -15,6 +15,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta
@@ -30,8 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 from bess_rl.experiment.run_dir import unique_sweep_dir
 from bess_rl.experiment.storage import SWEEP_ATTR, open_storage
 from bess_rl.experiment.sweeper import OptunaStudyGuard
+from tests.helpers import COMMON, TINY, run_cli
 from tests.pg import PASSWORD, PgServer, free_port
-from tests.test_app import COMMON, TINY, cli
 
 COMPLETE, FAIL, RUNNING = TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING
 PPO = ["hparams_search=ppo_optuna", *COMMON, *TINY["ppo"]]
@@ -54,8 +55,8 @@ def route(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
-def multirun(root: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    return cli("-m", *PPO, f"hydra.sweeper.storage={url}", *args, cwd=root, timeout=240)
+def multirun(root: Path, url: str, capfd: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    return run_cli("-m", *PPO, f"hydra.sweeper.storage={url}", *args, cwd=root, capfd=capfd)
 
 
 def start(root: Path, url: str, *args: str) -> subprocess.Popen:
@@ -113,7 +114,7 @@ def test_two_sweeps_at_once_share_the_study_without_sharing_folders(tmp_path, ro
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_study(tmp_path, route):
+def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_study(tmp_path, route, capfd):
     long = start(tmp_path, route, "hydra.sweeper.n_trials=1", "agent.total_timesteps=10000000", FAST_BEAT)
     try:
         wait_for_job(tmp_path)
@@ -127,8 +128,8 @@ def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_st
         long.communicate(timeout=30)
     time.sleep(3.5)  # its heartbeat has stopped for longer than the grace period
     # Two trials at once in joblib workers; the resumed sampler seed (4 mixed with 1) draws soc_min 0.1, then 1.5.
-    resumed = multirun(tmp_path, route, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                       "hydra.sweeper.n_jobs=2", FAST_BEAT, *ONE_FAILS)  # fmt: skip
+    resumed = multirun(tmp_path, route, capfd, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
+                       "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", FAST_BEAT, *ONE_FAILS)  # fmt: skip
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     assert "trial(s) [0] were left RUNNING by a sweep that stopped (no heartbeat): marked FAIL" in out
@@ -173,10 +174,10 @@ def test_a_study_another_sweep_is_creating_is_not_refused(pg_url):
 
 
 @pytest.mark.slow
-def test_submitit_local_sweep_on_postgresql(tmp_path, pg_url):
+def test_submitit_local_sweep_on_postgresql(tmp_path, pg_url, capfd):
     """Real submission: pickled jobs, one array per batch of hydra.sweeper.n_jobs, result files on the sweep path."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
-    proc = multirun(tmp_path, pg_url, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+    proc = multirun(tmp_path, pg_url, capfd, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                     "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *ONE_FAILS)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = trials(pg_url)
@@ -231,8 +232,8 @@ def test_bad_storage_input_stops_the_guard_in_one_line(tmp_path, pg_server, pg_u
 
 
 @pytest.mark.slow
-def test_bad_storage_input_on_the_command_line_is_one_line_before_any_trial(tmp_path, pg_server, pg_url):
-    proc = multirun(tmp_path, bad_url("credentials", pg_server, pg_url), "hydra.sweeper.n_trials=1")
+def test_bad_storage_input_on_the_command_line_is_one_line_before_any_trial(tmp_path, pg_server, pg_url, capfd):
+    proc = multirun(tmp_path, bad_url("credentials", pg_server, pg_url), capfd, "hydra.sweeper.n_trials=1")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2
     assert [BAD_INPUT["credentials"] in line for line in out.splitlines()].count(True) == 1, out[-3000:]
@@ -259,11 +260,11 @@ def get_json(url: str, timeout: float = 60) -> dict:
 
 
 @pytest.mark.slow
-def test_dashboard_serves_the_study_and_leaves_it_resumable(tmp_path):
+def test_dashboard_serves_the_study_and_leaves_it_resumable(tmp_path, capfd):
     """The pinned optuna-dashboard (extra ``dashboard``) reads optuna 2.10's schema as it is."""
     pytest.importorskip("optuna_dashboard", reason="pip install -e '.[dashboard]'")
     url = sqlite_url(tmp_path)
-    first = multirun(tmp_path, url, "hydra.sweeper.n_trials=1")
+    first = multirun(tmp_path, url, capfd, "hydra.sweeper.n_trials=1")
     assert first.returncode == 0, first.stderr[-3000:]
     (trial,) = trials(url)
     schema = "SELECT version_num FROM alembic_version"
@@ -285,6 +286,22 @@ def test_dashboard_serves_the_study_and_leaves_it_resumable(tmp_path):
     assert {p["name"] for p in served["params"]} == set(trial.params)
     with sqlalchemy.create_engine(url).connect() as conn:
         assert conn.execute(sqlalchemy.text(schema)).scalar_one() == version == "v2.6.0.a"  # no schema upgrade
-    again = multirun(tmp_path, url, "hydra.sweeper.n_trials=1")
+    again = multirun(tmp_path, url, capfd, "hydra.sweeper.n_trials=1")
     assert again.returncode == 0, again.stderr[-3000:]
     assert [t.state for t in trials(url)] == [COMPLETE, COMPLETE]
+
+
+def test_the_heartbeat_ends_when_its_trials_have(tmp_path):
+    """A sweep run from a long-lived process (a notebook, the test suite) leaves no thread beating."""
+    storage = open_storage(sqlite_url(tmp_path), heartbeat_interval=1)
+    study = optuna.create_study(study_name="beat", storage=storage)
+    before = set(threading.enumerate())
+    trial = study.ask()
+    (beat,) = [t for t in threading.enumerate() if t.name == "optuna-heartbeat" and t not in before]
+    time.sleep(1.5)
+    assert beat.is_alive()  # the trial is still running
+    study.tell(trial, 1.0)
+    beat.join(timeout=5)
+    assert not beat.is_alive()
+    study.tell(study.ask(), 2.0)  # a new trial beats again (and its thread ends in turn)
+    storage.engine.dispose()

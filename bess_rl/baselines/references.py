@@ -11,8 +11,9 @@ which is what the tables rank by.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,10 @@ from bess_rl.site.params import penalised_kg
 
 # Below this many kWh (or a part in 10^9 of the baseline) a difference is rounding, not behaviour.
 _TINY = 1e-6
+# References by env fingerprint and MPC settings: every trial of a sweep (and the training and evaluation
+# parts of every run of it) would otherwise re-solve the same LP and MPC years.
+_COMPUTED: OrderedDict[tuple[Any, ...], References] = OrderedDict()
+_KEEP = 8
 
 
 @dataclass
@@ -84,7 +89,20 @@ def _plan_kpis(env: PvBessEvEnv, opt: OptimumResult) -> dict[str, float]:
 
 
 def compute_references(env: PvBessEvEnv, mpc: MpcSettings | None = None) -> References:
-    """Every reference on the evaluation env's scenario (see module doc); ``mpc`` sets the MPC's horizon."""
+    """Every reference on the evaluation env's scenario (see module doc); ``mpc`` sets the MPC's horizon.
+    An env with the same fingerprint and settings gets the references computed before in this process
+    (they are deterministic; ``seconds`` are those of the computation)."""
+    mpc = mpc or MpcSettings()
+    key = (env.fingerprint(), *astuple(mpc))
+    if key not in _COMPUTED:
+        _COMPUTED[key] = _compute(env, mpc)
+        while len(_COMPUTED) > _KEEP:
+            _COMPUTED.popitem(last=False)
+    _COMPUTED.move_to_end(key)
+    return _COMPUTED[key]
+
+
+def _compute(env: PvBessEvEnv, mpc: MpcSettings) -> References:
     seconds: dict[str, float] = {}
     cpu_seconds: dict[str, float] = {}
 

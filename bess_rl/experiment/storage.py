@@ -106,12 +106,16 @@ class HeartbeatStorage(RDBStorage):
             ]
 
     def _beat(self) -> None:
-        """Dies with the process (daemon): a killed sweep stops beating, which is what marks its trials stale."""
+        """Dies with the process (daemon): a killed sweep stops beating, which is what marks its trials stale.
+        Ends once every trial it beats for has finished (the next trial starts another)."""
         assert self.heartbeat_interval is not None
         while True:
             time.sleep(self.heartbeat_interval)
             with self._lock:
                 ids = list(self._mine)
+                if not ids:
+                    self._beating = False
+                    return
             for trial_id in ids:
                 try:
                     if self.get_trial(trial_id).state.is_finished():

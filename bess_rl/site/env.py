@@ -43,6 +43,8 @@ Versions (``ENV_ID``; a model saved under one layout cannot be used with another
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from typing import Any
 
@@ -229,6 +231,17 @@ class PvBessEvEnv(gym.Env):
         generator.bit_generator.state = rng_state
         self.np_random = generator
         self._remaining = remaining.copy()
+
+    def fingerprint(self) -> str:
+        """sha256 of everything an episode of this env depends on (scenario data, site, episode length,
+        the observation features with their forecasts): equal fingerprints, equal deterministic episodes."""
+        digest = hashlib.sha256()
+        sc = self.scenario
+        arrays = (sc.pv_kw_per_kwp, sc.load_kw, sc.co2_kg_per_kwh, sc.price_per_kwh, self._exog)
+        for array in (*arrays, *dataclasses.astuple(sc.sessions)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(repr((self.site, self.episode_hours, self.random_start)).encode())
+        return digest.hexdigest()
 
     # --- gymnasium API --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

@@ -49,6 +49,7 @@ from bess_rl.experiment.config import compose_config
 from bess_rl.experiment.hardware import describe_machine
 from bess_rl.experiment.run_dir import write_json
 from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.scenario import default_scenario
 
 ROUNDS = 3  # interleaved rounds per measurement
 # Per on-policy agent: plain SB3 and the fast path.
@@ -86,20 +87,24 @@ def sync(device: str) -> None:
 
 
 def interleaved(
-    jobs: dict[str, Callable[[], int]], seconds: float, device: str, cpu_rate: dict[str, float] | None = None
+    jobs: dict[str, Callable[[], int]],
+    seconds: float,
+    device: str,
+    cpu_rate: dict[str, float] | None = None,
+    rounds: int = ROUNDS,
 ) -> dict[str, float]:
-    """Units per second of each job (a call returns the units it did), over ``ROUNDS`` interleaved
-    rounds of ``seconds / ROUNDS`` per job; every job runs at least once per round. ``cpu_rate``, when
+    """Units per second of each job (a call returns the units it did), over ``rounds`` interleaved
+    rounds of ``seconds / rounds`` per job; every job runs at least once per round. ``cpu_rate``, when
     given, receives units per CPU-second of this process (all its threads): on a machine shared with
     other work, wall time counts the time slices others took, CPU time does not."""
     done = dict.fromkeys(jobs, 0)
     spent = dict.fromkeys(jobs, 0.0)
     cpu = dict.fromkeys(jobs, 0.0)
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, job in jobs.items():
             sync(device)
             start, start_cpu, elapsed = time.perf_counter(), time.process_time(), 0.0
-            while elapsed < seconds / ROUNDS:
+            while elapsed < seconds / rounds:
                 done[name] += job()
                 sync(device)
                 elapsed = time.perf_counter() - start
@@ -110,7 +115,7 @@ def interleaved(
     return {name: done[name] / spent[name] for name in jobs}
 
 
-def bench_env(seconds: float, seed: int) -> dict[str, Any]:
+def bench_env(seconds: float, seed: int, rounds: int = ROUNDS) -> dict[str, Any]:
     """Raw env steps/s on the embedded year with random actions (resets included)."""
     env = PvBessEvEnv()
     env.reset(seed=seed)
@@ -128,7 +133,7 @@ def bench_env(seconds: float, seed: int) -> dict[str, Any]:
         "preset": "-",
         "variant": "PvBessEvEnv",
         "device": "cpu",
-        "env_steps_per_s": interleaved({"env": steps}, seconds, "cpu")["env"],
+        "env_steps_per_s": interleaved({"env": steps}, seconds, "cpu", rounds=rounds)["env"],
         "note": "raw env, random actions",
     }
 
@@ -203,6 +208,7 @@ def bench_sac(
     threads: tuple[int, ...] = (1,),
     compile_mode: str = "none",
     populations: tuple[int, ...] = (),
+    rounds: int = ROUNDS,
 ) -> list[dict[str, Any]]:
     """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s
     preset, and of a ``Population`` of each size in ``populations`` (aggregate over its members); torch
@@ -253,8 +259,8 @@ def bench_sac(
     ]
     grad_jobs = {row: at_threads(subjects[name][0], n) if n else subjects[name][0] for row, name, n in runs}
     cpu_rate: dict[str, float] = {}
-    grad_rate = interleaved(grad_jobs, seconds, device, cpu_rate)
-    collect_rate = interleaved({name: job[1] for name, job in subjects.items()}, seconds / 2, device)
+    grad_rate = interleaved(grad_jobs, seconds, device, cpu_rate, rounds)
+    collect_rate = interleaved({name: job[1] for name, job in subjects.items()}, seconds / 2, device, rounds=rounds)
     rows = []
     for row_name, name, n in runs:
         step_s = 1 / collect_rate[name] + updates_per_step / grad_rate[row_name]
@@ -317,16 +323,21 @@ def on_policy_variants(agent: str, device: str) -> dict[str, tuple[type[BaseAlgo
     return variants
 
 
-def bench_on_policy(cfg: DictConfig, device: str, seconds: float, seed: int) -> list[dict[str, Any]]:
+def bench_on_policy(
+    cfg: DictConfig, device: str, seconds: float, seed: int, rounds: int = ROUNDS
+) -> list[dict[str, Any]]:
     """Env-steps/hour of ``learn`` over whole rollouts (collect + update) at ``cfg``'s preset, each
     variant of ``on_policy_variants`` in interleaved rounds."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     n_envs = cfg.agent.n_envs
+    scenario = default_scenario()  # loaded once, not by each of the n_envs copies
     rollout = n_envs * hp["n_steps"]
     jobs: dict[str, Callable[[], int]] = {}
     devices: dict[str, str] = {}
     for name, (cls, vec_env_cls, where, extra) in on_policy_variants(cfg.agent.name, device).items():
-        env = make_vec_env(PvBessEvEnv, n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
+        env = make_vec_env(
+            PvBessEvEnv, n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls, env_kwargs={"scenario": scenario}
+        )
         model = make_model(cls, env, hp, seed, where, **extra)
         model.set_logger(configure(None, []))
         devices[name] = str(model.device)
@@ -337,7 +348,7 @@ def bench_on_policy(cfg: DictConfig, device: str, seconds: float, seed: int) -> 
 
         rollouts()  # warm-up
         jobs[name] = rollouts
-    rates = interleaved(jobs, seconds, device)
+    rates = interleaved(jobs, seconds, device, rounds=rounds)
     base = {"agent": cfg.agent.name, "preset": cfg.preset.name, "rollout_steps": rollout}
     note = f"learn() over {rollout:,}-step rollouts (n_envs {n_envs}), collect + update"
     rows = [
@@ -407,13 +418,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--compile", choices=COMPILE_MODES, default="none", help="also time FastSAC with this torch.compile mode"
     )
+    p.add_argument(
+        "--rounds", type=int, default=ROUNDS, help="interleaved rounds per measurement (each job runs once a round)"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but this machine has no CUDA device")
     args.sac_threads = args.sac_threads or [args.threads]
-    if args.seconds <= 0 or args.prefill < 1 or min(args.threads, *args.sac_threads, *args.population) < 1:
-        p.error("--seconds, --prefill, --threads, --sac-threads and --population must be positive")
+    if args.seconds <= 0 or args.prefill < 1 or min(args.rounds, args.threads, *args.sac_threads, *args.population) < 1:
+        p.error("--seconds, --prefill, --rounds, --threads, --sac-threads and --population must be positive")
     return args
 
 
@@ -439,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console = Console(width=None if sys.stdout.isatty() else 200)
     title = f"on {args.device} ({args.seconds:g} s per measurement, {args.threads} torch thread(s))"
     measurements: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
-        ("env", lambda: [bench_env(args.seconds, args.seed)])
+        ("env", lambda: [bench_env(args.seconds, args.seed, args.rounds)])
     ]
     for agent in args.agents:
         for preset in args.presets:
@@ -455,9 +469,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     tuple(args.sac_threads),
                     args.compile,
                     tuple(args.population),
+                    args.rounds,
                 )
             else:
-                job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed)
+                job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed, args.rounds)
             measurements.append((f"{agent} {preset}", job))
     report["load_average"].append(os.getloadavg()[0])
     for name, job in measurements:
