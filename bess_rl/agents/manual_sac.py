@@ -114,6 +114,23 @@ class SacNets:
     def target_params(self) -> list[torch.Tensor]:
         return [t for stack in self.q_target for layer in stack for t in layer]
 
+    def params(self) -> list[torch.Tensor]:
+        return [*self.actor_params(), *self.critic_params(), *self.target_params()]
+
+    def cast(self, dtype: torch.dtype) -> SacNets:
+        """Detached copies of every tensor in ``dtype``: the matmuls' weights, kept current by ``sac_step``."""
+
+        def copy(stack: Stack) -> Stack:
+            return [(w.detach().to(dtype, copy=True), b.detach().to(dtype, copy=True)) for w, b in stack]
+
+        return SacNets(
+            copy(self.latent),
+            copy([self.mu])[0],
+            copy([self.log_std])[0],
+            [copy(stack) for stack in self.q],
+            [copy(stack) for stack in self.q_target],
+        )
+
 
 @dataclass
 class StepTerms:
@@ -126,14 +143,16 @@ class StepTerms:
     step_ent_coef: Callable[[torch.Tensor], None]  # given d(ent_coef_loss)/d(log_ent_coef)
     step_critic: Callable[[list[torch.Tensor]], None]  # given gradients in ``critic_params`` order
     step_actor: Callable[[list[torch.Tensor]], None]  # given gradients in ``actor_params`` order
-    dtype: torch.dtype = torch.float32  # of the matmuls (bf16: fp32 weights, losses and gradients outside them)
+    # bf16 copies of the networks (``SacNets.cast``) the matmuls read, rewritten in place once per optimiser
+    # step rather than cast at every use; None: the matmuls read the float32 networks themselves.
+    low: SacNets | None = None
 
 
-def forward(layers: Stack, x: torch.Tensor, last_relu: bool, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Every layer's output (ReLU applied, in ``dtype``) with ``x`` first: what ``backward`` needs."""
-    outs = [x.to(dtype)]
+def forward(layers: Stack, x: torch.Tensor, last_relu: bool) -> list[torch.Tensor]:
+    """Every layer's output (ReLU applied, in the weights' dtype) with ``x`` first: what ``backward`` needs."""
+    outs = [x.to(layers[0][0].dtype)]
     for i, (w, b) in enumerate(layers):
-        outs.append(matmul_t(outs[-1], w.to(dtype), b.to(dtype), last_relu or i < len(layers) - 1))
+        outs.append(matmul_t(outs[-1], w, b, last_relu or i < len(layers) - 1))
     return outs
 
 
@@ -142,8 +161,7 @@ def backward(
 ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """For ``grad`` w.r.t. the stack's output: with ``weights``, each layer's weight and bias gradients
     (parameter order, float32) and no input gradient; without, the gradient w.r.t. the stack's input only."""
-    dtype = outs[0].dtype
-    grad = grad.to(dtype)
+    grad = grad.to(outs[0].dtype)
     grads: list[torch.Tensor] = []
     for i in range(len(layers) - 1, -1, -1):
         if last_relu or i < len(layers) - 1:
@@ -151,22 +169,24 @@ def backward(
         if weights:
             grads[:0] = [matmul_t(_t(grad), _t(outs[i])).float(), grad.sum(-2).float()]
         if i > 0 or not weights:
-            grad = matmul_t(grad, _t(layers[i][0].to(dtype)))
+            grad = matmul_t(grad, _t(layers[i][0]))
     return (None if weights else grad.float()), grads
 
 
 def squash(
     mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SB3's tanh-Gaussian sample (op for op as ``fast_sac.squashed_sample``): action, log-prob (..., B, 1),
-    std and ``u - mean``, the last two for the backward pass."""
-    std = torch.ones_like(mean) * log_std.exp()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SB3's tanh-Gaussian sample (op for op as ``fast_sac.squashed_sample``; its ``ones_like(mean) * std``
+    is ``std`` exactly): action, log-prob (..., B, 1), and for the backward pass std, ``u - mean`` and
+    ``1 - action**2``."""
+    std = log_std.exp()
     gaussian = mean + noise * std
     action = torch.tanh(gaussian)
     diff = gaussian - mean
+    one_minus_sq = 1 - action**2
     log_prob = (-(diff**2) / (2 * std**2) - std.log() - LOG_SQRT_2PI).sum(dim=-1)
-    log_prob = log_prob - torch.sum(torch.log(1 - action**2 + _SQUASH_EPS), dim=-1)
-    return action, log_prob.unsqueeze(-1), std, diff
+    log_prob = log_prob - torch.sum(torch.log(one_minus_sq + _SQUASH_EPS), dim=-1)
+    return action, log_prob.unsqueeze(-1), std, diff, one_minus_sq
 
 
 def _mean(x: torch.Tensor) -> torch.Tensor:
@@ -181,20 +201,26 @@ def sac_step(
     """SB3's SAC step (entropy coefficient, critics, actor) on ``batch`` (..., B, dim) with the actor's two
     noise draws; returns the logged statistics stacked as (4, ...): critic, actor, entropy losses, coefficient."""
     obs, actions, next_obs = batch.observations, batch.actions, batch.next_observations
-    n, dtype = obs.shape[-2], terms.dtype
+    n = obs.shape[-2]
+    low = nets if terms.low is None else terms.low
+    if low is not nets:
+        torch._foreach_copy_(low.params(), nets.params())
 
     def q_value(stack: Stack, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        outs = forward(stack, x, False, dtype)
+        outs = forward(stack, x, False)
         return outs, outs[-1].float()
 
     def head(layer: Layer, latent: torch.Tensor) -> torch.Tensor:
-        return matmul_t(latent, layer[0].to(dtype), layer[1].to(dtype)).float()
+        return matmul_t(latent, *layer).float()
 
-    # The actor once on obs and next_obs: both use the weights from before this step's updates.
-    outs = forward(nets.latent, torch.cat([obs, next_obs], dim=-2), True, dtype)
-    mean, log_std_raw = head(nets.mu, outs[-1]), head(nets.log_std, outs[-1])
+    # The actor once on obs and next_obs (both with the weights from before this step's updates), and one
+    # squash of both halves: every op is row by row.
+    outs = forward(low.latent, torch.cat([obs, next_obs], dim=-2), True)
+    mean, log_std_raw = head(low.mu, outs[-1]), head(low.log_std, outs[-1])
     log_std = torch.clamp(log_std_raw, _LOG_STD_MIN, _LOG_STD_MAX)
-    pi, log_prob, std, diff = squash(mean[..., :n, :], log_std[..., :n, :], noise)
+    both = squash(mean, log_std, torch.cat([noise, next_noise], dim=-2))
+    pi, log_prob, std, diff, one_minus_sq = (t[..., :n, :] for t in both)
+    next_actions, next_log_prob = both[0][..., n:, :], both[1][..., n:, :]
 
     if terms.log_ent_coef is not None:
         ent_coef = torch.exp(terms.log_ent_coef.detach())
@@ -205,9 +231,8 @@ def sac_step(
         ent_coef = terms.ent_coef
         ent_coef_loss = torch.zeros_like(log_prob[..., :1, :])
 
-    next_actions, next_log_prob, _, _ = squash(mean[..., n:, :], log_std[..., n:, :], next_noise)
     next_input = torch.cat([next_obs, next_actions], dim=-1)
-    next_q = torch.cat([q_value(q, next_input)[1] for q in nets.q_target], dim=-1)
+    next_q = torch.cat([q_value(q, next_input)[1] for q in low.q_target], dim=-1)
     next_q, _ = torch.min(next_q, dim=-1, keepdim=True)
     next_q = next_q - ent_coef * next_log_prob
     target_q = batch.rewards + (1 - batch.dones) * terms.gamma * next_q
@@ -216,41 +241,45 @@ def sac_step(
     q_input = torch.cat([obs, actions], dim=-1)
     critic_loss = torch.zeros_like(_mean(target_q))
     critic_grads: list[torch.Tensor] = []
-    for stack in nets.q:
+    for stack in low.q:
         q_outs, q = q_value(stack, q_input)
         err = q - target_q
         critic_loss = critic_loss + 0.5 * _mean(err**2)
         critic_grads += backward(stack, q_outs, err / n, False, weights=True)[1]
     terms.step_critic(critic_grads)
+    if low is not nets:
+        torch._foreach_copy_(low.critic_params(), nets.critic_params())
 
     # Actor: mean(ent_coef * log_prob - min_q(obs, pi)) with the updated critics.
     pi_input = torch.cat([obs, pi], dim=-1)
-    pi_q = [q_value(stack, pi_input) for stack in nets.q]
+    pi_q = [q_value(stack, pi_input) for stack in low.q]
     q_pi = torch.cat([q for _, q in pi_q], dim=-1)
     min_q, which = torch.min(q_pi, dim=-1, keepdim=True)
     actor_loss = _mean(ent_coef * log_prob - min_q)
     d_input = None
-    for k, (stack, (q_outs, _)) in enumerate(zip(nets.q, pi_q, strict=True)):
+    for k, (stack, (q_outs, _)) in enumerate(zip(low.q, pi_q, strict=True)):
         d_in = backward(stack, q_outs, (which == k).to(q_pi.dtype) * (-1 / n), False, weights=False)[0]
         d_input = d_in if d_input is None else d_input + d_in
     d_pi = d_input[..., obs.shape[-1] :]
     g = ent_coef / n  # d actor_loss / d log_prob, per row
-    d_action = d_pi + g * 2 * pi / (1 - pi**2 + _SQUASH_EPS)
+    d_action = d_pi + g * 2 * pi / (one_minus_sq + _SQUASH_EPS)
     inv_var = 1 / std**2
-    d_gauss = d_action * (1 - pi**2) - g * diff * inv_var
-    d_mean = d_gauss + g * diff * inv_var
+    g_diff = g * diff * inv_var
+    d_gauss = d_action * one_minus_sq - g_diff
+    d_mean = d_gauss + g_diff
     d_std = d_gauss * noise + g * (diff**2 * inv_var / std - 1 / std)
     raw = log_std_raw[..., :n, :]
     d_log_std = d_std * std * ((raw >= _LOG_STD_MIN) & (raw <= _LOG_STD_MAX))
     latent = outs[-1][..., :n, :]
     head_grads: list[torch.Tensor] = []
     d_latent = None
-    for (w, _), d_head in zip((nets.mu, nets.log_std), (d_mean, d_log_std), strict=True):
-        head_grads += [matmul_t(_t(d_head.to(dtype)), _t(latent)).float(), d_head.sum(-2)]
-        d = matmul_t(d_head.to(dtype), _t(w.to(dtype)))
+    for (w, _), d_head in zip((low.mu, low.log_std), (d_mean, d_log_std), strict=True):
+        low_head = d_head.to(w.dtype)
+        head_grads += [matmul_t(_t(low_head), _t(latent)).float(), d_head.sum(-2)]
+        d = matmul_t(low_head, _t(w))
         d_latent = d if d_latent is None else d_latent + d
     trunk = [o[..., :n, :] for o in outs]
-    latent_grads = backward(nets.latent, trunk, d_latent, True, weights=True)[1]
+    latent_grads = backward(low.latent, trunk, d_latent, True, weights=True)[1]
     terms.step_actor(latent_grads + head_grads)
     stats = (critic_loss, actor_loss, ent_coef_loss.reshape(critic_loss.shape), ent_coef.reshape(critic_loss.shape))
     return torch.stack(stats)
@@ -270,6 +299,7 @@ class ManualUpdate:
         if not same:
             raise ValueError("optimiser parameter order differs from the networks' layer order")
         self._direct: dict[int, DirectAdam | None] = {}
+        self.low = self.nets.cast(torch.bfloat16) if model.amp == "bf16" else None
 
     def step(self, batch: ReplayBufferSamples, noise: torch.Tensor, next_noise: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -282,7 +312,7 @@ class ManualUpdate:
             step_ent_coef=lambda grad: self.apply(model.ent_coef_optimizer, [model.log_ent_coef], [grad]),
             step_critic=lambda grads: self.apply(model.critic.optimizer, self.critic_params, grads),
             step_actor=lambda grads: self.apply(model.actor.optimizer, self.actor_params, grads),
-            dtype=torch.bfloat16 if model.amp == "bf16" else torch.float32,
+            low=self.low,
         )
         n = batch.observations.shape[0]
         flat = batch._replace(

@@ -220,7 +220,7 @@ class Population:
     def actions(self, obs: np.ndarray) -> np.ndarray:
         """Each member's stochastic action for its observation (N, obs_dim), in [-1, 1] (SB3's scaled space)."""
         x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(self.size, 1, -1)
-        latent = forward(self.nets.latent, x, True, torch.float32)[-1]
+        latent = forward(self.nets.latent, x, True)[-1]
         mean = matmul_t(latent, *self.nets.mu)
         std = torch.clamp(matmul_t(latent, *self.nets.log_std), -20, 2).exp()
         noise = torch.stack([torch.randn(mean.shape[1:], device=self.device, generator=g) for g in self.generators])
