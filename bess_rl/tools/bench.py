@@ -46,7 +46,7 @@ from bess_rl.agents.population import Population
 from bess_rl.agents.vec_env import FreshInfoVecEnv
 from bess_rl.experiment.build import make_model
 from bess_rl.experiment.config import compose_config
-from bess_rl.experiment.hardware import describe_machine
+from bess_rl.experiment.hardware import describe_machine, keep_heap
 from bess_rl.experiment.run_dir import write_json
 from bess_rl.site.env import PvBessEvEnv
 
@@ -407,6 +407,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--compile", choices=COMPILE_MODES, default="none", help="also time FastSAC with this torch.compile mode"
     )
+    p.add_argument(
+        "--heap-keep-mb",
+        type=lambda v: None if v == "none" else int(v),
+        default=compose_config([]).hardware.heap_keep_mb,
+        help="glibc heap kept for reuse, as training applies hardware.heap_keep_mb (default: the default "
+        "hardware profile's); 'none': glibc's defaults",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -425,6 +432,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    heap_kept = keep_heap(args.heap_keep_mb)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     path = args.json or Path(compose_config([]).paths.output_dir) / "bench" / f"{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -433,6 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": describe_machine() | {"cpu_features": cpu_features()},
         "torch_threads": torch.get_num_threads(),
+        "heap_keep_mb": args.heap_keep_mb if heap_kept else None,
         "load_average": [],  # 1-minute load before the run and after each measurement: other work on the machine
         "results": [],
     }
