@@ -42,6 +42,8 @@ def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, re
     """``x @ w^T (+ b)`` (then ReLU) over the last two dims. Stacked members: one oneDNN product per
     member where oneDNN takes the shape (its kernels are ~1.9x torch's batched MKL ones on AMD CPUs),
     else one batched matmul."""
+    if x.shape[-1] == 1 and b is None and not relu:
+        return x * _t(w)  # an outer product: one multiply per element, exactly what the GEMM computes
     if x.dim() == 2:
         return onednn_linear.matmul_t(x, w, b, relu)
     if onednn_linear.takes(x[0], w[0]):

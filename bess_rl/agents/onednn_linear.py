@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 _NO_SCALARS: list[Any] = []
-ONEDNN_MIN_DIM = 64
+ONEDNN_MIN_DIM = 16
 
 
 def available() -> bool:
@@ -36,10 +36,14 @@ def takes(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """``x @ w.T (+ b)`` (then ReLU): on oneDNN when every dimension is at least ``ONEDNN_MIN_DIM``,
-    else torch's own matmul (oneDNN's fixed cost, ~30 us a call, outweighs its gain on the thin
-    products: a layer's 17 inputs, a critic's single output)."""
+    """``x @ w.T (+ b)`` (then ReLU): on oneDNN when every dimension is at least ``ONEDNN_MIN_DIM`` (the
+    layers' 22-24 inputs too: ~1.3x MKL's addmm there, with the ReLU fused), else torch's own matmul
+    (oneDNN's fixed cost, ~15-30 us a call, outweighs its gain on the thin products: a critic's single
+    output, the actor's two-wide heads). Thin bf16 products run in float32 and return float32: torch's
+    bf16 GEMM takes ~2x MKL's float32 one (upcast included) at those shapes."""
     if not takes(x, w):
+        if x.dtype == torch.bfloat16:
+            x, w, b = x.float(), w.float(), None if b is None else b.float()
         y = x @ w.t() if b is None else torch.addmm(b, x, w.t())
         return y.relu_() if relu else y
     return torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(w), b, "relu" if relu else "none", _NO_SCALARS, "")
