@@ -10,6 +10,7 @@ asked); only the summation order differs from MKL's, so results agree to float32
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ _NO_SCALARS: list[Any] = []
 ONEDNN_MIN_DIM = 16
 
 
+@functools.cache  # asked for every product (~30 an update): the answer never changes within a process
 def available() -> bool:
     """True where this torch build has oneDNN's pointwise linear op (x86 and arm64 CPU wheels)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -32,7 +34,7 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 def takes(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether ``matmul_t(x, w)`` goes to oneDNN: CPU tensors, a build that has it and no dimension below
     ``ONEDNN_MIN_DIM``."""
-    return x.device.type == "cpu" and min(x.shape[0], x.shape[1], w.shape[0]) >= ONEDNN_MIN_DIM and available()
+    return min(x.shape[0], x.shape[1], w.shape[0]) >= ONEDNN_MIN_DIM and x.device.type == "cpu" and available()
 
 
 def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
