@@ -186,6 +186,9 @@ class Population:
         self.actor_adam = StackedAdam(self.nets.actor_params(), lr, betas, eps)
         self.critic_adam = StackedAdam(self.nets.critic_params(), lr, betas, eps)
         self.ent_adam = StackedAdam([self.log_ent_coef], lr, betas, eps) if learned else None
+        # amp="bf16" (a FastSAC keyword, so every member's): bf16 matmuls on bf16 copies of the stacked
+        # weights, as FastSAC's own step; on CPU the stacked products are then oneDNN's batched bf16 GEMM.
+        self.low = self.nets.cast(torch.bfloat16) if first.amp == "bf16" else None
         self.num_timesteps, self.n_updates = 0, 0
         self._obs: np.ndarray | None = None
 
@@ -220,6 +223,7 @@ class Population:
             step_ent_coef=lambda grad: self.ent_adam.step([grad]),
             step_critic=self.critic_adam.step,
             step_actor=self.actor_adam.step,
+            low=self.low,
         )
         totals = torch.zeros(4, self.size, device=self.device)
         for step in range(gradient_steps):

@@ -203,10 +203,12 @@ def bench_sac(
     threads: tuple[int, ...] = (1,),
     compile_mode: str = "none",
     populations: tuple[int, ...] = (),
+    population_amps: tuple[str, ...] = ("none",),
 ) -> list[dict[str, Any]]:
     """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s
-    preset, and of a ``Population`` of each size in ``populations`` (aggregate over its members); torch
-    variants once per count in ``threads`` (named "<variant> <n>t" when there are several)."""
+    preset, and of a ``Population`` of each size in ``populations`` (aggregate over its members) at each
+    of ``population_amps``; torch variants once per count in ``threads`` (named "<variant> <n>t" when
+    there are several)."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch, batch_size, preset_buffer = hp["net_arch"], hp["batch_size"], hp["buffer_size"]
     updates_per_step = hp["gradient_steps"] / hp["train_freq"]
@@ -234,17 +236,19 @@ def bench_sac(
         where = "cpu" if name == "sbx" else str(model.device)
         subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, SBX_NOTE if name == "sbx" else note)
     for size in populations:
-        pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
-        pop = Population(
-            PvBessEvEnv, size, seeds=range(seed, seed + size), device=device, policy_kwargs={"net_arch": net_arch},
-            **pop_hp,
-        )  # fmt: skip
-        for member in pop.members:
-            for transition in transitions:
-                member.replay_buffer.add(*transition)
-        pop.train(chunk)
-        pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
-        subjects[f"population {size}"] = (population_updates(pop, chunk), population_collect(pop), device, pop_note)
+        for amp in population_amps:
+            pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
+            pop = Population(
+                PvBessEvEnv, size, seeds=range(seed, seed + size), device=device,
+                policy_kwargs={"net_arch": net_arch}, amp=amp, **pop_hp,
+            )  # fmt: skip
+            for member in pop.members:
+                for transition in transitions:
+                    member.replay_buffer.add(*transition)
+            pop.train(chunk)
+            pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
+            name = f"population {size}" if amp == "none" else f"population {size} {amp}"
+            subjects[name] = (population_updates(pop, chunk), population_collect(pop), device, pop_note)
 
     # (row name, subject, torch threads): SBX runs once, on XLA's threads.
     runs = [(name, name, None) for name in subjects if name == "sbx"]
@@ -405,6 +409,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--population", type=int, nargs="*", default=[], help="also time stacked SAC populations of these sizes"
     )
     p.add_argument(
+        "--population-amp",
+        nargs="+",
+        choices=("none", "bf16"),
+        default=["none"],
+        help="the populations' matmul precisions (bf16: bf16 matmuls, as FastSAC amp=bf16)",
+    )
+    p.add_argument(
         "--compile", choices=COMPILE_MODES, default="none", help="also time FastSAC with this torch.compile mode"
     )
     p.add_argument(
@@ -464,6 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     tuple(args.sac_threads),
                     args.compile,
                     tuple(args.population),
+                    tuple(args.population_amp),
                 )
             else:
                 job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed)
