@@ -54,6 +54,7 @@ class HardwareConfig:
     tf32: bool = MISSING
     compile: str = MISSING
     memory_budget_gb: float | None = MISSING
+    heap_keep_mb: int | None = MISSING
     strict: bool = MISSING
 
 

@@ -7,6 +7,8 @@ not have it. Falling back must be loud (one warning, recorded in the run folder)
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import platform
@@ -96,6 +98,9 @@ def resolve(hw: DictConfig, algo: type, agent_device: str = "auto") -> Runtime:
         notes.append(f"{name} does not compile its update: hardware.compile={compile_mode} is not applied")
         compile_mode = "none"
     torch.set_num_threads(int(hw.torch_threads))
+    keep_mb = hw.get("heap_keep_mb")
+    if keep_mb is not None and not keep_heap(keep_mb):
+        notes.append(f"hardware.heap_keep_mb={keep_mb} needs glibc's malloc: not applied")
     if want == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
@@ -103,6 +108,26 @@ def resolve(hw: DictConfig, algo: type, agent_device: str = "auto") -> Runtime:
         log.warning(note)
     algo_path = f"{algo.__module__}.{algo.__qualname__}"
     return Runtime(hw.name, algo_path, want, amp, graphs, tf32, compile_mode, int(hw.torch_threads), notes)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_heap(megabytes: int | None) -> bool:
+    """Have glibc serve allocations under ``megabytes`` from its heap and keep up to that much freed
+    memory there; returns whether it applied (glibc only; None: its defaults).
+
+    Why: by default glibc maps each allocation over a dynamic threshold (at most 32 MB) afresh and
+    returns freed heap tops over twice that threshold to the OS, so an update whose temporaries are a
+    few hundred KB to a few MB each (SAC's 256-wide layers, a population's stacked (N, B, 256)
+    tensors) page-faults them in again on every step: measured on the 2-vCPU KVM guest, ~220,000
+    faults in 1.5 s for a population of 4, whose update ran 2x faster without them.
+    """
+    if megabytes is None or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    size = int(megabytes) << 20
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, size) and libc.mallopt(_M_TRIM_THRESHOLD, size))
 
 
 def describe_machine() -> dict:

@@ -52,8 +52,11 @@ def member_configs(cfg: DictConfig) -> list[DictConfig]:
     return members
 
 
-def build_population(cfg: DictConfig, members: list[DictConfig], env_fn: Any, device: str) -> Population:
-    """The stacked population: shared hyper-parameters from ``agent.hparams``, varied ones per member."""
+def build_population(
+    cfg: DictConfig, members: list[DictConfig], env_fn: Any, device: str, amp: str = "none"
+) -> Population:
+    """The stacked population: shared hyper-parameters from ``agent.hparams``, varied ones per member, and
+    the hardware profile's ``amp`` as a single run's FastSAC takes it."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch = hp.pop("net_arch")
     per_member = {key: [m.agent.hparams[key] for m in members] for key in VARIED}
@@ -66,6 +69,7 @@ def build_population(cfg: DictConfig, members: list[DictConfig], env_fn: Any, de
         device=device,
         policy_kwargs={"net_arch": list(net_arch)},
         verbose=0,
+        amp=amp,
         **per_member,
         **hp,
     )
@@ -108,7 +112,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     def env_fn() -> PvBessEvEnv:
         return make_env(scenario, site, cfg.scenario, training=True)
 
-    pop = build_population(cfg, members, env_fn, runtime.device)
+    amp = runtime.amp if runtime.amp == "bf16" else "none"  # the stacked step has no fp16 (GradScaler) path
+    pop = build_population(cfg, members, env_fn, runtime.device, amp)
     refs = compute_references(eval_env, build_mpc_settings(cfg.mpc))
     log.info("training %d %s members (%s preset) for %d steps each on %s", pop.size, cfg.agent.name,
              cfg.preset.name, cfg.agent.total_timesteps, runtime.device)  # fmt: skip

@@ -46,7 +46,7 @@ from bess_rl.agents.population import Population
 from bess_rl.agents.vec_env import FreshInfoVecEnv
 from bess_rl.experiment.build import make_model
 from bess_rl.experiment.config import compose_config
-from bess_rl.experiment.hardware import describe_machine
+from bess_rl.experiment.hardware import describe_machine, keep_heap
 from bess_rl.experiment.run_dir import write_json
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.scenario import default_scenario
@@ -208,11 +208,13 @@ def bench_sac(
     threads: tuple[int, ...] = (1,),
     compile_mode: str = "none",
     populations: tuple[int, ...] = (),
+    population_amps: tuple[str, ...] = ("none",),
     rounds: int = ROUNDS,
 ) -> list[dict[str, Any]]:
     """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s
-    preset, and of a ``Population`` of each size in ``populations`` (aggregate over its members); torch
-    variants once per count in ``threads`` (named "<variant> <n>t" when there are several)."""
+    preset, and of a ``Population`` of each size in ``populations`` (aggregate over its members) at each
+    of ``population_amps``; torch variants once per count in ``threads`` (named "<variant> <n>t" when
+    there are several)."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch, batch_size, preset_buffer = hp["net_arch"], hp["batch_size"], hp["buffer_size"]
     updates_per_step = hp["gradient_steps"] / hp["train_freq"]
@@ -240,17 +242,19 @@ def bench_sac(
         where = "cpu" if name == "sbx" else str(model.device)
         subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, SBX_NOTE if name == "sbx" else note)
     for size in populations:
-        pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
-        pop = Population(
-            PvBessEvEnv, size, seeds=range(seed, seed + size), device=device, policy_kwargs={"net_arch": net_arch},
-            **pop_hp,
-        )  # fmt: skip
-        for member in pop.members:
-            for transition in transitions:
-                member.replay_buffer.add(*transition)
-        pop.train(chunk)
-        pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
-        subjects[f"population {size}"] = (population_updates(pop, chunk), population_collect(pop), device, pop_note)
+        for amp in population_amps:
+            pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
+            pop = Population(
+                PvBessEvEnv, size, seeds=range(seed, seed + size), device=device,
+                policy_kwargs={"net_arch": net_arch}, amp=amp, **pop_hp,
+            )  # fmt: skip
+            for member in pop.members:
+                for transition in transitions:
+                    member.replay_buffer.add(*transition)
+            pop.train(chunk)
+            pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
+            name = f"population {size}" if amp == "none" else f"population {size} {amp}"
+            subjects[name] = (population_updates(pop, chunk), population_collect(pop), device, pop_note)
 
     # (row name, subject, torch threads): SBX runs once, on XLA's threads.
     runs = [(name, name, None) for name in subjects if name == "sbx"]
@@ -416,7 +420,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--population", type=int, nargs="*", default=[], help="also time stacked SAC populations of these sizes"
     )
     p.add_argument(
+        "--population-amp",
+        nargs="+",
+        choices=("none", "bf16"),
+        default=["none"],
+        help="the populations' matmul precisions (bf16: bf16 matmuls, as FastSAC amp=bf16)",
+    )
+    p.add_argument(
         "--compile", choices=COMPILE_MODES, default="none", help="also time FastSAC with this torch.compile mode"
+    )
+    p.add_argument(
+        "--heap-keep-mb",
+        type=lambda v: None if v == "none" else int(v),
+        default=compose_config([]).hardware.heap_keep_mb,
+        help="glibc heap kept for reuse, as training applies hardware.heap_keep_mb (default: the default "
+        "hardware profile's); 'none': glibc's defaults",
     )
     p.add_argument(
         "--rounds", type=int, default=ROUNDS, help="interleaved rounds per measurement (each job runs once a round)"
@@ -439,6 +457,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    heap_kept = keep_heap(args.heap_keep_mb)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     path = args.json or Path(compose_config([]).paths.output_dir) / "bench" / f"{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -447,6 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": describe_machine() | {"cpu_features": cpu_features()},
         "torch_threads": torch.get_num_threads(),
+        "heap_keep_mb": args.heap_keep_mb if heap_kept else None,
         "load_average": [],  # 1-minute load before the run and after each measurement: other work on the machine
         "results": [],
     }
@@ -469,6 +489,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     tuple(args.sac_threads),
                     args.compile,
                     tuple(args.population),
+                    tuple(args.population_amp),
                     args.rounds,
                 )
             else:
