@@ -25,7 +25,7 @@ from bess_rl.experiment.run_dir import RunDir
 from bess_rl.experiment.train import run, steps_to_run
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.tools.replay import replay
-from tests.helpers import COMMON, TINY, cli, compose_cfg, small_env
+from tests.helpers import COMMON, TINY, cli, compose_cfg, run_cli, small_env
 
 AGENTS, HARDWARE, PRESETS = ("sac", "ppo", "a2c"), ("cpu", "cuda", "rtx4060"), ("before", "after")
 
@@ -189,14 +189,21 @@ def test_minibatch_larger_than_rollout_is_refused():
     [
         (["agent=sacc"], "Could not find 'agent/sacc'"),
         (["agent.hparams.batch_size=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
-        (["scenario.hourly_path=/no/such.csv"], "scenario file not found: /no/such.csv"),
     ],
 )
 def test_cli_errors_are_one_clear_line(tmp_path, args, message):
-    """Hydra's composition errors, a schema type error and our own: one line from the real entry point."""
+    """Hydra's composition errors and a schema type error: one line from the real entry point, in a process
+    of its own (they are refused before torch is imported)."""
     proc = cli(*args, "progress_bar=false", cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_our_own_input_errors_are_one_clear_line(tmp_path, capfd):
+    proc = run_cli("scenario.hourly_path=/no/such.csv", "progress_bar=false", cwd=tmp_path, capfd=capfd)
+    assert proc.returncode == 2
+    assert "scenario file not found: /no/such.csv" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 

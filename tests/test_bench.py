@@ -38,9 +38,10 @@ def check_sac_rows(rows: list[dict], variants: set[str]) -> None:
     assert base["speedup_grad_steps_per_s"] == 1.0
 
 
-def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
+def rows_by_agent(tmp_path, monkeypatch, agents: list[str], extra: list[str]) -> dict[str, list[dict]]:
+    """The bench's rows per agent, from the JSON at its default path, checked against what ``main`` returned."""
     monkeypatch.setenv("BESS_RL_ROOT", str(tmp_path))  # the default JSON path is <root>/outputs/bench/<time>.json
-    report = run_tiny(["--agents", "sac", "ppo", "a2c", "--device", "cpu", "--population", "2"])
+    report = run_tiny(["--agents", *agents, "--device", "cpu", *extra])
     (path,) = (tmp_path / "outputs" / "bench").glob("*.json")
     data = json.loads(path.read_text())
     assert data["results"] == report["results"] and data["machine"]["cpu_count"] >= 1
@@ -48,11 +49,21 @@ def test_bench_writes_json_with_every_agent(tmp_path, monkeypatch):
     by_agent: dict[str, list[dict]] = {}
     for row in data["results"]:
         by_agent.setdefault(row["agent"], []).append(row)
+    assert set(by_agent) == {"env", *agents}
     assert by_agent["env"][0]["env_steps_per_s"] > 0
+    return by_agent
+
+
+def test_bench_writes_json_with_every_sac_variant(tmp_path, monkeypatch):
+    by_agent = rows_by_agent(tmp_path, monkeypatch, ["sac"], ["--population", "2"])
     (population,) = [row for row in by_agent["sac"] if row["variant"].startswith("population 2")]
     assert population["grad_steps_per_s"] > 0
     by_agent["sac"] = [row for row in by_agent["sac"] if row is not population]
     check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16", "fast mkl", "sbx"})
+
+
+def test_bench_writes_json_with_the_on_policy_agents(tmp_path, monkeypatch):
+    by_agent = rows_by_agent(tmp_path, monkeypatch, ["ppo", "a2c"], [])
     for agent in ("ppo", "a2c"):
         sb3, fast = by_agent[agent]
         assert (sb3["variant"], fast["variant"]) == ("sb3", "fast") and sb3["speedup_env_steps_per_hour"] == 1.0
