@@ -27,9 +27,11 @@ import sqlalchemy
 from omegaconf import OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import OperationalError
 
+from bess_rl.experiment import storage as storage_module
 from bess_rl.experiment.run_dir import unique_sweep_dir
-from bess_rl.experiment.storage import SWEEP_ATTR, open_storage
+from bess_rl.experiment.storage import SWEEP_ATTR, StorageError, open_storage
 from bess_rl.experiment.sweeper import OptunaStudyGuard
 from tests.helpers import COMMON, TINY, run_cli
 from tests.pg import PASSWORD, PgServer, free_port
@@ -305,3 +307,26 @@ def test_the_heartbeat_ends_when_its_trials_have(tmp_path):
     assert not beat.is_alive()
     study.tell(study.ask(), 2.0)  # a new trial beats again (and its thread ends in turn)
     storage.engine.dispose()
+
+
+def test_a_schema_another_sweep_is_creating_is_opened_again(tmp_path, monkeypatch):
+    """SQLite's side of two sweeps starting on a new file at once: the loser's CREATE TABLE fails."""
+    real, calls = storage_module.HeartbeatStorage, {"n": 0}
+
+    def racing(url, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("CREATE TABLE", {}, Exception("table alembic_version already exists"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(storage_module, "HeartbeatStorage", racing)
+    opened = open_storage(sqlite_url(tmp_path))
+    assert calls["n"] == 2 and isinstance(opened, real)
+    opened.engine.dispose()
+
+    def locked(url, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(storage_module, "HeartbeatStorage", locked)
+    with pytest.raises(StorageError, match="^cannot open storage .*database is locked"):
+        open_storage(sqlite_url(tmp_path))

@@ -152,12 +152,15 @@ def open_storage(url: str, **kwargs: Any) -> RDBStorage:
             raise StorageError(
                 f"{where}: the driver module {module!r} is not installed (pip install -e '.[cluster]' for PostgreSQL)"
             ) from None
-        except (IntegrityError, ProgrammingError) as exc:
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            # Two sweeps creating a fresh database's tables at once: the loser sees the winner's tables
+            # (PostgreSQL: integrity/programming errors; SQLite: "table ... already exists"). Open again.
+            race = not isinstance(exc, OperationalError) or "already exists" in str(exc)
             attempt += 1
+            if not race:
+                raise StorageError(f"cannot open {where}: {_one_line(exc)}") from None
             if attempt == SCHEMA_RACE_TRIES:
                 raise StorageError(f"{where}: {_one_line(exc)}") from None
             time.sleep(0.2 * attempt)
-        except OperationalError as exc:
-            raise StorageError(f"cannot open {where}: {_one_line(exc)}") from None
         except (SQLAlchemyError, StorageInternalError, RuntimeError, ValueError) as exc:
             raise StorageError(f"{where}: {_one_line(exc)}") from None
