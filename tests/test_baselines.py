@@ -123,10 +123,13 @@ def test_references_hold_every_controller_and_flag_degenerate_ones():
         assert row["penalised_kg"] == pytest.approx(penalised_kg(row["co2_kg"], row["ev_unmet_kwh"], 2.0))
         assert row["penalised_kg"] >= lp * (1 - 1e-7), name
         assert row["ev_unmet_kwh"] == pytest.approx(0.0, abs=1e-6), name
-    base = table["uncontrolled"]
-    assert degenerate(base, base) == "equals uncontrolled, battery never used"
-    assert degenerate(table["smart_rule"], base) == ""
-    assert degenerate({**base, "ev_unmet_kwh": 3.0, "penalised_kg": 1.0}, base) == "battery never used, EV energy unmet"
+    base, hours = table["uncontrolled"], env.episode_hours
+    assert degenerate(base, base, hours) == ["same as uncontrolled charging"]
+    assert degenerate(table["smart_rule"], base, hours) == []
+    half = {**base, "co2_kg": 0.5 * base["co2_kg"], "ev_served_kwh": 50.0, "ev_unmet_kwh": 50.0}
+    unmet = "EV energy left unmet: 50 kWh (50.0% of the EV demand)"
+    assert degenerate(half, base, hours) == ["battery never used", unmet]
+    assert all(row["ev_served_kwh"] > 0 for row in table.values())  # every row says what it served
 
 
 def test_references_command_takes_the_overrides_and_help(capsys):

@@ -13,10 +13,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bess_rl.baselines.episode import run_episode
-from bess_rl.baselines.references import compute_references
-from bess_rl.baselines.rules import uncontrolled
+from bess_rl.baselines.references import compute_references, degenerate
+from bess_rl.baselines.rules import RuleBased, uncontrolled
 from bess_rl.experiment.build import build_scenario, build_site, make_env
-from bess_rl.experiment.evaluation import EVAL_KEYS, degenerate, has_eval_part, load_trained
+from bess_rl.experiment.evaluation import EVAL_KEYS, has_eval_part, load_trained, score
 from bess_rl.experiment.run_dir import RunDir
 from bess_rl.experiment.train import run
 from bess_rl.site.env import PvBessEvEnv
@@ -64,11 +64,13 @@ def test_the_default_scenario_declares_a_different_evaluation_year():
 def test_uncontrolled_charging_is_flagged_degenerate():
     env = small_env()
     refs = compute_references(env)
-    flags = degenerate(run_episode(env, uncontrolled), refs, env)
+    base, pen = refs.table()["uncontrolled"], env.site.unmet_penalty_kg_per_kwh
+    flags = degenerate(score(run_episode(env, uncontrolled), refs, pen), base, env.episode_hours)
     assert flags == ["same as uncontrolled charging"]
     idle = run_episode(env, lambda e, obs: np.array([0.0, -1.0], np.float32))  # no battery, no EV charging
-    flags = degenerate(idle, refs, env)
+    flags = degenerate(score(idle, refs, pen), base, idle.hours)
     assert flags[0] == "battery never used" and flags[1].startswith("EV energy left unmet")
+    assert degenerate(score(run_episode(env, RuleBased()), refs, pen), base, env.episode_hours) == []
 
 
 @pytest.fixture(scope="module")

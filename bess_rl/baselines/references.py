@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import astuple, dataclass, field
 from typing import Any
 
@@ -29,8 +29,13 @@ from bess_rl.baselines.smart import SmartCharging
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import penalised_kg
 
-# Below this many kWh (or a part in 10^9 of the baseline) a difference is rounding, not behaviour.
-_TINY = 1e-6
+# What makes a result say little about control (``degenerate``: metrics.json's flags and the tables' notes).
+# CO2 within this share of uncontrolled charging's, with the battery idle: the policy learned nothing.
+SAME_AS_UNCONTROLLED = 1e-6
+# Fewer equivalent full battery cycles than this per evaluated day: the battery was never used.
+BATTERY_UNUSED_CYCLES_PER_DAY = 5e-4
+# More than this share of the EV demand left unmet (the LP leaves none where the site allows).
+EV_UNMET_SHARE = 0.01
 # References by env fingerprint and MPC settings: every trial of a sweep (and the training and evaluation
 # parts of every run of it) would otherwise re-solve the same LP and MPC years.
 _COMPUTED: OrderedDict[tuple[Any, ...], References] = OrderedDict()
@@ -62,21 +67,24 @@ class References:
     def optimum_unmet_kwh(self) -> float:
         return self.optimum.ev_energy_unmet_kwh
 
-    def _row(self, name: str, co2: float, unmet: float, kpi: dict[str, float]) -> dict[str, float]:
+    def _row(self, name: str, co2: float, served: float, unmet: float, kpi: dict[str, float]) -> dict[str, float]:
         penalised = penalised_kg(co2, unmet, self.penalty_kg_per_kwh)
         timing = {"seconds": self.seconds.get(name, 0.0), "cpu_seconds": self.cpu_seconds.get(name, 0.0)}
-        return {"co2_kg": co2, "penalised_kg": penalised, "ev_unmet_kwh": unmet, **kpi, **timing}
+        energy = {"ev_served_kwh": served, "ev_unmet_kwh": unmet}
+        return {"co2_kg": co2, "penalised_kg": penalised, **energy, **kpi, **timing}
 
     def table(self) -> dict[str, dict[str, float]]:
         """Reference name -> CO2 kg, penalised kg, EV unmet kWh, KPIs and the seconds it took."""
         rows = {}
         for name in ("uncontrolled", "rule_based", "smart_rule", "mpc_perfect", "mpc_persistence"):
             r: EpisodeResult = getattr(self, name)
-            rows[name] = self._row(name, r.co2_kg, r.ev_unmet_kwh, r.kpis())
+            rows[name] = self._row(name, r.co2_kg, r.ev_served_kwh, r.ev_unmet_kwh, r.kpis())
         opt = self.optimum
-        rows["lp_optimum"] = self._row("lp_optimum", opt.co2_kg, opt.ev_energy_unmet_kwh, self.optimum_kpis)
+        rows["lp_optimum"] = self._row(
+            "lp_optimum", opt.co2_kg, opt.ev_energy_served_kwh, opt.ev_energy_unmet_kwh, self.optimum_kpis
+        )
         r = self.lp_achievable
-        rows["lp_achievable"] = self._row("lp_achievable", r.co2_kg, r.ev_unmet_kwh, r.kpis())
+        rows["lp_achievable"] = self._row("lp_achievable", r.co2_kg, r.ev_served_kwh, r.ev_unmet_kwh, r.kpis())
         return rows
 
 
@@ -128,17 +136,22 @@ def _compute(env: PvBessEvEnv, mpc: MpcSettings) -> References:
     )
 
 
-def degenerate(row: dict[str, Any], base: dict[str, Any]) -> str:
-    """Why a controller's result says little (it equals uncontrolled, never uses the battery, leaves
-    EV energy unmet), or "" if none applies; rows without a KPI are not judged on it."""
-    notes = []
-    if abs(row["penalised_kg"] - base["penalised_kg"]) <= max(_TINY, 1e-9 * abs(base["penalised_kg"])):
-        notes.append("equals uncontrolled")
-    if row.get("battery_throughput_kwh") is not None and row["battery_throughput_kwh"] <= _TINY:
-        notes.append("battery never used")
-    if row["ev_unmet_kwh"] > _TINY:
-        notes.append("EV energy unmet")
-    return ", ".join(notes)
+def degenerate(row: Mapping[str, Any], base: Mapping[str, Any], hours: int) -> list[str]:
+    """Why a controller's result says little, one short phrase each (none: a controller worth reporting),
+    from its row (``References.table``, or a run's metrics) and uncontrolled charging's over ``hours``;
+    a row without a figure is not judged on it."""
+    flags = []
+    cycles = row.get("battery_cycles")
+    unused = cycles is not None and cycles < BATTERY_UNUSED_CYCLES_PER_DAY * max(hours / 24, 1.0)
+    if unused and abs(row["co2_kg"] - base["co2_kg"]) <= SAME_AS_UNCONTROLLED * max(base["co2_kg"], 1.0):
+        flags.append("same as uncontrolled charging")
+    elif unused:
+        flags.append("battery never used")
+    unmet = row["ev_unmet_kwh"]
+    demand = row.get("ev_served_kwh", 0.0) + unmet
+    if demand > 0 and unmet > EV_UNMET_SHARE * demand:
+        flags.append(f"EV energy left unmet: {unmet:,.0f} kWh ({100 * unmet / demand:.1f}% of the EV demand)")
+    return flags
 
 
 def _fmt(value: float | None, spec: str, unit: str = "") -> str:
@@ -164,7 +177,7 @@ def co2_table(rows: dict[str, dict[str, Any]], hours: int) -> Group:
             f"{100 * (row['penalised_kg'] - ref) / ref:+.2f}%" if ref else "n/a",  # a grid with no CO2 at all
             f"{row['co2_kg']:,.0f}",
             f"{row['ev_unmet_kwh']:,.1f}",
-            "" if name == "uncontrolled" else degenerate(row, base),
+            "" if name == "uncontrolled" else ", ".join(degenerate(row, base, hours)),
         )
         kpi.add_row(
             name,

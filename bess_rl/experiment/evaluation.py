@@ -20,7 +20,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.episode import EpisodeResult, Policy, run_episode
 from bess_rl.baselines.optimum import solve_optimum
-from bess_rl.baselines.references import References
+from bess_rl.baselines.references import References, degenerate
 from bess_rl.baselines.rules import uncontrolled
 from bess_rl.experiment import hardware
 from bess_rl.experiment.build import algo_class, build_eval_env, has_eval_part
@@ -33,12 +33,6 @@ log = logging.getLogger(__name__)
 
 # TensorBoard / progress.csv keys of the periodic held-out evaluation (besides SB3's eval/mean_reward).
 EVAL_KEYS = ("eval/co2_kg", "eval/co2_reduction_pct", "eval/penalised_reduction_pct", "eval/ev_unmet_kwh")
-# A policy within this relative CO2 of uncontrolled charging, with no battery use, learned nothing.
-SAME_AS_UNCONTROLLED = 1e-6
-# Battery throughput below this share of one full charge per evaluated day: never used.
-BATTERY_UNUSED = 1e-3
-# EV energy left unmet above this share of the EV demand is flagged (the LP leaves none).
-EV_UNMET_SHARE = 0.01
 
 
 class NoEvalPartError(ValueError):
@@ -85,23 +79,6 @@ def deterministic_policy(model: BaseAlgorithm) -> Policy:
     return policy
 
 
-def degenerate(result: EpisodeResult, refs: References, env: PvBessEvEnv) -> list[str]:
-    """Why a policy is not a controller worth reporting, if it is not: one short phrase each."""
-    flags = []
-    base = refs.uncontrolled
-    battery_kwh = float(np.abs(result.trace["bess_kw"]).sum())
-    unused = battery_kwh < BATTERY_UNUSED * env.site.bess_capacity_kwh * max(result.hours / 24, 1.0)
-    if abs(result.co2_kg - base.co2_kg) <= SAME_AS_UNCONTROLLED * max(base.co2_kg, 1.0) and unused:
-        flags.append("same as uncontrolled charging")
-    elif unused:
-        flags.append("battery never used")
-    demand = result.ev_served_kwh + result.ev_unmet_kwh
-    if demand > 0 and result.ev_unmet_kwh > EV_UNMET_SHARE * demand:
-        share = 100 * result.ev_unmet_kwh / demand
-        flags.append(f"EV energy left unmet: {result.ev_unmet_kwh:,.0f} kWh ({share:.1f}% of the EV demand)")
-    return flags
-
-
 def comparison_traces(env: PvBessEvEnv, refs: References) -> dict[str, dict[str, np.ndarray]]:
     """Grid import and SOC of the rule-based controller and the LP optimum, for the dispatch plot."""
     opt = solve_optimum(env.scenario, env.site)
@@ -115,11 +92,12 @@ def comparison_traces(env: PvBessEvEnv, refs: References) -> dict[str, dict[str,
 def evaluate_part(model: BaseAlgorithm, env: PvBessEvEnv, refs: References) -> tuple[dict[str, Any], EpisodeResult]:
     """The model's deterministic episode on ``env`` scored against references on the same data."""
     result = run_episode(env, deterministic_policy(model))
+    scored, table = score(result, refs, env.site.unmet_penalty_kg_per_kwh), refs.table()
     metrics = {
-        **score(result, refs, env.site.unmet_penalty_kg_per_kwh),
-        "references": refs.table(),
+        **scored,
+        "references": table,
         "eval_hours": result.hours,
-        "flags": degenerate(result, refs, env),
+        "flags": degenerate(scored, table["uncontrolled"], result.hours),
     }
     return metrics, result
 
