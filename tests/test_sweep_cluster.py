@@ -294,7 +294,8 @@ def test_dashboard_serves_the_study_and_leaves_it_resumable(tmp_path, capfd):
 
 
 def test_the_heartbeat_ends_when_its_trials_have(tmp_path):
-    """A sweep run from a long-lived process (a notebook, the test suite) leaves no thread beating."""
+    """A sweep run from a long-lived process (a notebook, the test suite) leaves no thread beating: it
+    ends when its last trial finishes, not a beat interval (a minute by default) later."""
     storage = open_storage(sqlite_url(tmp_path), heartbeat_interval=1)
     study = optuna.create_study(study_name="beat", storage=storage)
     before = set(threading.enumerate())
@@ -305,8 +306,16 @@ def test_the_heartbeat_ends_when_its_trials_have(tmp_path):
     study.tell(trial, 1.0)
     beat.join(timeout=5)
     assert not beat.is_alive()
-    study.tell(study.ask(), 2.0)  # a new trial beats again (and its thread ends in turn)
-    storage.engine.dispose()
+    slow = open_storage(sqlite_url(tmp_path), heartbeat_interval=60)
+    again = optuna.load_study(study_name="beat", storage=slow)
+    before = set(threading.enumerate())
+    trial = again.ask()  # a new trial beats again, and its thread ends with it, well before 60 s
+    (beat,) = [t for t in threading.enumerate() if t.name == "optuna-heartbeat" and t not in before]
+    again.tell(trial, 2.0)
+    beat.join(timeout=5)
+    assert not beat.is_alive()
+    for s in (storage, slow):
+        s.engine.dispose()
 
 
 def test_a_schema_another_sweep_is_creating_is_opened_again(tmp_path, monkeypatch):

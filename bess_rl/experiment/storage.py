@@ -68,6 +68,7 @@ class HeartbeatStorage(RDBStorage):
         self._mine: set[int] = set()
         self._lock = threading.Lock()
         self._beating = False
+        self._idle = threading.Event()  # set when every trial it beats for has finished: the beat ends
 
     def __str__(self) -> str:  # the sweeper logs "Storage: <this>"
         return shown(self.url)
@@ -80,6 +81,7 @@ class HeartbeatStorage(RDBStorage):
                 self.set_trial_system_attr(trial._trial_id, SWEEP_ATTR, self.sweep_dir)
             with self._lock:
                 self._mine.add(trial._trial_id)
+                self._idle.clear()
                 if not self._beating:
                     self._beating = True
                     threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True).start()
@@ -105,12 +107,31 @@ class HeartbeatStorage(RDBStorage):
                 if t.heartbeats and (now - t.heartbeats[0].heartbeat).total_seconds() > grace
             ]
 
+    def set_trial_state(self, trial_id: int, state: TrialState) -> bool:
+        changed = super().set_trial_state(trial_id, state)
+        self._forget_if_finished(trial_id, state)
+        return changed
+
+    def _update_trial(self, trial_id: int, state: TrialState | None = None, **kwargs: Any) -> bool:
+        """How optuna's cached storage writes a finished trial (``set_trial_state`` the uncached one)."""
+        changed = super()._update_trial(trial_id, state=state, **kwargs)
+        self._forget_if_finished(trial_id, state)
+        return changed
+
+    def _forget_if_finished(self, trial_id: int, state: TrialState | None) -> None:
+        """A finished trial is no longer beaten for; the beat ends with the last one."""
+        if state is not None and state.is_finished():
+            with self._lock:
+                self._mine.discard(trial_id)
+                if not self._mine:
+                    self._idle.set()
+
     def _beat(self) -> None:
         """Dies with the process (daemon): a killed sweep stops beating, which is what marks its trials stale.
-        Ends once every trial it beats for has finished (the next trial starts another)."""
+        Ends as soon as every trial it beats for has finished (the next trial starts another)."""
         assert self.heartbeat_interval is not None
         while True:
-            time.sleep(self.heartbeat_interval)
+            self._idle.wait(self.heartbeat_interval)
             with self._lock:
                 ids = list(self._mine)
                 if not ids:
