@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import logging.config
 import os
@@ -10,7 +9,6 @@ import runpy
 import subprocess
 import sys
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -89,28 +87,20 @@ def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProc
                           cwd=cwd, timeout=timeout)  # fmt: skip
 
 
-@contextlib.contextmanager
-def _logging_kept() -> Iterator[None]:
+def _keep_logging(mp: pytest.MonkeyPatch) -> None:
     """Hydra configures logging with ``dictConfig``, which closes every handler of the process: in a CLI
-    process there are none, here pytest's capture handlers would go too. Only the handlers made during
-    the block are closed, and the root logger gets its handlers and level back afterwards."""
+    process there are none, here pytest's capture handlers would go too. Only the handlers made after
+    this call are closed, and the root logger gets its handlers back when ``mp`` undoes."""
     before = set(logging._handlerList)  # weak references to every live handler
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    clear = logging.config._clearExistingHandlers
 
     def clear_new_only() -> None:
         logging._handlers.clear()
         logging.shutdown([ref for ref in logging._handlerList if ref not in before])
         logging._handlerList[:] = [ref for ref in logging._handlerList if ref in before]
 
-    logging.config._clearExistingHandlers = clear_new_only
-    try:
-        yield
-    finally:
-        logging.config._clearExistingHandlers = clear
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    mp.setattr(logging.config, "_clearExistingHandlers", clear_new_only)
+    mp.setattr(root, "handlers", root.handlers[:])  # dictConfig rewrites the copy; undo puts the list back
 
 
 def run_cli(*args: str, cwd: Path, capfd: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess:
@@ -120,28 +110,23 @@ def run_cli(*args: str, cwd: Path, capfd: pytest.CaptureFixture[str]) -> subproc
     and 1). For what needs a process of its own (signals, kills, concurrent runs), use ``cli``."""
     from hydra.core.global_hydra import GlobalHydra
 
-    saved = os.environ.get("BESS_RL_ROOT"), Path.cwd(), sys.argv
-    os.environ["BESS_RL_ROOT"] = str(cwd)
-    os.chdir(cwd)
-    sys.argv = ["bess_rl", *args]
-    code = 0
+    code, level = 0, logging.getLogger().level
     capfd.readouterr()  # what the test printed before
-    try:
-        with _logging_kept():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BESS_RL_ROOT", str(cwd))
+        mp.chdir(cwd)
+        mp.setattr(sys, "argv", ["bess_rl", *args])
+        _keep_logging(mp)
+        try:
             runpy.run_module("bess_rl", run_name="__main__", alter_sys=True)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    except Exception:
-        traceback.print_exc()
-        code = 1
-    finally:
-        GlobalHydra.instance().clear()
-        root, folder, sys.argv = saved
-        os.chdir(folder)
-        if root is None:
-            os.environ.pop("BESS_RL_ROOT", None)
-        else:
-            os.environ["BESS_RL_ROOT"] = root
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        finally:
+            GlobalHydra.instance().clear()
+    logging.getLogger().setLevel(level)  # Hydra set INFO; setLevel also drops the loggers' cached levels
     out, err = capfd.readouterr()
     return subprocess.CompletedProcess(list(args), code, out, err)
 

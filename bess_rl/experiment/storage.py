@@ -176,10 +176,9 @@ def open_storage(url: str, **kwargs: Any) -> RDBStorage:
         except (IntegrityError, ProgrammingError, OperationalError) as exc:
             # Two sweeps creating a fresh database's tables at once: the loser sees the winner's tables
             # (PostgreSQL: integrity/programming errors; SQLite: "table ... already exists"). Open again.
-            race = not isinstance(exc, OperationalError) or "already exists" in str(exc)
-            attempt += 1
-            if not race:
+            if isinstance(exc, OperationalError) and "already exists" not in str(exc):
                 raise StorageError(f"cannot open {where}: {_one_line(exc)}") from None
+            attempt += 1
             if attempt == SCHEMA_RACE_TRIES:
                 raise StorageError(f"{where}: {_one_line(exc)}") from None
             time.sleep(0.2 * attempt)

@@ -241,9 +241,9 @@ def bench_sac(
         model.train(chunk, batch_size)  # warm-up: allocations, cuBLAS, graph capture
         where = "cpu" if name == "sbx" else str(model.device)
         subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, SBX_NOTE if name == "sbx" else note)
+    pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
     for size in populations:
         for amp in population_amps:
-            pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
             pop = Population(
                 PvBessEvEnv, size, seeds=range(seed, seed + size), device=device,
                 policy_kwargs={"net_arch": net_arch}, amp=amp, **pop_hp,
