@@ -309,3 +309,27 @@ def test_cuda_graph_updates_match_eager_updates(ent_coef, no_tf32):
         torch.testing.assert_close(after_graphed[key], after_eager[key], rtol=1e-4, atol=1e-5, msg=key)
     for key in ("train/critic_loss", "train/actor_loss"):
         assert graphed.logger.name_to_value[key] == pytest.approx(eager.logger.name_to_value[key], rel=1e-4), key
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_products_go_to_onednn_only_where_the_cpu_makes_it_win(monkeypatch, native):
+    """Without AVX-512 oneDNN's fp32 kernels lose to MKL, and without bf16 instructions it cannot build
+    a bf16 product: those products take torch's own matmul, bf16 ones in float32 on the rounded inputs."""
+    if native and not onednn_linear.available():
+        pytest.skip("this torch build has no oneDNN")
+    if not native:  # a CPU without AVX-512 and bf16 (this project's Zen 3 machines are one)
+        monkeypatch.setattr(onednn_linear, "fast_fp32", lambda: False)
+        monkeypatch.setattr(onednn_linear, "native_bf16", lambda: False)
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(64, 32, generator=gen), torch.randn(48, 32, generator=gen), torch.randn(48, generator=gen)
+    for dtype in (torch.float32, torch.bfloat16):
+        xs, ws, bs = x.to(dtype), w.to(dtype), b.to(dtype)
+        goes = native and (onednn_linear.native_bf16() if dtype == torch.bfloat16 else onednn_linear.fast_fp32())
+        assert onednn_linear.takes(xs, ws) == goes
+        y = onednn_linear.matmul_t(xs, ws, bs, relu=True)
+        ref = torch.addmm(bs.float(), xs.float(), ws.float().t()).relu()
+        if not goes:
+            assert y.dtype == torch.float32
+            torch.testing.assert_close(y, ref)
+        else:
+            torch.testing.assert_close(y.float(), ref, rtol=0.02, atol=0.05)

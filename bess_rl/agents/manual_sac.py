@@ -42,11 +42,14 @@ def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, re
     """``x @ w^T (+ b)`` (then ReLU) over the last two dims. Stacked float32 members: one oneDNN product
     per member where oneDNN takes the shape (its kernels are ~1.9x torch's batched MKL ones on AMD CPUs),
     else one batched matmul; stacked bf16 ones: one batched matmul, which torch runs on oneDNN's bf16
-    GEMM (4 x 256^3: 365 us against 478 us for four single products)."""
+    GEMM (4 x 256^3: 365 us against 478 us for four single products), or in float32 on a CPU without
+    native bf16."""
     if x.shape[-1] == 1 and b is None and not relu:
         return x * _t(w)  # an outer product: one multiply per element, exactly what the GEMM computes
     if x.dim() == 2:
         return onednn_linear.matmul_t(x, w, b, relu)
+    if torch.bfloat16 in (x.dtype, w.dtype) and not onednn_linear.native_bf16():
+        x, w, b = x.float(), w.float(), None if b is None else b.float()  # as onednn_linear's bf16 fallback
     if x.dtype != torch.bfloat16 and onednn_linear.takes(x[0], w[0]):
         return torch.stack(
             [onednn_linear.matmul_t(x[i], w[i], None if b is None else b[i], relu) for i in range(x.shape[0])]

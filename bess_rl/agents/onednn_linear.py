@@ -1,9 +1,12 @@
-"""Linear layers whose forward and backward matmuls run on oneDNN's fp32 kernels (x86 CPUs).
+"""Linear layers whose forward and backward matmuls run on oneDNN's fp32 kernels (x86 CPUs with AVX-512).
 
 Why: torch sends CPU fp32 matmuls to MKL, which runs its AVX2 kernels on AMD CPUs: ~100 GFLOP/s per
-core on this project's AMD EPYC machines, while oneDNN (also inside every x86 torch wheel, through
+core on this project's AMD EPYC (Zen 5) machines, while oneDNN (also inside every x86 torch wheel, through
 ``torch.ops.mkldnn._linear_pointwise``) runs the same 256x256x256 product with AVX-512 about 1.9x
-faster. SAC's update is nearly all such products, so FastSAC's CPU update (``bess_rl.agents.manual_sac``)
+faster. On a CPU without AVX-512 oneDNN has only AVX2 kernels too and loses to MKL (Zen 3: 770 us
+against 490 us for that product), and without native bf16 (avx512_bf16 or AMX) it cannot build a bf16
+product at all, so each dtype goes to oneDNN only where the CPU has the instructions that make it win.
+SAC's update is nearly all such products, so FastSAC's CPU update (``bess_rl.agents.manual_sac``)
 does its forward and backward matmuls here. The maths is a plain ``x @ w.T + b`` (ReLU fused when
 asked); only the summation order differs from MKL's, so results agree to float32 rounding.
 """
@@ -25,6 +28,19 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+@functools.cache
+def fast_fp32() -> bool:
+    """True where oneDNN's fp32 kernels beat MKL's: torch dispatches AVX-512 code on this CPU."""
+    return available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (avx512_bf16 or AMX) and oneDNN builds bf16 products;
+    elsewhere torch's bf16 GEMM is emulated (~15x its fp32 one on Zen 3)."""
+    return available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _dense(t: torch.Tensor) -> torch.Tensor:
     """``t`` as a row-major or transposed row-major matrix: oneDNN reads those in place, but any other
     strides (a column slice of the replay rows) send it to a reference kernel ~500x slower."""
@@ -32,19 +48,22 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 
 def takes(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether ``matmul_t(x, w)`` goes to oneDNN: CPU tensors, a build that has it and no dimension below
-    ``ONEDNN_MIN_DIM``."""
-    return min(x.shape[0], x.shape[1], w.shape[0]) >= ONEDNN_MIN_DIM and x.device.type == "cpu" and available()
+    """Whether ``matmul_t(x, w)`` goes to oneDNN: CPU tensors, no dimension below ``ONEDNN_MIN_DIM`` and a
+    CPU where oneDNN wins for the dtype (``fast_fp32``, ``native_bf16``)."""
+    if min(x.shape[0], x.shape[1], w.shape[0]) < ONEDNN_MIN_DIM or x.device.type != "cpu" or x.dtype != w.dtype:
+        return False
+    return native_bf16() if x.dtype == torch.bfloat16 else fast_fp32()
 
 
 def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """``x @ w.T (+ b)`` (then ReLU): on oneDNN when every dimension is at least ``ONEDNN_MIN_DIM`` (the
     layers' 22-24 inputs too: ~1.3x MKL's addmm there, with the ReLU fused), else torch's own matmul
     (oneDNN's fixed cost, ~15-30 us a call, outweighs its gain on the thin products: a critic's single
-    output, the actor's two-wide heads). Thin bf16 products run in float32 and return float32: torch's
-    bf16 GEMM takes ~2x MKL's float32 one (upcast included) at those shapes."""
+    output, the actor's two-wide heads). Other bf16 products (thin ones, or any on a CPU without native
+    bf16) run in float32 on the bf16-rounded inputs and return float32: the same products accumulated in
+    float32, where torch's bf16 GEMM takes ~2x MKL's float32 one at thin shapes and ~15x without native bf16."""
     if not takes(x, w):
-        if x.dtype == torch.bfloat16:
+        if torch.bfloat16 in (x.dtype, w.dtype):  # a float32 x: the output of an earlier fallback
             x, w, b = x.float(), w.float(), None if b is None else b.float()
         y = x @ w.t() if b is None else torch.addmm(b, x, w.t())
         return y.relu_() if relu else y
