@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from bess_rl.agents import onednn_linear
 from bess_rl.tools.bench import at_threads, interleaved, main, parse_args
 
 
@@ -45,6 +46,9 @@ def rows_by_agent(tmp_path, monkeypatch, agents: list[str], extra: list[str]) ->
     (path,) = (tmp_path / "outputs" / "bench").glob("*.json")
     data = json.loads(path.read_text())
     assert data["results"] == report["results"] and data["machine"]["cpu_count"] >= 1
+    machine = data["machine"]  # which CPU kernels the SAC rows ran on
+    assert (machine["onednn_fp32"], machine["native_bf16"]) == (onednn_linear.fast_fp32(), onednn_linear.native_bf16())
+    assert machine["onednn_fp32"] == machine["torch_cpu_capability"].startswith("AVX512")
     assert torch.get_num_threads() == data["torch_threads"] == 1
     by_agent: dict[str, list[dict]] = {}
     for row in data["results"]:

@@ -40,6 +40,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from bess_rl.agents import onednn_linear
 from bess_rl.agents.fast_onpolicy import FastA2C, FastPPO
 from bess_rl.agents.fast_sac import COMPILE_MODES, FastSAC
 from bess_rl.agents.population import Population
@@ -62,7 +63,7 @@ NOTES = {
 }
 
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni", "avx512f")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni", "avx512f", "avx2")
 
 
 def cpu_features() -> list[str]:
@@ -464,7 +465,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "time": stamp,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": describe_machine() | {"cpu_features": cpu_features()},
+        "machine": describe_machine()
+        | {
+            "cpu_features": cpu_features(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            # which products FastSAC's CPU step sends to oneDNN here (bess_rl.agents.onednn_linear)
+            "onednn_fp32": onednn_linear.fast_fp32(),
+            "native_bf16": onednn_linear.native_bf16(),
+        },
         "torch_threads": torch.get_num_threads(),
         "heap_keep_mb": args.heap_keep_mb if heap_kept else None,
         "load_average": [],  # 1-minute load before the run and after each measurement: other work on the machine
