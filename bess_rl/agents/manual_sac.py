@@ -48,8 +48,8 @@ def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, re
         return x * _t(w)  # an outer product: one multiply per element, exactly what the GEMM computes
     if x.dim() == 2:
         return onednn_linear.matmul_t(x, w, b, relu)
-    if torch.bfloat16 in (x.dtype, w.dtype) and not onednn_linear.native_bf16():
-        x, w, b = x.float(), w.float(), None if b is None else b.float()  # as onednn_linear's bf16 fallback
+    if not onednn_linear.native_bf16():
+        x, w, b = onednn_linear.in_float32(x, w, b)
     if x.dtype != torch.bfloat16 and onednn_linear.takes(x[0], w[0]):
         return torch.stack(
             [onednn_linear.matmul_t(x[i], w[i], None if b is None else b[i], relu) for i in range(x.shape[0])]

@@ -55,6 +55,16 @@ def takes(x: torch.Tensor, w: torch.Tensor) -> bool:
     return native_bf16() if x.dtype == torch.bfloat16 else fast_fp32()
 
 
+def in_float32(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A product's operands in float32 when any is bf16 (a float32 ``x``: the output of an earlier such
+    product), else as they are: bf16 products that torch's own matmul would run slowly (``matmul_t``)."""
+    if torch.bfloat16 not in (x.dtype, w.dtype):
+        return x, w, b
+    return x.float(), w.float(), None if b is None else b.float()
+
+
 def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """``x @ w.T (+ b)`` (then ReLU): on oneDNN when every dimension is at least ``ONEDNN_MIN_DIM`` (the
     layers' 22-24 inputs too: ~1.3x MKL's addmm there, with the ReLU fused), else torch's own matmul
@@ -63,8 +73,7 @@ def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, re
     bf16) run in float32 on the bf16-rounded inputs and return float32: the same products accumulated in
     float32, where torch's bf16 GEMM takes ~2x MKL's float32 one at thin shapes and ~15x without native bf16."""
     if not takes(x, w):
-        if torch.bfloat16 in (x.dtype, w.dtype):  # a float32 x: the output of an earlier fallback
-            x, w, b = x.float(), w.float(), None if b is None else b.float()
+        x, w, b = in_float32(x, w, b)
         y = x @ w.t() if b is None else torch.addmm(b, x, w.t())
         return y.relu_() if relu else y
     return torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(w), b, "relu" if relu else "none", _NO_SCALARS, "")

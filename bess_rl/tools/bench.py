@@ -63,7 +63,7 @@ NOTES = {
 }
 
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni", "avx512f", "avx2")
+MATMUL_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni", "avx512f", "avx2")
 
 
 def cpu_features() -> list[str]:
@@ -73,7 +73,7 @@ def cpu_features() -> list[str]:
     except OSError:
         return []
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [flag for flag in BF16_FLAGS if flag in flags]
+    return [flag for flag in MATMUL_FLAGS if flag in flags]
 
 
 def compose_cfg(agent: str, preset: str) -> DictConfig:
