@@ -22,12 +22,13 @@ from bess_rl.site.env import PvBessEvEnv
 from bess_rl.tools.replay import COMPARED
 from tests.helpers import COMMON, TINY, compose_cfg, run_cli
 
+# The signal is sent once progress.csv has its first row (log_every_steps): about a tenth of the way in.
 LONG = {
-    "sac": ["agent=sac", "agent.total_timesteps=3000", "agent.hparams.learning_starts=100",
+    "sac": ["agent=sac", "agent.total_timesteps=1500", "agent.hparams.learning_starts=100",
             "agent.hparams.gradient_steps=1", "agent.hparams.batch_size=32", "agent.hparams.buffer_size=5000",
-            "agent.hparams.net_arch=[32]", "agent.log_interval=1"],
-    "ppo": ["agent=ppo", "agent.total_timesteps=8000", "agent.hparams.n_steps=64", "agent.hparams.batch_size=32",
-            "agent.hparams.n_epochs=2", "agent.hparams.net_arch=[32]", "agent.log_interval=1"],
+            "agent.hparams.net_arch=[32]", "log_every_steps=150"],
+    "ppo": ["agent=ppo", "agent.total_timesteps=3200", "agent.hparams.n_steps=64", "agent.hparams.batch_size=32",
+            "agent.hparams.n_epochs=2", "agent.hparams.net_arch=[32]", "log_every_steps=320"],
 }  # fmt: skip
 
 

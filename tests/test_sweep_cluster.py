@@ -1,6 +1,6 @@
 """Sweeps beyond one process with the real parts: PostgreSQL, concurrent sweeps, a killed sweep, joblib, submitit.
 
-On SQLite and on PostgreSQL: two basic-launcher sweeps at once on one study, and a sweep killed
+On SQLite and on PostgreSQL: two basic-launcher sweeps at once on one study (one in a process of its own), and a sweep killed
 mid-trial that joblib workers resume; submitit_local on PostgreSQL (the Slurm route's code path).
 Each checks that every trial asked is recorded once with its own run folder. Bad storage input fails
 in one line before any trial trains; the pinned dashboard serves a study and leaves it resumable.
@@ -99,11 +99,18 @@ def wait_for_job(root: Path, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
-def test_two_sweeps_at_once_share_the_study_without_sharing_folders(tmp_path, route):
-    procs = [start(tmp_path, route, "hydra.sweeper.n_trials=2", f"seed={seed}") for seed in (1, 2)]
-    outs = [p.communicate(timeout=240) for p in procs]
-    for proc, (out, _) in zip(procs, outs, strict=True):
-        assert proc.returncode == 0, out[-3000:]
+def test_two_sweeps_at_once_share_the_study_without_sharing_folders(tmp_path, route, capfd):
+    # One sweep in a process of its own; once its first trial is running, the other in this one (a
+    # second interpreter would only repeat the imports). Both then ask and tell trials of the same study.
+    other = start(tmp_path, route, "hydra.sweeper.n_trials=2", "seed=1")
+    try:
+        wait_for_job(tmp_path)
+        here = multirun(tmp_path, route, capfd, "hydra.sweeper.n_trials=2", "seed=2")
+        out, _ = other.communicate(timeout=240)
+    finally:
+        other.kill()
+    for code, out in ((other.returncode, out), (here.returncode, here.stdout + here.stderr)):
+        assert code == 0, out[-3000:]
         assert "2 of this sweep's 2 trials complete" in out  # each counts its own trials, not the other's
     study = trials(route)
     assert sorted(t.number for t in study) == [0, 1, 2, 3] and {t.state for t in study} == {COMPLETE}
