@@ -1,7 +1,8 @@
 """Sweeps beyond one process with the real parts: PostgreSQL, concurrent sweeps, a killed sweep, joblib, submitit.
 
-On SQLite and on PostgreSQL: two basic-launcher sweeps at once on one study (one in a process of its own), and a sweep killed
-mid-trial that joblib workers resume; submitit_local on PostgreSQL (the Slurm route's code path).
+On SQLite and on PostgreSQL: two basic-launcher sweeps at once on one study (one in a process of its
+own), and a sweep killed mid-trial that joblib workers resume; submitit_local on PostgreSQL (the Slurm
+route's code path).
 Each checks that every trial asked is recorded once with its own run folder. Bad storage input fails
 in one line before any trial trains; the pinned dashboard serves a study and leaves it resumable.
 The server is tests/pg.py's throwaway PostgreSQL on 127.0.0.1"""
@@ -106,10 +107,10 @@ def test_two_sweeps_at_once_share_the_study_without_sharing_folders(tmp_path, ro
     try:
         wait_for_job(tmp_path)
         here = multirun(tmp_path, route, capfd, "hydra.sweeper.n_trials=2", "seed=2")
-        out, _ = other.communicate(timeout=240)
+        other_out, _ = other.communicate(timeout=240)
     finally:
         other.kill()
-    for code, out in ((other.returncode, out), (here.returncode, here.stdout + here.stderr)):
+    for code, out in ((other.returncode, other_out), (here.returncode, here.stdout + here.stderr)):
         assert code == 0, out[-3000:]
         assert "2 of this sweep's 2 trials complete" in out  # each counts its own trials, not the other's
     study = trials(route)
