@@ -24,9 +24,12 @@ def run_tiny(extra: list[str]) -> dict:
     return main(["--presets", "before", "--seconds", "0.1", "--rounds", "1", "--prefill", "600", *extra])
 
 
-def check_sac_rows(rows: list[dict], variants: set[str]) -> None:
+def check_sac_rows(rows: list[dict], variants: set[str], launches: str) -> None:
     skipped = [r for r in rows if r.get("status") == "skipped"]
     rows = [r for r in rows if r not in skipped]
+    # --count-launches: every torch variant's kernels (cuda) or top-level operators (cpu) per update
+    assert all(r[launches] > 0 for r in rows if r["variant"] != "sbx")
+    assert not any(launches in r for r in rows if r["variant"] == "sbx")
     assert {r["variant"] for r in rows} | {r["variant"] for r in skipped} == variants
     assert all(r["variant"] == "sbx" and "not installed" in r["note"] for r in skipped)
     base = next(r for r in rows if r["variant"].split()[0] == "sb3")
@@ -59,11 +62,11 @@ def rows_by_agent(tmp_path, monkeypatch, agents: list[str], extra: list[str]) ->
 
 
 def test_bench_writes_json_with_every_sac_variant(tmp_path, monkeypatch):
-    by_agent = rows_by_agent(tmp_path, monkeypatch, ["sac"], ["--population", "2"])
+    by_agent = rows_by_agent(tmp_path, monkeypatch, ["sac"], ["--population", "2", "--count-launches"])
     (population,) = [row for row in by_agent["sac"] if row["variant"].startswith("population 2")]
-    assert population["grad_steps_per_s"] > 0
+    assert population["grad_steps_per_s"] > 0 and population["ops_per_update"] > 0
     by_agent["sac"] = [row for row in by_agent["sac"] if row is not population]
-    check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16", "fast mkl", "sbx"})
+    check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16", "fast mkl", "sbx"}, "ops_per_update")
 
 
 def test_bench_writes_json_with_the_on_policy_agents(tmp_path, monkeypatch):
@@ -104,9 +107,11 @@ def test_cuda_refused_without_a_gpu():
 
 @pytest.mark.gpu
 def test_bench_on_cuda_compares_graphs(tmp_path):
-    report = run_tiny(["--agents", "sac", "a2c", "--device", "cuda", "--json", str(tmp_path / "b.json")])
+    report = run_tiny(
+        ["--agents", "sac", "a2c", "--device", "cuda", "--count-launches", "--json", str(tmp_path / "b.json")]
+    )
     sac = [r for r in report["results"] if r["agent"] == "sac"]
-    check_sac_rows(sac, {"sb3", "fast eager", "fast bf16", "fast graphs", "fast graphs+bf16"})
+    check_sac_rows(sac, {"sb3", "fast eager", "fast bf16", "fast graphs", "fast graphs+bf16"}, "kernels_per_update")
     assert all(r["device"].startswith("cuda") for r in sac)
     a2c = {r["variant"]: r for r in report["results"] if r["agent"] == "a2c"}
     assert set(a2c) == {"sb3", "fast", "sb3 cuda", "fast cuda", "fast graphs cuda"}

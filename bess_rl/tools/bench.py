@@ -10,7 +10,8 @@ steps/s of ``SAC.train`` against ``FastSAC`` eager (on CPU: hand-written gradien
 autograd with MKL matmuls, bf16 autocast, ``--compile`` and (on CUDA) CUDA graphs, and SBX's JAX SAC
 when ``sbx`` is installed, at the preset's batch size on a pre-filled buffer, each torch variant at
 every ``--sac-threads`` count, the collect cost (predict + env step + store, SB3's own ``learn`` loop
-with no updates) and the env-steps/hour they imply at the preset's updates per env step; for
+with no updates) and the env-steps/hour they imply at the preset's updates per env step (with
+``--count-launches``, also GPU kernels or top-level CPU operators per update); for
 PPO/A2C, env-steps/hour of ``learn`` over whole rollouts at the preset's sizes, plain SB3 on
 ``DummyVecEnv`` against ``FastPPO``/``FastA2C`` (lean rollout collection) on ``FreshInfoVecEnv``.
 """
@@ -39,6 +40,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
 
 from bess_rl.agents import onednn_linear
 from bess_rl.agents.fast_onpolicy import FastA2C, FastPPO
@@ -114,6 +117,25 @@ def interleaved(
     if cpu_rate is not None:
         cpu_rate |= {name: done[name] / max(cpu[name], 1e-9) for name in jobs}
     return {name: done[name] / spent[name] for name in jobs}
+
+
+def launches_per_unit(job: Callable[[], int], device: str) -> float:
+    """GPU kernels (``device`` cuda: what the device ran, those of replayed CUDA graphs included; copies
+    and memsets left out) or, on the CPU, top-level operators (torch.profiler events with no parent: the
+    calls from Python, and autograd's backward nodes), per unit of one call of ``job``. Why: a small-MLP
+    update is launch-bound on a GPU and dispatch-bound on a CPU, so these counts, not FLOPs, are what a
+    faster step has to cut."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sync(device)
+    with torch.profiler.profile(activities=activities) as prof:
+        units = job()
+        sync(device)
+    if device == "cuda":
+        events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        count = sum(not e.name.startswith(("Memcpy", "Memset")) for e in events)
+    else:
+        count = sum(e.cpu_parent is None for e in prof.events())
+    return count / units
 
 
 def bench_env(seconds: float, seed: int, rounds: int = ROUNDS) -> dict[str, Any]:
@@ -211,11 +233,13 @@ def bench_sac(
     populations: tuple[int, ...] = (),
     population_amps: tuple[str, ...] = ("none",),
     rounds: int = ROUNDS,
+    count_launches: bool = False,
 ) -> list[dict[str, Any]]:
     """Gradient steps/s, collect steps/s and implied env-steps/hour of each SAC variant at ``cfg``'s
     preset, and of a ``Population`` of each size in ``populations`` (aggregate over its members) at each
     of ``population_amps``; torch variants once per count in ``threads`` (named "<variant> <n>t" when
-    there are several)."""
+    there are several). ``count_launches``: each torch variant's ``launches_per_unit`` too, as
+    ``kernels_per_update`` (CUDA) or ``ops_per_update`` (CPU), per member update for a population."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch, batch_size, preset_buffer = hp["net_arch"], hp["batch_size"], hp["buffer_size"]
     updates_per_step = hp["gradient_steps"] / hp["train_freq"]
@@ -262,6 +286,10 @@ def bench_sac(
     runs += [
         (name if len(threads) == 1 else f"{name} {n}t", name, n) for name in subjects if name != "sbx" for n in threads
     ]
+    launches = {
+        name: launches_per_unit(job[0], device) for name, job in subjects.items() if count_launches and name != "sbx"
+    }
+    launch_key = "kernels_per_update" if device == "cuda" else "ops_per_update"
     grad_jobs = {row: at_threads(subjects[name][0], n) if n else subjects[name][0] for row, name, n in runs}
     cpu_rate: dict[str, float] = {}
     grad_rate = interleaved(grad_jobs, seconds, device, cpu_rate, rounds)
@@ -285,6 +313,7 @@ def bench_sac(
                 "grad_steps_per_cpu_s": cpu_rate[row_name],
                 "collect_steps_per_s": collect_rate[name],
                 "env_steps_per_hour": 3600 / step_s,
+                **({launch_key: launches[name]} if name in launches else {}),
                 "note": subjects[name][3],
             }
         )
@@ -373,8 +402,8 @@ def with_speedups(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dic
 def table(results: list[dict[str, Any]], title: str) -> Table:
     """One row per agent, preset and variant; the x SB3 columns are over plain SB3 in the same run."""
     t = Table(title=title)
-    columns = ("agent", "preset", "variant", "device", "batch", "grad steps/s", "x SB3", "per CPU-s", "env steps/s",
-               "env-steps/hour", "x SB3 ", "note")  # fmt: skip
+    columns = ("agent", "preset", "variant", "device", "batch", "grad steps/s", "x SB3", "per CPU-s", "launches",
+               "env steps/s", "env-steps/hour", "x SB3 ", "note")  # fmt: skip
     for col in columns:
         t.add_column(col, justify="left" if col in ("agent", "preset", "variant", "device", "note") else "right")
 
@@ -392,6 +421,7 @@ def table(results: list[dict[str, Any]], title: str) -> Table:
             row.get("status") or num(row, "grad_steps_per_s", ",.1f"),
             num(row, "speedup_grad_steps_per_s", ".2f"),
             num(row, "grad_steps_per_cpu_s", ",.1f"),
+            num(row, "kernels_per_update") if "kernels_per_update" in row else num(row, "ops_per_update"),
             num(row, "collect_steps_per_s") if "collect_steps_per_s" in row else num(row, "env_steps_per_s"),
             num(row, "env_steps_per_hour"),
             num(row, "speedup_env_steps_per_hour", ".2f"),
@@ -429,6 +459,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--compile", choices=COMPILE_MODES, default="none", help="also time FastSAC with this torch.compile mode"
+    )
+    p.add_argument(
+        "--count-launches",
+        action="store_true",
+        help="also count, with torch.profiler, each SAC torch variant's GPU kernels (cuda) or top-level "
+        "operators (cpu) per update: the 'launches' column",
     )
     p.add_argument(
         "--heap-keep-mb",
@@ -499,6 +535,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     tuple(args.population),
                     tuple(args.population_amp),
                     args.rounds,
+                    args.count_launches,
                 )
             else:
                 job = functools.partial(bench_on_policy, cfg, args.device, args.seconds, args.seed, args.rounds)
