@@ -247,6 +247,10 @@ def bench_sac(
     hp |= {"buffer_size": max(prefill, batch_size), "learning_starts": 0}
     transitions = random_transitions(prefill, seed)
     chunk = 16  # gradient steps per timed call: one CUDA graph of FastSAC's default graph_steps
+    # Steps per profiled call (count_launches): the graphs' chunk on CUDA; on CPU a few, since profiling
+    # costs ~0.3 ms an operator and the count per update is the same.
+    counted = chunk if device == "cuda" else 4
+    count_jobs: dict[str, Callable[[], int]] = {}
     # name -> (update job, collect job, device, note); a job returns the units it did
     subjects: dict[str, tuple[Callable[[], int], Callable[[], int], str, str]] = {}
     skipped: list[dict[str, Any]] = []
@@ -266,6 +270,8 @@ def bench_sac(
         model.train(chunk, batch_size)  # warm-up: allocations, cuBLAS, graph capture
         where = "cpu" if name == "sbx" else str(model.device)
         subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, SBX_NOTE if name == "sbx" else note)
+        if name != "sbx":
+            count_jobs[name] = sac_updates(model, counted)
     pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
     for size in populations:
         for amp in population_amps:
@@ -280,15 +286,14 @@ def bench_sac(
             pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
             name = f"population {size}" if amp == "none" else f"population {size} {amp}"
             subjects[name] = (population_updates(pop, chunk), population_collect(pop), device, pop_note)
+            count_jobs[name] = population_updates(pop, counted)
 
     # (row name, subject, torch threads): SBX runs once, on XLA's threads.
     runs = [(name, name, None) for name in subjects if name == "sbx"]
     runs += [
         (name if len(threads) == 1 else f"{name} {n}t", name, n) for name in subjects if name != "sbx" for n in threads
     ]
-    launches = {
-        name: launches_per_unit(job[0], device) for name, job in subjects.items() if count_launches and name != "sbx"
-    }
+    launches = {name: launches_per_unit(job, device) for name, job in count_jobs.items() if count_launches}
     launch_key = "kernels_per_update" if device == "cuda" else "ops_per_update"
     grad_jobs = {row: at_threads(subjects[name][0], n) if n else subjects[name][0] for row, name, n in runs}
     cpu_rate: dict[str, float] = {}
