@@ -68,7 +68,7 @@ def test_sweep_where_every_trial_fails_exits_nonzero_and_records_them(tmp_path, 
 @pytest.mark.slow
 def test_multi_objective_sweep_on_the_joblib_launcher(tmp_path, capfd):
     # Both trials asked as one batch; joblib runs a one-job batch in this process (worker processes, and
-    # what comes back from them, are the killed-sweep tests' part in test_sweep_cluster.py).
+    # what comes back from them, are the PostgreSQL killed-sweep test's part in test_sweep_cluster.py).
     proc = multirun(tmp_path, capfd, "hparams_search=sac_optuna_mo", "hydra.sweeper.n_trials=2",
                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "hydra.sweeper.n_jobs=2", *COMMON,
                     *TINY["sac"])  # fmt: skip

@@ -1,8 +1,8 @@
 """Sweeps beyond one process with the real parts: PostgreSQL, concurrent sweeps, a killed sweep, joblib, submitit.
 
 On SQLite and on PostgreSQL: two basic-launcher sweeps at once on one study (one in a process of its
-own), and a sweep killed mid-trial that joblib workers resume; submitit_local on PostgreSQL (the Slurm
-route's code path).
+own), and a sweep killed mid-trial that another resumes (on PostgreSQL in two joblib workers);
+submitit_local on PostgreSQL (the Slurm route's code path).
 Each checks that every trial asked is recorded once with its own run folder. Bad storage input fails
 in one line before any trial trains; the pinned dashboard serves a study and leaves it resumable.
 The server is tests/pg.py's throwaway PostgreSQL on 127.0.0.1"""
@@ -124,7 +124,7 @@ def test_two_sweeps_at_once_share_the_study_without_sharing_folders(tmp_path, ro
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_study(tmp_path, route, capfd):
+def test_a_killed_sweep_leaves_no_running_trial_and_another_resumes_the_study(tmp_path, route, capfd):
     long = start(tmp_path, route, "hydra.sweeper.n_trials=1", "agent.total_timesteps=10000000", FAST_BEAT)
     try:
         wait_for_job(tmp_path)
@@ -137,9 +137,12 @@ def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_st
         long.send_signal(signal.SIGKILL)
         long.communicate(timeout=30)
     time.sleep(3.5)  # its heartbeat has stopped for longer than the grace period
-    # Two trials at once in joblib workers; the resumed sampler seed (4 mixed with 1) draws soc_min 0.1, then 1.5.
-    resumed = multirun(tmp_path, route, capfd, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
-                       "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", FAST_BEAT, *ONE_FAILS)  # fmt: skip
+    # Two trials asked at once; the resumed sampler seed (4 mixed with 1) draws soc_min 0.1, then 1.5. On
+    # PostgreSQL (the cluster route) they run in two joblib worker processes; on SQLite in this process
+    # (processes writing one SQLite file at once: the concurrent-sweeps test).
+    workers = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if route.startswith("postgresql") else []
+    resumed = multirun(tmp_path, route, capfd, "hydra.sweeper.n_trials=2", *workers, "hydra.sweeper.n_jobs=2",
+                       FAST_BEAT, *ONE_FAILS)  # fmt: skip
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     assert "trial(s) [0] were left RUNNING by a sweep that stopped (no heartbeat): marked FAIL" in out
@@ -147,7 +150,7 @@ def test_a_killed_sweep_leaves_no_running_trial_and_joblib_workers_resume_the_st
     study = trials(route)
     assert [t.state for t in study] == [FAIL, COMPLETE, FAIL]
     assert [t.params["site.soc_min"] for t in study[1:]] == [0.1, 1.5]
-    assert "site needs 0 <= soc_min < soc_max <= 1" in out  # the failure came back from its worker process
+    assert "site needs 0 <= soc_min < soc_max <= 1" in out  # the failure came back (from its worker process)
     assert "1 of this sweep's 2 trials complete" in out  # the killed sweep's trial is not this one's
     folders = check_folders(tmp_path, study)
     assert [folders[n].name for n in (0, 1, 2)] == ["0", "0", "1"]  # the killed sweep's job 0, then two jobs
