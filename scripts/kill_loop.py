@@ -7,6 +7,9 @@ at the end compares the metrics with an uninterrupted run of the same config. Ev
 timed to land inside a checkpoint write (as soon as ``checkpoint.tmp`` appears).
 
     python scripts/kill_loop.py --kills 30 --out /tmp/kill_loop
+
+``--straight RUN_DIR`` compares with a finished uninterrupted run of the same config instead of starting
+one (the test suite makes it in its own process).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,14 +72,20 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=25600, help="agent.total_timesteps of the killed run")
     parser.add_argument("--max-delay", type=float, default=1.0, help="seconds after a new checkpoint, at most")
+    parser.add_argument("--straight", type=Path, default=None, help="a finished run of the same config to compare with")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     straight_root, root = args.out / "straight", args.out / "killed"
-    for d in (straight_root, root):
-        d.mkdir(parents=True, exist_ok=False)
-
     config = [*CONFIG, f"agent.total_timesteps={args.steps}"]
-    reference = start(config, straight_root)  # the uninterrupted run, beside the killed one
+    if args.straight is None:
+        straight_root.mkdir(parents=True, exist_ok=False)
+        reference = start(config, straight_root)  # the uninterrupted run, beside the killed one
+    else:
+        reference = None
+        asked = args.straight / ".hydra" / "overrides.yaml"
+        if not (args.straight / "metrics.json").is_file() or list(OmegaConf.load(asked)) != config:
+            raise SystemExit(f"--straight {args.straight}: not a finished run of {' '.join(config)}")
+    root.mkdir(parents=True, exist_ok=False)
     proc = start(config, root)
     while not list((root / "outputs" / "runs").glob("*/*")):
         time.sleep(0.05)
@@ -108,8 +119,9 @@ def main() -> int:
         proc = start([f"resume={run_dir}"], root)
     rc = proc.wait() if found is not None else 0
     err = stderr_tail(root)
-    assert reference.wait() == 0, stderr_tail(straight_root)
-    straight = outcome(next((straight_root / "outputs" / "runs").glob("*/*")))
+    if reference is not None:
+        assert reference.wait() == 0, stderr_tail(straight_root)
+    straight = outcome(args.straight or next((straight_root / "outputs" / "runs").glob("*/*")))
     exact = rc == 0 and outcome(run_dir) == straight
     result = {
         "kills": kills,

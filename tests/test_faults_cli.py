@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -58,8 +59,17 @@ def test_ctrl_c_stops_a_sweep_with_130_and_fails_its_trial(tmp_path):
     assert [t.state for t in study.trials] == [TrialState.FAIL]
 
 
-def test_a_short_kill_loop_loses_nothing(tmp_path):
+def test_a_short_kill_loop_loses_nothing(tmp_path, capfd):
     script = ROOT / "scripts" / "kill_loop.py"
+    spec = importlib.util.spec_from_file_location("kill_loop", script)
+    kill_loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_loop)
+    # The uninterrupted run it compares with, made in this process (a fourth interpreter would only repeat imports).
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    config = [*kill_loop.CONFIG, "agent.total_timesteps=1280"]
+    assert run_cli(*config, cwd=straight, capfd=capfd).returncode == 0
+    (straight_run,) = (straight / "outputs" / "runs").glob("*/*")
     args = [
         sys.executable,
         str(script),
@@ -69,6 +79,8 @@ def test_a_short_kill_loop_loses_nothing(tmp_path):
         "1280",
         "--max-delay",
         "0.05",
+        "--straight",
+        str(straight_run),
         "--out",
         str(tmp_path / "k"),
     ]
