@@ -83,7 +83,8 @@ def main() -> int:
     else:
         reference = None
         asked = args.straight / ".hydra" / "overrides.yaml"
-        if not (args.straight / "metrics.json").is_file() or list(OmegaConf.load(asked)) != config:
+        finished = (args.straight / "metrics.json").is_file() and asked.is_file()
+        if not finished or list(OmegaConf.load(asked)) != config:
             raise SystemExit(f"--straight {args.straight}: not a finished run of {' '.join(config)}")
     root.mkdir(parents=True, exist_ok=False)
     proc = start(config, root)
