@@ -40,6 +40,11 @@ CONFIG = [
 ]  # fmt: skip
 
 
+def run_config(steps: int) -> list[str]:
+    """The overrides of the killed run (and of the uninterrupted one it is compared with)."""
+    return [*CONFIG, f"agent.total_timesteps={steps}"]
+
+
 def start(args: list[str], root: Path) -> subprocess.Popen:
     """``python -m bess_rl *args`` with its outputs under ``root``; stderr to ``root/stderr.log``."""
     env = {**os.environ, "BESS_RL_ROOT": str(root)}
@@ -76,7 +81,7 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     straight_root, root = args.out / "straight", args.out / "killed"
-    config = [*CONFIG, f"agent.total_timesteps={args.steps}"]
+    config = run_config(args.steps)
     if args.straight is None:
         straight_root.mkdir(parents=True, exist_ok=False)
         reference = start(config, straight_root)  # the uninterrupted run, beside the killed one

@@ -67,8 +67,8 @@ def test_a_short_kill_loop_loses_nothing(tmp_path, capfd):
     # The uninterrupted run it compares with, made in this process (a fourth interpreter would only repeat imports).
     straight = tmp_path / "straight"
     straight.mkdir()
-    config = [*kill_loop.CONFIG, "agent.total_timesteps=1280"]
-    assert run_cli(*config, cwd=straight, capfd=capfd).returncode == 0
+    steps = 1280
+    assert run_cli(*kill_loop.run_config(steps), cwd=straight, capfd=capfd).returncode == 0
     (straight_run,) = (straight / "outputs" / "runs").glob("*/*")
     args = [
         sys.executable,
@@ -76,7 +76,7 @@ def test_a_short_kill_loop_loses_nothing(tmp_path, capfd):
         "--kills",
         "2",  # one at a random moment, one inside a checkpoint write
         "--steps",
-        "1280",
+        str(steps),
         "--max-delay",
         "0.05",
         "--straight",

@@ -293,7 +293,7 @@ def bench_sac(
     runs += [
         (name if len(threads) == 1 else f"{name} {n}t", name, n) for name in subjects if name != "sbx" for n in threads
     ]
-    launches = {name: launches_per_unit(job, device) for name, job in count_jobs.items() if count_launches}
+    launches = {name: launches_per_unit(job, device) for name, job in count_jobs.items()} if count_launches else {}
     launch_key = "kernels_per_update" if device == "cuda" else "ops_per_update"
     grad_jobs = {row: at_threads(subjects[name][0], n) if n else subjects[name][0] for row, name, n in runs}
     cpu_rate: dict[str, float] = {}
