@@ -30,6 +30,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_dir(tmp_path_factory: pytest.TempPathFactory):
+    """SB3's default logger (``learn`` on a model with none set) makes a folder under /tmp at each call:
+    pytest's own temporary folder takes them instead (subprocesses inherit the variable)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny MLPs run many times faster on one thread than on two contended ones (2-core machines)."""

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import SAC
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from bess_rl.agents import onednn_linear
+from bess_rl.agents import manual_sac, onednn_linear
 from bess_rl.agents.fast_sac import DeviceReplayBuffer, FastSAC
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import SiteParams
@@ -58,7 +58,7 @@ def pair(device: str = "cpu", fast_kwargs: dict | None = None, **kwargs) -> tupl
     fixed = torch.as_tensor(idx, device=fast.device)
     fast.replay_buffer.sample_indices = lambda batch_size: fixed
     for m in (sb3, fast):
-        m.set_logger(configure(None, []))
+        m.set_logger(Logger(None, []))
     return sb3, fast
 
 
@@ -109,6 +109,59 @@ def test_each_update_path_matches_sb3(monkeypatch, matmul, min_dim):
     assert (fast._fast.manual is not None) == (matmul == "onednn")
     assert_same_update(sb3, fast, steps=1)
     assert_same_update(sb3, fast, steps=3)
+
+
+@pytest.mark.slow  # a cold torch.compile of the step: ~20 s
+def test_compiled_cpu_step_matches_sb3():
+    """``compile_mode`` compiles the hand-written step whole (optimiser steps and polyak update inside): the
+    first update, which makes the optimisers' state, runs eagerly, the next ones compiled, all as SB3's."""
+    sb3, fast = pair(fast_kwargs={"compile_mode": "default"})
+    assert_same_update(sb3, fast, steps=1)
+    assert fast._fast.manual.compiled is None
+    assert_same_update(sb3, fast, steps=3)
+    assert fast._fast.manual.compiled is not None
+
+
+@pytest.mark.slow  # a cold torch.compile of the step: ~20 s
+def test_compiled_bf16_step_runs_close_to_the_eager_one():
+    """The compiled bf16 step (inductor's fused loops round bf16 once where eager rounds per op)."""
+    _, eager = pair(fast_kwargs={"amp": "bf16"})
+    _, compiled = pair(fast_kwargs={"amp": "bf16", "compile_mode": "default"})
+    for m in (eager, compiled):
+        torch.manual_seed(123)
+        m.train(4, BATCH)
+    assert compiled._fast.manual.compiled is not None
+    for key in ("train/critic_loss", "train/actor_loss", "train/ent_coef"):
+        a, b = eager.logger.name_to_value[key], compiled.logger.name_to_value[key]
+        assert b == pytest.approx(a, rel=0.02, abs=0.01), key
+    for key, value in state(eager).items():
+        torch.testing.assert_close(state(compiled)[key], value, rtol=0.02, atol=2e-3, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [(torch.optim.Adam, {}), (torch.optim.Adam, {"weight_decay": 0.1, "maximize": True}),
+     (torch.optim.AdamW, {"weight_decay": 0.1})],
+)  # fmt: skip
+def test_direct_adam_in_plain_ops_is_the_fused_step(cls, kwargs):
+    """``DirectAdam.in_graph`` (what a compiled step runs) takes the same step as torch's fused kernel."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(8, 4, generator=gen), torch.randn(8, generator=gen)]
+    twin = [p.clone() for p in params]
+    lr = torch.tensor(1e-2)
+    opts = [cls(ps, lr=lr, fused=True, **kwargs) for ps in (params, twin)]
+    for step in range(4):
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        for opt, ps in zip(opts, (params, twin), strict=True):
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g.clone()
+            if step == 0:
+                opt.step()  # makes the state, as a FastSAC step does before any direct one
+        if step > 0:
+            opts[0].step()
+            manual_sac.DirectAdam.of(opts[1], twin).in_graph(grads)
+        for p, q in zip(params, twin, strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
 
 
 def test_default_cpu_update_is_the_hand_written_one():
@@ -280,7 +333,7 @@ def test_cuda_eager_update_matches_sb3(no_tf32):
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 def test_cuda_graphs_replay_real_updates(amp):
     fast = FastSAC("MlpPolicy", site_env(), seed=0, device="cuda", cuda_graphs=True, graph_steps=4, amp=amp, **TINY)
-    fast.set_logger(configure(None, []))
+    fast.set_logger(Logger(None, []))
     fill([fast])
     before = state(fast)
     fast.train(10, BATCH)  # 4 warm-up steps, capture, 1 replay of 4, 2 eager steps

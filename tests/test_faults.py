@@ -250,6 +250,18 @@ def test_unique_run_dir_gives_runs_started_in_one_second_their_own_folders(tmp_p
     assert second == base + "_1" and Path(second).is_dir()
 
 
+def test_a_refused_resume_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """A ``resume=`` naming no run folder logs into a temporary folder that is gone at exit."""
+    at_exit = []
+    monkeypatch.setattr("atexit.register", lambda fn, *args, **kwargs: at_exit.append((fn, args, kwargs)))
+    folder = Path(unique_run_dir(str(tmp_path / "runs" / "x"), resume=str(tmp_path / "not-a-run")))
+    (folder / ".hydra").mkdir()  # what Hydra writes there before the refusal
+    assert folder.is_dir() and not (tmp_path / "runs").exists()
+    for fn, args, kwargs in at_exit:
+        fn(*args, **kwargs)
+    assert not folder.exists()
+
+
 def test_two_resumes_of_one_run_cannot_both_proceed(tmp_path, killed_run):
     run_dir = interrupted(killed_run, tmp_path)
     with RunDir(run_dir).lock(), pytest.raises(RunDirError, match="in use by another bess_rl process"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import SAC
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 
 from bess_rl.agents.fast_sac import FastSAC
 from bess_rl.agents.population import Population
@@ -49,7 +49,7 @@ def test_each_member_matches_its_own_fast_sac_run():
     for i, seed in enumerate(SEEDS):
         single = FastSAC("MlpPolicy", site_env(), seed=seed, device="cpu", **{k: v[i] for k, v in HPARAMS.items()},
                          **TINY)  # fmt: skip
-        single.set_logger(configure(None, []))
+        single.set_logger(Logger(None, []))
         singles.append(single)
         for t in (*data[i * 20 :], *data[: i * 20]):  # a different buffer order per member
             single.replay_buffer.add(*t)

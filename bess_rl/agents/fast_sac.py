@@ -156,7 +156,8 @@ class FastSAC(SAC):
     Extra keyword arguments (saved with the model; ``FastSAC.load(..., cuda_graphs=False)`` overrides):
     ``amp`` "none" | "bf16" (autocast, no scaler) | "fp16" (autocast + GradScaler, eager only);
     ``cuda_graphs`` capture ``graph_steps`` gradient steps per CUDA graph (CUDA only);
-    ``compile_mode`` a ``torch.compile`` mode for the loss functions, or "none";
+    ``compile_mode`` a ``torch.compile`` mode, or "none": on the hand-written CPU step the whole step is one
+    graph (``manual_sac.ManualUpdate``), through autograd each loss function is compiled;
     ``matmul`` "onednn" runs the step as ``bess_rl.agents.manual_sac`` (hand-written gradients, oneDNN fp32 or,
     with ``amp="bf16"``, bf16 matmuls: an eager CPU path for SB3's ``MlpPolicy``), "torch" through
     autograd and the modules, "auto" picks "onednn" wherever it applies.
@@ -204,7 +205,7 @@ class FastSAC(SAC):
         if self.matmul == "onednn" and not self.onednn_fits():
             raise ValueError(
                 "matmul='onednn' is an eager CPU update for SB3's MlpPolicy: needs device cpu, amp 'none' or "
-                "'bf16', compile_mode='none', ReLU Linear stacks without batch norm and a oneDNN build"
+                "'bf16', ReLU Linear stacks without batch norm and a oneDNN build"
             )
         if self.graph_steps < 1 or self.graph_steps % self.target_update_interval:
             raise ValueError(
@@ -236,7 +237,6 @@ class FastSAC(SAC):
         return (
             self.device.type == "cpu"
             and self.amp in ("none", "bf16")
-            and self.compile_mode == "none"
             and not self.batch_norm_stats
             and onednn_linear.available()
             and manual_sac.supports(self)
@@ -307,10 +307,8 @@ class FastSAC(SAC):
         shape = batch.actions.shape
         noise = torch.empty(shape, device=self.device).normal_()  # same draws, same order as SB3
         if fast.manual is not None:
-            stats = fast.manual.step(batch, noise, torch.empty(shape, device=self.device).normal_())
-            if polyak:
-                fast.polyak()
-            return stats
+            next_noise = torch.empty(shape, device=self.device).normal_()
+            return fast.manual.step(batch, noise, next_noise, fast.polyak if polyak else None)
         pi, log_prob = fast.actor_sample(batch.observations, noise)
         if self.ent_coef_optimizer is not None:
             ent_coef = torch.exp(self.log_ent_coef.detach())

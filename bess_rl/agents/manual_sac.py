@@ -292,7 +292,14 @@ def sac_step(
 
 
 class ManualUpdate:
-    """``sac_step`` on a ``FastSAC`` whose ``supports`` holds, stepping the model's own optimisers."""
+    """``sac_step`` on a ``FastSAC`` whose ``supports`` holds, stepping the model's own optimisers.
+
+    With ``compile_mode`` other than "none" the step (optimiser steps and polyak update included) is one
+    ``torch.compile`` graph: inductor fuses the ~1,300 small ops an update issues into a few C++ loops
+    that use every torch thread, where eager runs each alone (measured at the after preset:
+    ``experiments/cpu_speed_2026-12-02d/``). It is compiled once every optimiser has its direct step; the
+    first update, which makes the optimisers' state, runs eagerly.
+    """
 
     def __init__(self, model: FastSAC) -> None:
         self.model = model
@@ -306,25 +313,72 @@ class ManualUpdate:
             raise ValueError("optimiser parameter order differs from the networks' layer order")
         self._direct: dict[int, DirectAdam | None] = {}
         self.low = self.nets.cast(torch.bfloat16) if model.amp == "bf16" else None
+        self.compile_mode = model.compile_mode
+        self.compiled: Callable[..., torch.Tensor] | None = None  # made by the first step that can use it
 
-    def step(self, batch: ReplayBufferSamples, noise: torch.Tensor, next_noise: torch.Tensor) -> torch.Tensor:
+    def step(
+        self,
+        batch: ReplayBufferSamples,
+        noise: torch.Tensor,
+        next_noise: torch.Tensor,
+        then: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """One SAC step on ``batch`` and then ``then`` (the polyak update, when due): compiled where asked
+        and every optimiser has a current direct step, else eagerly."""
+        n = batch.observations.shape[0]
+        flat = batch._replace(
+            observations=batch.observations.reshape(n, -1), next_observations=batch.next_observations.reshape(n, -1)
+        )
+        if self.compile_mode == "none" or not self._direct_ready():
+            return self._update(flat, noise, next_noise, then, traced=False)
+        if self.compiled is None:
+            self.compiled = torch.compile(self._update, mode=self.compile_mode, fullgraph=True, dynamic=False)
+        return self.compiled(flat, noise, next_noise, then, traced=True)
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        model = self.model
+        opts = [model.critic.optimizer, model.actor.optimizer]
+        return opts if model.ent_coef_optimizer is None else [*opts, model.ent_coef_optimizer]
+
+    def _direct_ready(self) -> bool:
+        """Every optimiser's direct step exists and still holds its state (``load_state_dict`` replaces it)."""
+        for opt in self._optimizers():
+            direct = self._direct.get(id(opt))
+            if direct is None or not direct.current(opt):
+                return False
+        return True
+
+    def _update(
+        self,
+        batch: ReplayBufferSamples,
+        noise: torch.Tensor,
+        next_noise: torch.Tensor,
+        then: Callable[[], None] | None,
+        traced: bool,
+    ) -> torch.Tensor:
+        """The step itself; ``traced``: the optimisers step through ``DirectAdam.in_graph`` (inside a graph)."""
         model = self.model
         learned = model.ent_coef_optimizer is not None
+
+        def stepper(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> Callable[[list[torch.Tensor]], None]:
+            if traced:
+                return self._direct[id(opt)].in_graph
+            return lambda grads: self.apply(opt, params, grads)
+
         terms = StepTerms(
             gamma=model.gamma,
             target_entropy=model.target_entropy,
             log_ent_coef=model.log_ent_coef if learned else None,
             ent_coef=model.ent_coef_tensor if not learned else torch.ones(()),
-            step_ent_coef=lambda grad: self.apply(model.ent_coef_optimizer, [model.log_ent_coef], [grad]),
-            step_critic=lambda grads: self.apply(model.critic.optimizer, self.critic_params, grads),
-            step_actor=lambda grads: self.apply(model.actor.optimizer, self.actor_params, grads),
+            step_ent_coef=(lambda grad: stepper(model.ent_coef_optimizer, [model.log_ent_coef])([grad])),
+            step_critic=stepper(model.critic.optimizer, self.critic_params),
+            step_actor=stepper(model.actor.optimizer, self.actor_params),
             low=self.low,
         )
-        n = batch.observations.shape[0]
-        flat = batch._replace(
-            observations=batch.observations.reshape(n, -1), next_observations=batch.next_observations.reshape(n, -1)
-        )
-        return sac_step(self.nets, flat, noise, next_noise, terms)
+        stats = sac_step(self.nets, batch, noise, next_noise, terms)
+        if then is not None:
+            then()
+        return stats
 
     def apply(self, opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         step = self._direct.get(id(opt))
@@ -333,6 +387,7 @@ class ManualUpdate:
                 p.grad = g
             opt.step()  # creates the state on the first step; DirectAdam takes over from the second
             self._direct[id(opt)] = DirectAdam.of(opt, params)
+            self.compiled = None  # a graph compiled before read the old state
         else:
             step(grads)
 
@@ -372,3 +427,28 @@ class DirectAdam:
             lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
             amsgrad=False, maximize=group["maximize"], grad_scale=None, found_inf=None,
         )  # fmt: skip
+
+    @torch.no_grad()
+    def in_graph(self, grads: list[torch.Tensor]) -> None:
+        """The same step in plain tensor ops, for a compiled update: inductor fuses them, where the fused
+        kernel is opaque to it (no fake kernel with a tensor learning rate: the graph would break)."""
+        group = self.group
+        beta1, beta2 = group["betas"]
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        if weight_decay and self.fn is torch._fused_adamw_:
+            torch._foreach_mul_(self.params, 1 - lr * weight_decay)
+        elif weight_decay:
+            grads = torch._foreach_add(grads, self.params, alpha=weight_decay)
+        torch._foreach_add_(self.steps, 1)
+        torch._foreach_lerp_(self.exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(self.exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(self.exp_avg_sqs, grads, grads, value=1 - beta2)
+        step = self.steps[0]  # every parameter's counter: they step together
+        bias_correction2_sqrt = (1 - beta2**step).sqrt()
+        denom = torch._foreach_div(torch._foreach_sqrt(self.exp_avg_sqs), bias_correction2_sqrt)
+        torch._foreach_add_(denom, group["eps"])
+        update = torch._foreach_div(self.exp_avgs, denom)
+        torch._foreach_mul_(update, -lr / (1 - beta1**step))
+        torch._foreach_add_(self.params, update)

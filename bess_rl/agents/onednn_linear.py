@@ -14,7 +14,7 @@ asked); only the summation order differs from MKL's, so results agree to float32
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -22,23 +22,42 @@ _NO_SCALARS: list[Any] = []
 ONEDNN_MIN_DIM = 16
 
 
-@functools.cache  # asked for every product (~30 an update): the answer never changes within a process
+class Abilities(NamedTuple):
+    """What this process's CPU and torch build make of oneDNN products, probed once."""
+
+    available: bool  # this torch build has oneDNN's pointwise linear op (x86 and arm64 CPU wheels)
+    fast_fp32: bool  # oneDNN's fp32 kernels beat MKL's: torch dispatches AVX-512 code on this CPU
+    native_bf16: bool  # the CPU multiplies bf16 natively (avx512_bf16 or AMX) and oneDNN builds bf16 products
+
+
+@functools.cache  # asked for every product (~30 an update): the answers never change within a process
+def _abilities() -> Abilities:
+    present = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return Abilities(
+        present,
+        present and torch.backends.cpu.get_cpu_capability().startswith("AVX512"),
+        present and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    )
+
+
+# The readers below are constants to torch.compile: a compiled step reads them once, when it is traced.
+@torch.compiler.assume_constant_result
 def available() -> bool:
-    """True where this torch build has oneDNN's pointwise linear op (x86 and arm64 CPU wheels)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """True where this torch build has oneDNN's pointwise linear op."""
+    return _abilities().available
 
 
-@functools.cache
+@torch.compiler.assume_constant_result
 def fast_fp32() -> bool:
-    """True where oneDNN's fp32 kernels beat MKL's: torch dispatches AVX-512 code on this CPU."""
-    return available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    """True where oneDNN's fp32 kernels beat MKL's (AVX-512)."""
+    return _abilities().fast_fp32
 
 
-@functools.cache
+@torch.compiler.assume_constant_result
 def native_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (avx512_bf16 or AMX) and oneDNN builds bf16 products;
-    elsewhere torch's bf16 GEMM is emulated (~15x its fp32 one on Zen 3)."""
-    return available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """True where the CPU multiplies bf16 natively; elsewhere torch's bf16 GEMM is emulated (~15x its
+    fp32 one on Zen 3)."""
+    return _abilities().native_bf16
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -72,8 +91,29 @@ def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, re
     output, the actor's two-wide heads). Other bf16 products (thin ones, or any on a CPU without native
     bf16) run in float32 on the bf16-rounded inputs and return float32: the same products accumulated in
     float32, where torch's bf16 GEMM takes ~2x MKL's float32 one at thin shapes and ~15x without native bf16."""
-    if not takes(x, w):
+    fits = takes(x, w)
+    compiling = torch.compiler.is_compiling()
+    # In a compiled step float32 products stay on oneDNN as an opaque op (inductor cannot lower oneDNN's
+    # own), while bf16 ones take the plain product, which inductor runs faster than the opaque op
+    # (measured at the after preset: experiments/cpu_speed_2026-12-02d/).
+    if fits and not (compiling and x.dtype == torch.bfloat16):
+        return (_compiled_linear if compiling else _linear)(x, w, b, relu)
+    if not fits:
         x, w, b = in_float32(x, w, b)
-        y = x @ w.t() if b is None else torch.addmm(b, x, w.t())
-        return y.relu_() if relu else y
+    y = x @ w.t() if b is None else torch.addmm(b, x, w.t())
+    return y.relu_() if relu else y
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, relu: bool) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(w), b, "relu" if relu else "none", _NO_SCALARS, "")
+
+
+@torch.library.custom_op("bess_rl::onednn_linear", mutates_args=())
+def _compiled_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    """``_linear`` as an op ``torch.compile`` calls whole."""
+    return _linear(x, w, b, relu)
+
+
+@_compiled_linear.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    return x.new_empty((x.shape[0], w.shape[0]))

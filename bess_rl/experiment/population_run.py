@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 
 from bess_rl.agents.population import Population
 from bess_rl.baselines.references import compute_references
@@ -78,7 +78,7 @@ def build_population(
 def learn(pop: Population, steps: int) -> tuple[float, dict[str, Any]]:
     """Train every member ``steps`` env steps; returns seconds and the resources sampled meanwhile."""
     lead = pop.members[0]
-    lead.set_logger(configure(None, []))  # the monitor records into its model's logger
+    lead.set_logger(Logger(None, []))  # the monitor records into its model's logger
     monitor = ResourceMonitor()
     monitor.init_callback(lead)
     monitor.on_training_start({}, {})

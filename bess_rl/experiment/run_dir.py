@@ -7,10 +7,12 @@ renamed over the old one), so a kill or a full disk leaves either the old file o
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -227,7 +229,7 @@ def unique_run_dir(base: str, resume: str | None = None) -> str:
 
     Two runs started in the same second get ``<time>`` and ``<time>_1``. A resume of a run folder logs
     into ``<run>/resumes/<time>`` instead, so it creates no empty run folder; a ``resume=`` that names no
-    run folder gets a throwaway temporary folder, since the resume is refused before anything is written.
+    run folder gets a temporary folder, removed at exit, since the resume is refused before anything is written.
     Resolved once per process and argument: Hydra reads ``hydra.run.dir`` more than once.
     """
     key = (str(base), str(resume))
@@ -239,6 +241,7 @@ def unique_run_dir(base: str, resume: str | None = None) -> str:
             _CREATED[key] = str(_create_unique(Path(resume) / RESUMES / stamp))
         else:
             _CREATED[key] = tempfile.mkdtemp(prefix="bess_rl-refused-resume-")
+            atexit.register(shutil.rmtree, _CREATED[key], ignore_errors=True)  # only Hydra's own log lands there
     return _CREATED[key]
 
 

@@ -37,7 +37,7 @@ from rich.table import Table
 from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch.autograd import DeviceType
@@ -202,6 +202,7 @@ def sac_variants(device: str, compile_mode: str) -> dict[str, tuple[type[BaseAlg
         variants["sbx"] = (sbx_sac(), {})
     if compile_mode != "none":
         variants[f"fast compile {compile_mode}"] = (FastSAC, {"compile_mode": compile_mode})
+        variants[f"fast bf16 compile {compile_mode}"] = (FastSAC, {"amp": "bf16", "compile_mode": compile_mode})
     if device == "cuda":
         variants["fast graphs"] = (FastSAC, {"cuda_graphs": True})
         variants["fast graphs+bf16"] = (FastSAC, {"cuda_graphs": True, "amp": "bf16"})
@@ -254,24 +255,36 @@ def bench_sac(
     # name -> (update job, collect job, device, note); a job returns the units it did
     subjects: dict[str, tuple[Callable[[], int], Callable[[], int], str, str]] = {}
     skipped: list[dict[str, Any]] = []
-    for name, (cls, extra) in sac_variants(device, compile_mode).items():
+    # A compiled step is specialised to the thread count it was compiled at (inductor's C++ loops), so a
+    # compiled variant gets one model per thread count, compiled and timed at that count only.
+    pinned: dict[str, int] = {}
+    for variant, (cls, extra) in sac_variants(device, compile_mode).items():
         if cls is None:
-            skipped.append({"variant": name, "status": "skipped", "note": "sbx not installed: pip install -e .[bench]"})
+            missing = "sbx not installed: pip install -e .[bench]"
+            skipped.append({"variant": variant, "status": "skipped", "note": missing})
             continue
-        env = DummyVecEnv([PvBessEvEnv])
-        if name == "sbx":  # JAX places the model itself
-            sbx_hp = {k: v for k, v in hp.items() if k != "net_arch"}
-            model = cls("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, **sbx_hp, **extra)
-        else:
-            model = make_model(cls, env, hp, seed, device, **extra)
-        model.set_logger(configure(None, []))
-        for transition in transitions:
-            model.replay_buffer.add(*transition)
-        model.train(chunk, batch_size)  # warm-up: allocations, cuBLAS, graph capture
-        where = "cpu" if name == "sbx" else str(model.device)
-        subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, SBX_NOTE if name == "sbx" else note)
-        if name != "sbx":
-            count_jobs[name] = sac_updates(model, counted)
+        compiled = extra.get("compile_mode", "none") != "none"
+        for n in threads if compiled else (None,):
+            name = variant if n is None or len(threads) == 1 else f"{variant} {n}t"
+            env = DummyVecEnv([PvBessEvEnv])
+            if variant == "sbx":  # JAX places the model itself
+                sbx_hp = {k: v for k, v in hp.items() if k != "net_arch"}
+                model = cls("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, **sbx_hp, **extra)
+            else:
+                model = make_model(cls, env, hp, seed, device, **extra)
+            model.set_logger(Logger(None, []))
+            for transition in transitions:
+                model.replay_buffer.add(*transition)
+            warm_up = sac_updates(model, chunk)  # allocations, cuBLAS, graph capture, compilation
+            (warm_up if n is None else at_threads(warm_up, n))()
+            if n is not None:
+                pinned[name] = n
+            where = "cpu" if variant == "sbx" else str(model.device)
+            row_note = SBX_NOTE if variant == "sbx" else note
+            subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, row_note)
+            if variant != "sbx":
+                count = sac_updates(model, counted)
+                count_jobs[name] = count if n is None else at_threads(count, n)
     pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
     for size in populations:
         for amp in population_amps:
@@ -289,9 +302,12 @@ def bench_sac(
             count_jobs[name] = population_updates(pop, counted)
 
     # (row name, subject, torch threads): SBX runs once, on XLA's threads.
-    runs = [(name, name, None) for name in subjects if name == "sbx"]
+    runs = [(name, name, pinned.get(name)) for name in subjects if name == "sbx" or name in pinned]
     runs += [
-        (name if len(threads) == 1 else f"{name} {n}t", name, n) for name in subjects if name != "sbx" for n in threads
+        (name if len(threads) == 1 else f"{name} {n}t", name, n)
+        for name in subjects
+        if name != "sbx" and name not in pinned
+        for n in threads
     ]
     launches = {name: launches_per_unit(job, device) for name, job in count_jobs.items()} if count_launches else {}
     launch_key = "kernels_per_update" if device == "cuda" else "ops_per_update"
@@ -378,7 +394,7 @@ def bench_on_policy(
             PvBessEvEnv, n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls, env_kwargs={"scenario": scenario}
         )
         model = make_model(cls, env, hp, seed, where, **extra)
-        model.set_logger(configure(None, []))
+        model.set_logger(Logger(None, []))
         devices[name] = str(model.device)
 
         def rollouts(model: BaseAlgorithm = model) -> int:
