@@ -14,7 +14,7 @@ from bess_rl.agents import manual_sac, onednn_linear
 from bess_rl.agents.fast_sac import DeviceReplayBuffer, FastSAC
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import SiteParams
-from tests.helpers import make_scenario
+from tests.helpers import compile_without_codegen, make_scenario
 
 BATCH = 32
 TINY = {"batch_size": BATCH, "buffer_size": 400, "learning_starts": 0, "policy_kwargs": {"net_arch": [32, 32]}}
@@ -126,8 +126,7 @@ def test_compiled_bf16_step_runs_close_to_the_eager_one(monkeypatch):
     """The bf16 step captured whole takes the eager bf16 step's updates. Captured through AOTAutograd
     without inductor's code generation (~2 s where inductor takes ~20 s: the float32 test above runs it),
     so the same bf16 roundings."""
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "mode": None, "backend": "aot_eager"}))
+    compile_without_codegen(monkeypatch)
     _, eager = pair(fast_kwargs={"amp": "bf16"})
     _, compiled = pair(fast_kwargs={"amp": "bf16", "compile_mode": "default"})
     before = state(eager)

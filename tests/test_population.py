@@ -12,7 +12,7 @@ from bess_rl.agents.fast_sac import FastSAC
 from bess_rl.agents.population import Population
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import SiteParams
-from tests.helpers import make_scenario
+from tests.helpers import compile_without_codegen, make_scenario
 
 BATCH = 32
 TINY = {"batch_size": BATCH, "buffer_size": 400, "learning_starts": 0, "policy_kwargs": {"net_arch": [32, 32]}}
@@ -71,6 +71,29 @@ def test_each_member_matches_its_own_fast_sac_run():
         logged = single.logger.name_to_value
         assert stats[0, i].item() == pytest.approx(logged["train/critic_loss"], rel=1e-3)
         assert stats[3, i].item() == pytest.approx(logged["train/ent_coef"], rel=1e-4)
+
+
+def test_compiled_population_step_takes_the_eager_steps(monkeypatch):
+    """``compile_mode``: the stacked step (Adam in plain ops, one learning rate group per member here)
+    as one graph, captured through AOTAutograd (inductor's code generation is FastSAC's compile test)."""
+    compile_without_codegen(monkeypatch)
+    pops = [Population(site_env, size=3, seeds=SEEDS, **HPARAMS, **TINY, compile_mode=m) for m in ("none", "default")]
+    data = transitions()
+    for pop in pops:
+        for member in pop.members:
+            for t in data:
+                member.replay_buffer.add(*t)
+    before = pops[0].member_model(1).policy.state_dict()
+    before = {k: v.clone() for k, v in before.items()}
+    stats = [pop.train(20) for pop in pops]
+    assert pops[1]._compiled is not None and pops[0]._compiled is None
+    torch.testing.assert_close(stats[1], stats[0], rtol=1e-5, atol=1e-6)
+    eager, compiled = (pop.member_model(1) for pop in pops)
+    for key, value in eager.policy.state_dict().items():
+        assert not torch.equal(value, before[key]), key
+        torch.testing.assert_close(compiled.policy.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    states = [m.critic.optimizer.state_dict()["state"][0] for m in (eager, compiled)]
+    assert float(states[1]["step"]) == float(states[0]["step"]) == 20
 
 
 def test_member_trains_on_and_saves_as_a_plain_sb3_model(tmp_path):

@@ -428,27 +428,49 @@ class DirectAdam:
             amsgrad=False, maximize=group["maximize"], grad_scale=None, found_inf=None,
         )  # fmt: skip
 
-    @torch.no_grad()
     def in_graph(self, grads: list[torch.Tensor]) -> None:
-        """The same step in plain tensor ops, for a compiled update: inductor fuses them, where the fused
-        kernel is opaque to it (no fake kernel with a tensor learning rate: the graph would break)."""
+        """The same step as ``plain_adam`` ops, for a compiled update."""
         group = self.group
         beta1, beta2 = group["betas"]
-        lr, weight_decay = group["lr"], group["weight_decay"]
-        if group["maximize"]:
-            grads = torch._foreach_neg(grads)
-        if weight_decay and self.fn is torch._fused_adamw_:
-            torch._foreach_mul_(self.params, 1 - lr * weight_decay)
-        elif weight_decay:
-            grads = torch._foreach_add(grads, self.params, alpha=weight_decay)
-        torch._foreach_add_(self.steps, 1)
-        torch._foreach_lerp_(self.exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(self.exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(self.exp_avg_sqs, grads, grads, value=1 - beta2)
-        step = self.steps[0]  # every parameter's counter: they step together
-        bias_correction2_sqrt = (1 - beta2**step).sqrt()
-        denom = torch._foreach_div(torch._foreach_sqrt(self.exp_avg_sqs), bias_correction2_sqrt)
-        torch._foreach_add_(denom, group["eps"])
-        update = torch._foreach_div(self.exp_avgs, denom)
-        torch._foreach_mul_(update, -lr / (1 - beta1**step))
-        torch._foreach_add_(self.params, update)
+        plain_adam(
+            self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps, lr=group["lr"], beta1=beta1,
+            beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+            decoupled=self.fn is torch._fused_adamw_, maximize=group["maximize"],
+        )  # fmt: skip
+
+
+@torch.no_grad()
+def plain_adam(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    *,
+    lr: Scalar,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+    maximize: bool = False,
+) -> None:
+    """torch's fused Adam (``decoupled``: AdamW) step in foreach ops, for a compiled update: inductor fuses
+    them, where the fused kernel is opaque to it (and, with a tensor learning rate, breaks the graph).
+    ``steps`` are the parameters' step counters, which step together."""
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if weight_decay and decoupled:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    elif weight_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_add_(steps, 1)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    step = steps[0]
+    denom = torch._foreach_div(torch._foreach_sqrt(exp_avg_sqs), (1 - beta2**step).sqrt())
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_mul_(update, -lr / (1 - beta1**step))
+    torch._foreach_add_(params, update)

@@ -27,7 +27,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from bess_rl.agents.fast_sac import FastSAC
-from bess_rl.agents.manual_sac import SacNets, StepTerms, forward, matmul_t, sac_step, supports
+from bess_rl.agents.manual_sac import SacNets, StepTerms, forward, matmul_t, plain_adam, sac_step, supports
 
 Tree = Any  # nested lists / tuples of tensors, shaped like a SacNets field
 
@@ -63,7 +63,7 @@ class StackedAdam:
     """
 
     def __init__(self, params: list[torch.Tensor], lr: torch.Tensor, betas: tuple[float, float], eps: float) -> None:
-        self.params, self.betas, self.eps, self.steps = params, betas, eps, 0
+        self.params, self.betas, self.eps = params, betas, eps
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         rates = [float(r) for r in lr.tolist()]
@@ -88,12 +88,16 @@ class StackedAdam:
             return lists
         return [[t[i] for t in tensors for i in members] for tensors in lists]
 
-    def step(self, grads: list[torch.Tensor]) -> None:
+    def step(self, grads: list[torch.Tensor], plain: bool = False) -> None:
+        """One Adam step; ``plain``: as ``plain_adam`` ops, for a compiled population step."""
         beta1, beta2 = self.betas
-        self.steps += 1
         for rate, members in self.groups.items():
             params, exp_avg, exp_avg_sq = self.state[rate]
             (grad,) = self._slices(members, [grads])
+            if plain:
+                steps = self.counters[rate]
+                plain_adam(params, grad, exp_avg, exp_avg_sq, steps, lr=rate, beta1=beta1, beta2=beta2, eps=self.eps)
+                continue
             torch._foreach_add_(self.counters[rate], 1)
             torch._fused_adam_(
                 params, grad, exp_avg, exp_avg_sq, [], self.counters[rate],
@@ -103,9 +107,10 @@ class StackedAdam:
 
     def moments(self, i: int, like: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Member ``i``'s state per parameter, shaped and placed as the matching tensor of ``like``."""
+        step = next(iter(self.counters.values()))[0]  # every group steps together
         return [
             {
-                "step": torch.tensor(float(self.steps), device=p.device),
+                "step": step.to(p.device, copy=True),
                 "exp_avg": m[i].reshape(p.shape).to(p.device, copy=True),
                 "exp_avg_sq": v[i].reshape(p.shape).to(p.device, copy=True),
             }
@@ -189,6 +194,9 @@ class Population:
         # amp="bf16" (a FastSAC keyword, so every member's): bf16 matmuls on bf16 copies of the stacked
         # weights, as FastSAC's own step; on CPU the stacked products are then oneDNN's batched bf16 GEMM.
         self.low = self.nets.cast(torch.bfloat16) if first.amp == "bf16" else None
+        # compile_mode (a FastSAC keyword too): the stacked step as one torch.compile graph, as FastSAC's.
+        self.compile_mode = first.compile_mode
+        self._compiled: Callable[..., torch.Tensor] | None = None
         self.num_timesteps, self.n_updates = 0, 0
         self._obs: np.ndarray | None = None
 
@@ -215,24 +223,35 @@ class Population:
     def train(self, gradient_steps: int) -> torch.Tensor:
         """``gradient_steps`` stacked updates; returns each member's mean (critic loss, actor loss,
         entropy-coefficient loss, entropy coefficient) as a (4, N) tensor."""
+        if self.compile_mode != "none" and self._compiled is None:
+            self._compiled = torch.compile(self._update, mode=self.compile_mode, fullgraph=True, dynamic=False)
+        update = self._update if self._compiled is None else self._compiled
+        totals = torch.zeros(4, self.size, device=self.device)
+        for step in range(gradient_steps):
+            batch, noise, next_noise = self.batch()  # eager: the members' generators stay out of the graph
+            totals += update(batch, noise, next_noise, step % self.target_update_interval == 0)
+        self.n_updates += gradient_steps
+        return totals / gradient_steps
+
+    def _update(
+        self, batch: ReplayBufferSamples, noise: torch.Tensor, next_noise: torch.Tensor, polyak: bool
+    ) -> torch.Tensor:
+        """One stacked SAC step (and the polyak update when due); compiled whole with ``compile_mode``."""
+        plain = self.compile_mode != "none"
         terms = StepTerms(
             gamma=self.gamma,
             target_entropy=self.target_entropy,
             log_ent_coef=self.log_ent_coef,
             ent_coef=self.ent_coef,
-            step_ent_coef=lambda grad: self.ent_adam.step([grad]),
-            step_critic=self.critic_adam.step,
-            step_actor=self.actor_adam.step,
+            step_ent_coef=lambda grad: self.ent_adam.step([grad], plain),
+            step_critic=lambda grads: self.critic_adam.step(grads, plain),
+            step_actor=lambda grads: self.actor_adam.step(grads, plain),
             low=self.low,
         )
-        totals = torch.zeros(4, self.size, device=self.device)
-        for step in range(gradient_steps):
-            batch, noise, next_noise = self.batch()
-            totals += sac_step(self.nets, batch, noise, next_noise, terms)
-            if step % self.target_update_interval == 0:
-                self.polyak()
-        self.n_updates += gradient_steps
-        return totals / gradient_steps
+        stats = sac_step(self.nets, batch, noise, next_noise, terms)
+        if polyak:
+            self.polyak()
+        return stats
 
     @torch.no_grad()
     def polyak(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import itertools
 import os
 import sys
 import time
@@ -209,6 +210,11 @@ def sac_variants(device: str, compile_mode: str) -> dict[str, tuple[type[BaseAlg
     return variants
 
 
+def at_n(job: Callable[[], int], threads: int | None) -> Callable[[], int]:
+    """``at_threads(job, threads)``, or ``job`` itself for None (the process's thread count)."""
+    return job if threads is None else at_threads(job, threads)
+
+
 def at_threads(job: Callable[[], int], threads: int) -> Callable[[], int]:
     """``job`` run with ``threads`` torch threads, the process's count restored after it."""
 
@@ -275,31 +281,33 @@ def bench_sac(
             model.set_logger(Logger(None, []))
             for transition in transitions:
                 model.replay_buffer.add(*transition)
-            warm_up = sac_updates(model, chunk)  # allocations, cuBLAS, graph capture, compilation
-            (warm_up if n is None else at_threads(warm_up, n))()
+            at_n(sac_updates(model, chunk), n)()  # warm-up: allocations, cuBLAS, graph capture, compilation
             if n is not None:
                 pinned[name] = n
             where = "cpu" if variant == "sbx" else str(model.device)
             row_note = SBX_NOTE if variant == "sbx" else note
             subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, row_note)
             if variant != "sbx":
-                count = sac_updates(model, counted)
-                count_jobs[name] = count if n is None else at_threads(count, n)
+                count_jobs[name] = at_n(sac_updates(model, counted), n)
     pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
-    for size in populations:
-        for amp in population_amps:
+    for size, amp, mode in itertools.product(populations, population_amps, dict.fromkeys(("none", compile_mode))):
+        for n in threads if mode != "none" else (None,):
             pop = Population(
                 PvBessEvEnv, size, seeds=range(seed, seed + size), device=device,
-                policy_kwargs={"net_arch": net_arch}, amp=amp, **pop_hp,
+                policy_kwargs={"net_arch": net_arch}, amp=amp, compile_mode=mode, **pop_hp,
             )  # fmt: skip
             for member in pop.members:
                 for transition in transitions:
                     member.replay_buffer.add(*transition)
-            pop.train(chunk)
+            at_n(population_updates(pop, chunk), n)()  # warm-up, compilation
             pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
-            name = f"population {size}" if amp == "none" else f"population {size} {amp}"
+            variant = " ".join([f"population {size}", *([amp] if amp != "none" else []),
+                                *([f"compile {mode}"] if mode != "none" else [])])  # fmt: skip
+            name = variant if n is None or len(threads) == 1 else f"{variant} {n}t"
+            if n is not None:
+                pinned[name] = n
             subjects[name] = (population_updates(pop, chunk), population_collect(pop), device, pop_note)
-            count_jobs[name] = population_updates(pop, counted)
+            count_jobs[name] = at_n(population_updates(pop, counted), n)
 
     # (row name, subject, torch threads): SBX runs once, on XLA's threads.
     runs = [(name, name, pinned.get(name)) for name in subjects if name == "sbx" or name in pinned]
