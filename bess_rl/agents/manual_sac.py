@@ -16,6 +16,7 @@ whose parameters are the SB3 modules' own tensors, stepped by their own optimise
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from bess_rl.agents.gaussian import LOG_SQRT_2PI
 if TYPE_CHECKING:
     from bess_rl.agents.fast_sac import FastSAC
 
+log = logging.getLogger(__name__)
 _SQUASH_EPS = 1e-6  # SB3's SquashedDiagGaussianDistribution epsilon
 _LOG_STD_MIN, _LOG_STD_MAX = -20, 2  # SB3's actor clamp
 Layer = tuple[torch.Tensor, torch.Tensor]  # (weight (..., out, in), bias (..., out))
@@ -298,7 +300,8 @@ class ManualUpdate:
     ``torch.compile`` graph: inductor fuses the ~1,300 small ops an update issues into a few C++ loops
     that use every torch thread, where eager runs each alone (measured at the after preset:
     ``experiments/cpu_speed_2026-12-02d/``). It is compiled once every optimiser has its direct step; the
-    first update, which makes the optimisers' state, runs eagerly.
+    first update, which makes the optimisers' state, runs eagerly (after a resume too, so a compiled run's
+    resume follows it to float32 rounding rather than bit for bit: inductor fuses sums differently).
     """
 
     def __init__(self, model: FastSAC) -> None:
@@ -332,6 +335,7 @@ class ManualUpdate:
         if self.compile_mode == "none" or not self._direct_ready():
             return self._update(flat, noise, next_noise, then, traced=False)
         if self.compiled is None:
+            log.info("compiling the SAC step (torch.compile, mode %s): ~20-60 s, once", self.compile_mode)
             self.compiled = torch.compile(self._update, mode=self.compile_mode, fullgraph=True, dynamic=False)
         return self.compiled(flat, noise, next_noise, then, traced=True)
 

@@ -16,6 +16,7 @@ stacked products are single batched matmuls; that path is written but not yet me
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
@@ -29,6 +30,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from bess_rl.agents.fast_sac import FastSAC
 from bess_rl.agents.manual_sac import SacNets, StepTerms, forward, matmul_t, plain_adam, sac_step, supports
 
+log = logging.getLogger(__name__)
 Tree = Any  # nested lists / tuples of tensors, shaped like a SacNets field
 
 
@@ -224,6 +226,7 @@ class Population:
         """``gradient_steps`` stacked updates; returns each member's mean (critic loss, actor loss,
         entropy-coefficient loss, entropy coefficient) as a (4, N) tensor."""
         if self.compile_mode != "none" and self._compiled is None:
+            log.info("compiling the stacked SAC step (torch.compile, mode %s): ~20-60 s, once", self.compile_mode)
             self._compiled = torch.compile(self._update, mode=self.compile_mode, fullgraph=True, dynamic=False)
         update = self._update if self._compiled is None else self._compiled
         totals = torch.zeros(4, self.size, device=self.device)
