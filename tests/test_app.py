@@ -262,6 +262,17 @@ def test_acceleration_switches_are_recorded_off_for_on_policy_agents():
     assert any("FastPPO does not compile its update" in note for note in runtime.notes)
 
 
+def test_compile_on_a_cpu_without_a_compiler_is_refused_before_training(monkeypatch):
+    """A CPU compile builds C++ kernels: without a compiler the run stops in one line, not inside inductor;
+    an agent that compiles nothing does not need one."""
+    monkeypatch.setenv("CXX", "no-such-c++")
+    cfg = compose_cfg(["agent=sac", "hardware=cpu", "hardware.compile=default"])
+    with pytest.raises(hardware_module.HardwareError, match="needs a C\\+\\+ compiler: no-such-c\\+\\+ not found"):
+        hardware_module.resolve(cfg.hardware, algo_class(cfg.agent.algo), cfg.agent.device)
+    ppo = compose_cfg(["agent=ppo", "hardware=cpu", "hardware.compile=default"])
+    assert hardware_module.resolve(ppo.hardware, algo_class(ppo.agent.algo), ppo.agent.device).compile == "none"
+
+
 @pytest.mark.parametrize(("agent", "cls"), [("ppo", FastPPO), ("a2c", FastA2C), ("sac", FastSAC)])
 def test_cuda_graphs_reach_every_fast_agent_on_a_gpu(agent, cls, monkeypatch, no_tf32):
     """On a GPU (faked: only the resolution is checked) ``hardware.cuda_graphs`` reaches PPO/A2C too,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bess_rl.agents import onednn_linear
+from bess_rl.agents.capabilities import cpu_compiler
 from bess_rl.experiment.config import compose_config
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.tools.doctor import Wants, check_cuda_graph, main
@@ -31,6 +32,15 @@ def test_cpu_profile_exits_0(capsys):
     assert status["bf16"] == ("PASS" if onednn_linear.native_bf16() or torch.cuda.is_available() else "WARN")
     if not torch.cuda.is_available():
         assert {item: status[item] for item in GPU_ITEMS} == dict.fromkeys(GPU_ITEMS, "SKIP")
+
+
+def test_a_missing_cpu_compiler_fails_only_where_compile_is_asked(capsys, monkeypatch):
+    assert doctor(capsys, "hardware=cpu")[1]["compile"] == ("PASS" if cpu_compiler() else "WARN")
+    monkeypatch.setenv("CXX", "no-such-c++")
+    rc, status, out = doctor(capsys, "hardware=cpu")
+    assert rc == 0 and status["compile"] == "WARN" and "no-such-c++ not found" in out
+    rc, status, _ = doctor(capsys, "hardware=cpu", "hardware.compile=default")
+    assert rc == 1 and status["compile"] == "FAIL"
 
 
 @without_cuda

@@ -7,6 +7,8 @@ authority, and ``capabilities`` reads its declaration (plain SB3 classes declare
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,3 +50,9 @@ def capabilities(algo: type) -> Capabilities:
     if isinstance(declared, Capabilities):
         return declared
     return Capabilities(prefers_cpu=issubclass(algo, OnPolicyAlgorithm))
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` (inductor) builds CPU kernels with, found as it searches for one
+    (``$CXX``, else g++), or None: without one a CPU compile fails deep inside inductor."""
+    return shutil.which(os.environ.get("CXX", "g++"))

@@ -13,6 +13,7 @@ The losses, their order and the polyak update are exactly ``stable_baselines3.SA
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +27,7 @@ from stable_baselines3.common.utils import get_device
 from torch.nn import functional as F
 
 from bess_rl.agents import graphs, manual_sac, onednn_linear
-from bess_rl.agents.capabilities import Capabilities
+from bess_rl.agents.capabilities import Capabilities, cpu_compiler
 from bess_rl.agents.gaussian import log_prob as normal_log_prob
 from bess_rl.agents.tensor_lr import TensorLr
 
@@ -159,8 +160,8 @@ class FastSAC(SAC):
     ``compile_mode`` a ``torch.compile`` mode, or "none": on the hand-written CPU step the whole step is one
     graph (``manual_sac.ManualUpdate``), through autograd each loss function is compiled;
     ``matmul`` "onednn" runs the step as ``bess_rl.agents.manual_sac`` (hand-written gradients, oneDNN fp32 or,
-    with ``amp="bf16"``, bf16 matmuls: an eager CPU path for SB3's ``MlpPolicy``), "torch" through
-    autograd and the modules, "auto" picks "onednn" wherever it applies.
+    with ``amp="bf16"``, bf16 matmuls: a CPU path for SB3's ``MlpPolicy``), "torch" through autograd and
+    the modules, "auto" picks "onednn" wherever it applies.
     """
 
     capabilities = Capabilities(amp=AMP_MODES, cuda_graphs=True, compile=True, device_replay_buffer=True)
@@ -200,12 +201,16 @@ class FastSAC(SAC):
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        if self.compile_mode != "none" and self.device.type == "cpu" and cpu_compiler() is None:
+            cxx = os.environ.get("CXX", "g++")
+            raise ValueError(f"compile_mode={self.compile_mode!r} on a CPU needs a C++ compiler: {cxx} not found "
+                             "(install g++ or set CXX), or use compile_mode='none'")  # fmt: skip
         if self.matmul not in MATMUL_MODES:
             raise ValueError(f"matmul must be one of {MATMUL_MODES}, got {self.matmul!r}")
         if self.matmul == "onednn" and not self.onednn_fits():
             raise ValueError(
-                "matmul='onednn' is an eager CPU update for SB3's MlpPolicy: needs device cpu, amp 'none' or "
-                "'bf16', ReLU Linear stacks without batch norm and a oneDNN build"
+                "matmul='onednn' is the hand-written CPU update for SB3's MlpPolicy: needs device cpu, amp 'none' "
+                "or 'bf16', ReLU Linear stacks without batch norm and a oneDNN build"
             )
         if self.graph_steps < 1 or self.graph_steps % self.target_update_interval:
             raise ValueError(

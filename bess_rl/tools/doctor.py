@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from bess_rl.agents import graphs, onednn_linear
+from bess_rl.agents.capabilities import cpu_compiler
 from bess_rl.experiment import hardware, planner
 from bess_rl.experiment.build import algo_class, asked_device
 from bess_rl.experiment.config import ConfigError, compose_config, validate
@@ -64,6 +65,7 @@ class Wants:
     tf32: bool
     cuda_graphs: bool
     budget_gb: float | None
+    compile: str = "none"
 
     @classmethod
     def of(cls, cfg: DictConfig | None) -> Wants:
@@ -79,6 +81,7 @@ class Wants:
             bool(hw.tf32),
             bool(hw.cuda_graphs),
             hw.memory_budget_gb,
+            str(hw.compile),
         )
 
 
@@ -221,6 +224,15 @@ def check_cuda_graph(wants: Wants) -> Check:
     return Check("FAIL" if wants.cuda_graphs else "WARN", "CUDA graph", value)
 
 
+def check_compile(wants: Wants) -> Check:
+    """``torch.compile`` on a CPU builds C++ kernels: the compiler it would use (``cpu_compiler``)."""
+    cxx = cpu_compiler()
+    if cxx is not None:
+        return Check("PASS", "compile", f"C++ compiler for torch.compile on a CPU: {cxx}")
+    value = f"no C++ compiler ({os.environ.get('CXX', 'g++')} not found): torch.compile cannot run on a CPU"
+    return Check("FAIL" if wants.compile != "none" and not wants.cuda else "WARN", "compile", value)
+
+
 def check_config(cfg: DictConfig) -> tuple[Check, hardware.Runtime | None]:
     """Validate and resolve the hardware as a run would; the resolver's warnings become this line."""
     hw_log = logging.getLogger(hardware.__name__)
@@ -283,6 +295,7 @@ def run_checks(overrides: list[str]) -> list[Check]:
         check_autocast(torch.float16, wants),
         check_tf32(wants),
         check_cuda_graph(wants),
+        check_compile(wants),
     ]
     if cfg is None:
         return [*checks, unusable]
