@@ -180,6 +180,27 @@ def test_default_cpu_update_is_the_hand_written_one():
     assert fp16._fast.manual is None  # fp16 needs GradScaler: autograd
 
 
+def test_stacked_bf16_critics_take_the_one_by_one_steps():
+    """The bf16 twin critics as one batched product per layer (the default where the CPU has native bf16)
+    give the updates of the critics run one after the other, up to bf16 rounding."""
+    _, one_by_one = pair(fast_kwargs={"amp": "bf16"})
+    _, stacked = pair(fast_kwargs={"amp": "bf16"})
+    one_by_one._fast.manual.stacked = None
+    manual = stacked._fast.manual
+    manual.stacked = manual.stacked or manual.low.stack_critics()  # stacked on any CPU, for this test
+    before = state(stacked)
+    for m in (one_by_one, stacked):
+        torch.manual_seed(123)
+        m.train(4, BATCH)
+    for key in ("train/critic_loss", "train/actor_loss", "train/ent_coef"):
+        a, b = one_by_one.logger.name_to_value[key], stacked.logger.name_to_value[key]
+        assert b == pytest.approx(a, rel=1e-3, abs=1e-5), key
+    after, reference = state(stacked), state(one_by_one)
+    for key, value in before.items():  # Adam turns a bf16-rounding sign flip of a tiny gradient into a full step
+        delta = reference[key] - value
+        assert float((after[key] - value - delta).norm()) <= 0.05 * float(delta.norm()), key
+
+
 def test_bf16_autocast_through_autograd_runs_close_to_fp32():
     """The hand-written bf16 step is the existing bf16 test; this is the autocast path it replaced on CPU."""
     _, fp32 = pair(fast_kwargs={"matmul": "torch"})

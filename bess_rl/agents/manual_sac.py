@@ -16,6 +16,7 @@ whose parameters are the SB3 modules' own tensors, stepped by their own optimise
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +126,19 @@ class SacNets:
     def params(self) -> list[torch.Tensor]:
         return [*self.actor_params(), *self.critic_params(), *self.target_params()]
 
+    def stack_critics(self) -> tuple[Stack, Stack]:
+        """The critics' and their targets' layers as (C, out, in) / (C, out) tensors, ``q`` and ``q_target``
+        rebound to views into them (a copy into those views lands in the stacks), so the twin critics run
+        as one batched product per layer. For one agent's 2-D weights (the bf16 copies ``cast`` makes)."""
+
+        def stacked(stacks: list[Stack]) -> tuple[Stack, list[Stack]]:
+            layers = [tuple(torch.stack([s[i][j] for s in stacks]) for j in (0, 1)) for i in range(len(stacks[0]))]
+            return layers, [[(w[k], b[k]) for w, b in layers] for k in range(len(stacks))]
+
+        q, self.q = stacked(self.q)
+        q_target, self.q_target = stacked(self.q_target)
+        return q, q_target
+
     def cast(self, dtype: torch.dtype) -> SacNets:
         """Detached copies of every tensor in ``dtype``: the matmuls' weights, kept current by ``sac_step``."""
 
@@ -154,6 +168,8 @@ class StepTerms:
     # bf16 copies of the networks (``SacNets.cast``) the matmuls read, rewritten in place once per optimiser
     # step rather than cast at every use; None: the matmuls read the float32 networks themselves.
     low: SacNets | None = None
+    # ``low``'s critics and targets stacked (``SacNets.stack_critics``); None: one critic after the other.
+    stacked: tuple[Stack, Stack] | None = None
 
 
 def forward(layers: Stack, x: torch.Tensor, last_relu: bool) -> list[torch.Tensor]:
@@ -214,9 +230,34 @@ def sac_step(
     if low is not nets:
         torch._foreach_copy_(low.params(), nets.params())
 
-    def q_value(stack: Stack, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        outs = forward(stack, x, False)
-        return outs, outs[-1].float()
+    def critics(stacks: list[Stack], together: Stack | None, x: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """Each critic's layer outputs (a list per critic, or one list of (C, B, ...) stacks) and all
+        critics' Q values as (..., B, C)."""
+        if together is None:
+            runs = [forward(stack, x, False) for stack in stacks]
+            return runs, torch.cat([outs[-1].float() for outs in runs], dim=-1)
+        outs = forward(together, x.expand(len(stacks), *x.shape), False)
+        return outs, outs[-1].float().squeeze(-1).transpose(0, 1)
+
+    def critic_backward(
+        stacks: list[Stack], together: Stack | None, runs: list, grad: torch.Tensor, weights: bool
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """``backward`` of every critic for ``grad`` (..., B, C) w.r.t. their Q values: the input gradients
+        summed over the critics, or the weight gradients in ``critic_params`` order."""
+        if together is None:
+            parts = [
+                backward(stack, outs, grad[..., k : k + 1], False, weights)
+                for k, (stack, outs) in enumerate(zip(stacks, runs, strict=True))
+            ]
+            if weights:
+                return None, [g for _, grads in parts for g in grads]
+            return functools.reduce(torch.add, [d for d, _ in parts]), []
+        d_in, grads = backward(together, runs, grad.transpose(0, 1).unsqueeze(-1), False, weights)
+        if weights:
+            return None, [g[k] for k in range(len(stacks)) for g in grads]
+        return d_in.sum(0), []
+
+    q_stacks, target_stacks = terms.stacked or (None, None)
 
     def head(layer: Layer, latent: torch.Tensor) -> torch.Tensor:
         return matmul_t(latent, *layer).float()
@@ -240,34 +281,27 @@ def sac_step(
         ent_coef_loss = torch.zeros_like(log_prob[..., :1, :])
 
     next_input = torch.cat([next_obs, next_actions], dim=-1)
-    next_q = torch.cat([q_value(q, next_input)[1] for q in low.q_target], dim=-1)
+    next_q = critics(low.q_target, target_stacks, next_input)[1]
     next_q, _ = torch.min(next_q, dim=-1, keepdim=True)
     next_q = next_q - ent_coef * next_log_prob
     target_q = batch.rewards + (1 - batch.dones) * terms.gamma * next_q
 
     # Critics: 0.5 * sum of MSEs; d/dq = (q - target) / n for each.
     q_input = torch.cat([obs, actions], dim=-1)
-    critic_loss = torch.zeros_like(_mean(target_q))
-    critic_grads: list[torch.Tensor] = []
-    for stack in low.q:
-        q_outs, q = q_value(stack, q_input)
-        err = q - target_q
-        critic_loss = critic_loss + 0.5 * _mean(err**2)
-        critic_grads += backward(stack, q_outs, err / n, False, weights=True)[1]
-    terms.step_critic(critic_grads)
+    q_runs, q = critics(low.q, q_stacks, q_input)
+    err = q - target_q
+    critic_loss = 0.5 * (err**2).mean(dim=-2).sum(dim=-1)
+    terms.step_critic(critic_backward(low.q, q_stacks, q_runs, err / n, weights=True)[1])
     if low is not nets:
         torch._foreach_copy_(low.critic_params(), nets.critic_params())
 
     # Actor: mean(ent_coef * log_prob - min_q(obs, pi)) with the updated critics.
     pi_input = torch.cat([obs, pi], dim=-1)
-    pi_q = [q_value(stack, pi_input) for stack in low.q]
-    q_pi = torch.cat([q for _, q in pi_q], dim=-1)
+    pi_runs, q_pi = critics(low.q, q_stacks, pi_input)
     min_q, which = torch.min(q_pi, dim=-1, keepdim=True)
     actor_loss = _mean(ent_coef * log_prob - min_q)
-    d_input = None
-    for k, (stack, (q_outs, _)) in enumerate(zip(low.q, pi_q, strict=True)):
-        d_in = backward(stack, q_outs, (which == k).to(q_pi.dtype) * (-1 / n), False, weights=False)[0]
-        d_input = d_in if d_input is None else d_input + d_in
+    chosen = (which == torch.arange(q_pi.shape[-1], device=q_pi.device)).to(q_pi.dtype) * (-1 / n)
+    d_input = critic_backward(low.q, q_stacks, pi_runs, chosen, weights=False)[0]
     d_pi = d_input[..., obs.shape[-1] :]
     g = ent_coef / n  # d actor_loss / d log_prob, per row
     d_action = d_pi + g * 2 * pi / (one_minus_sq + _SQUASH_EPS)
@@ -316,6 +350,9 @@ class ManualUpdate:
             raise ValueError("optimiser parameter order differs from the networks' layer order")
         self._direct: dict[int, DirectAdam | None] = {}
         self.low = self.nets.cast(torch.bfloat16) if model.amp == "bf16" else None
+        # bf16 twin critics as one batched product per layer, where the CPU multiplies bf16 natively
+        # (measured in experiments/cpu_speed_2026-12-02d/); float32 products stay on oneDNN one by one.
+        self.stacked = self.low.stack_critics() if self.low is not None and onednn_linear.native_bf16() else None
         self.compile_mode = model.compile_mode
         self.compiled: Callable[..., torch.Tensor] | None = None  # made by the first step that can use it
 
@@ -378,6 +415,7 @@ class ManualUpdate:
             step_critic=stepper(model.critic.optimizer, self.critic_params),
             step_actor=stepper(model.actor.optimizer, self.actor_params),
             low=self.low,
+            stacked=self.stacked,
         )
         stats = sac_step(self.nets, batch, noise, next_noise, terms)
         if then is not None:
