@@ -44,3 +44,18 @@ def test_bf16_population_runs_close_to_float32():
     assert all(not torch.equal(a, b) for a, b in zip(before, bf16.nets.actor_params(), strict=True))
     bf16.train(20)
     assert all(torch.isfinite(p).all() for p in bf16.nets.actor_params() + bf16.nets.critic_params())
+
+
+def test_stacked_bf16_critics_take_the_one_by_one_steps():
+    """Every member's twin critics in one batched product per layer give the critic-by-critic updates,
+    up to bf16 rounding (stacked here on any CPU; by default only where bf16 is native)."""
+    one_by_one, stacked = filled("bf16"), filled("bf16")
+    one_by_one.stacked = None
+    stacked.stacked = stacked.stacked or stacked.low.stack_critics()
+    before = [p.clone() for p in stacked.nets.critic_params() + stacked.nets.actor_params()]
+    torch.testing.assert_close(stacked.train(4), one_by_one.train(4), rtol=1e-3, atol=1e-5)
+    after = stacked.nets.critic_params() + stacked.nets.actor_params()
+    reference = one_by_one.nets.critic_params() + one_by_one.nets.actor_params()
+    for start, mine, theirs in zip(before, after, reference, strict=True):
+        delta = theirs - start  # Adam turns a bf16-rounding sign flip of a tiny gradient into a full step
+        assert float((mine - start - delta).norm()) <= 0.05 * float(delta.norm())

@@ -127,13 +127,14 @@ class SacNets:
         return [*self.actor_params(), *self.critic_params(), *self.target_params()]
 
     def stack_critics(self) -> tuple[Stack, Stack]:
-        """The critics' and their targets' layers as (C, out, in) / (C, out) tensors, ``q`` and ``q_target``
-        rebound to views into them (a copy into those views lands in the stacks), so the twin critics run
-        as one batched product per layer. For one agent's 2-D weights (the bf16 copies ``cast`` makes)."""
+        """The critics' and their targets' layers as one (C x members, out, in) / (C x members, out) tensor
+        each, ``q`` and ``q_target`` rebound to views into them (a copy into those views lands in the
+        stacks), so the twin critics run as one batched product per layer (the bf16 copies ``cast`` makes)."""
 
         def stacked(stacks: list[Stack]) -> tuple[Stack, list[Stack]]:
-            layers = [tuple(torch.stack([s[i][j] for s in stacks]) for j in (0, 1)) for i in range(len(stacks[0]))]
-            return layers, [[(w[k], b[k]) for w, b in layers] for k in range(len(stacks))]
+            full = [[torch.stack([s[i][j] for s in stacks]) for j in (0, 1)] for i in range(len(stacks[0]))]
+            layers = [(w.flatten(0, w.dim() - 3), b.flatten(0, b.dim() - 2)) for w, b in full]
+            return layers, [[(w[k], b[k]) for w, b in full] for k in range(len(stacks))]
 
         q, self.q = stacked(self.q)
         q_target, self.q_target = stacked(self.q_target)
@@ -231,13 +232,13 @@ def sac_step(
         torch._foreach_copy_(low.params(), nets.params())
 
     def critics(stacks: list[Stack], together: Stack | None, x: torch.Tensor) -> tuple[list, torch.Tensor]:
-        """Each critic's layer outputs (a list per critic, or one list of (C, B, ...) stacks) and all
-        critics' Q values as (..., B, C)."""
+        """Each critic's layer outputs (a list per critic, or one list of (C x members, B, ...) stacks) and
+        all critics' Q values as (..., B, C)."""
         if together is None:
             runs = [forward(stack, x, False) for stack in stacks]
             return runs, torch.cat([outs[-1].float() for outs in runs], dim=-1)
-        outs = forward(together, x.expand(len(stacks), *x.shape), False)
-        return outs, outs[-1].float().squeeze(-1).transpose(0, 1)
+        outs = forward(together, x.expand(len(stacks), *x.shape).flatten(0, x.dim() - 2), False)
+        return outs, outs[-1].float().reshape(len(stacks), *x.shape[:-1]).movedim(0, -1)
 
     def critic_backward(
         stacks: list[Stack], together: Stack | None, runs: list, grad: torch.Tensor, weights: bool
@@ -252,10 +253,12 @@ def sac_step(
             if weights:
                 return None, [g for _, grads in parts for g in grads]
             return functools.reduce(torch.add, [d for d, _ in parts]), []
-        d_in, grads = backward(together, runs, grad.transpose(0, 1).unsqueeze(-1), False, weights)
+        c, lead = len(stacks), grad.shape[:-2]  # lead: the members' dimension of a population, if any
+        stacked_grad = grad.movedim(-1, 0).flatten(0, len(lead)).unsqueeze(-1)  # (C x members, B, 1)
+        d_in, grads = backward(together, runs, stacked_grad, False, weights)
         if weights:
-            return None, [g[k] for k in range(len(stacks)) for g in grads]
-        return d_in.sum(0), []
+            return None, [g.reshape(c, *lead, *g.shape[1:])[k] for k in range(c) for g in grads]
+        return d_in.reshape(c, *lead, *d_in.shape[1:]).sum(0), []
 
     q_stacks, target_stacks = terms.stacked or (None, None)
 
@@ -327,6 +330,13 @@ def sac_step(
     return torch.stack(stats)
 
 
+def stacked_critics(low: SacNets | None) -> tuple[Stack, Stack] | None:
+    """bf16 twin critics as one batched product per layer (``SacNets.stack_critics``) where the CPU
+    multiplies bf16 natively (measured in experiments/cpu_speed_2026-12-02d/); float32 products and
+    emulated bf16 ones stay critic by critic."""
+    return low.stack_critics() if low is not None and onednn_linear.native_bf16() else None
+
+
 class ManualUpdate:
     """``sac_step`` on a ``FastSAC`` whose ``supports`` holds, stepping the model's own optimisers.
 
@@ -350,9 +360,7 @@ class ManualUpdate:
             raise ValueError("optimiser parameter order differs from the networks' layer order")
         self._direct: dict[int, DirectAdam | None] = {}
         self.low = self.nets.cast(torch.bfloat16) if model.amp == "bf16" else None
-        # bf16 twin critics as one batched product per layer, where the CPU multiplies bf16 natively
-        # (measured in experiments/cpu_speed_2026-12-02d/); float32 products stay on oneDNN one by one.
-        self.stacked = self.low.stack_critics() if self.low is not None and onednn_linear.native_bf16() else None
+        self.stacked = stacked_critics(self.low)
         self.compile_mode = model.compile_mode
         self.compiled: Callable[..., torch.Tensor] | None = None  # made by the first step that can use it
 

@@ -28,7 +28,16 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from bess_rl.agents.fast_sac import FastSAC
-from bess_rl.agents.manual_sac import SacNets, StepTerms, forward, matmul_t, plain_adam, sac_step, supports
+from bess_rl.agents.manual_sac import (
+    SacNets,
+    StepTerms,
+    forward,
+    matmul_t,
+    plain_adam,
+    sac_step,
+    stacked_critics,
+    supports,
+)
 
 log = logging.getLogger(__name__)
 Tree = Any  # nested lists / tuples of tensors, shaped like a SacNets field
@@ -196,6 +205,7 @@ class Population:
         # amp="bf16" (a FastSAC keyword, so every member's): bf16 matmuls on bf16 copies of the stacked
         # weights, as FastSAC's own step; on CPU the stacked products are then oneDNN's batched bf16 GEMM.
         self.low = self.nets.cast(torch.bfloat16) if first.amp == "bf16" else None
+        self.stacked = stacked_critics(self.low)  # both critics of every member in one product per layer
         # compile_mode (a FastSAC keyword too): the stacked step as one torch.compile graph, as FastSAC's.
         self.compile_mode = first.compile_mode
         self._compiled: Callable[..., torch.Tensor] | None = None
@@ -250,6 +260,7 @@ class Population:
             step_critic=lambda grads: self.critic_adam.step(grads, plain),
             step_actor=lambda grads: self.actor_adam.step(grads, plain),
             low=self.low,
+            stacked=self.stacked,
         )
         stats = sac_step(self.nets, batch, noise, next_noise, terms)
         if polyak:
