@@ -10,6 +10,7 @@ import torch
 
 from bess_rl.agents import onednn_linear
 from bess_rl.tools.bench import at_threads, interleaved, main, parse_args
+from tests.helpers import compile_without_codegen
 
 
 @pytest.fixture(autouse=True)
@@ -62,11 +63,20 @@ def rows_by_agent(tmp_path, monkeypatch, agents: list[str], extra: list[str]) ->
 
 
 def test_bench_writes_json_with_every_sac_variant(tmp_path, monkeypatch):
-    by_agent = rows_by_agent(tmp_path, monkeypatch, ["sac"], ["--population", "2", "--count-launches"])
-    (population,) = [row for row in by_agent["sac"] if row["variant"].startswith("population 2")]
-    assert population["grad_steps_per_s"] > 0 and population["ops_per_update"] > 0
-    by_agent["sac"] = [row for row in by_agent["sac"] if row is not population]
-    check_sac_rows(by_agent["sac"], {"sb3", "fast eager", "fast bf16", "fast mkl", "sbx"}, "ops_per_update")
+    """Every SAC variant, a population and (``--compile``) their compiled steps, each compiled at the
+    thread count it is timed at; captured without inductor's code generation here (the compile tests)."""
+    compile_without_codegen(monkeypatch)
+    extra = ["--population", "2", "--count-launches", "--compile", "default"]
+    by_agent = rows_by_agent(tmp_path, monkeypatch, ["sac"], extra)
+    populations = [row for row in by_agent["sac"] if row["variant"].startswith("population 2")]
+    assert {row["variant"] for row in populations} == {"population 2", "population 2 compile default"}
+    assert all(row["grad_steps_per_s"] > 0 and row["ops_per_update"] > 0 for row in populations)
+    compiled = [row for row in by_agent["sac"] if "compile" in row["variant"]]
+    assert all(row["torch_threads"] == 1 for row in compiled)
+    by_agent["sac"] = [row for row in by_agent["sac"] if row not in populations]
+    variants = {"sb3", "fast eager", "fast bf16", "fast mkl", "sbx", "fast compile default"}
+    variants.add("fast bf16 compile default")
+    check_sac_rows(by_agent["sac"], variants, "ops_per_update")
 
 
 def test_bench_writes_json_with_the_on_policy_agents(tmp_path, monkeypatch):
