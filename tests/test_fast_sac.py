@@ -244,6 +244,7 @@ def test_fp16_with_grad_scaler_runs_eagerly():
         ({"compile_mode": "fast"}, "compile_mode must be one of"),
         ({"matmul": "blas"}, "matmul must be one of"),
         ({"matmul": "onednn", "amp": "fp16"}, "hand-written CPU update"),
+        ({"compile_mode": "default", "policy_kwargs": {"optimizer_kwargs": {"amsgrad": True}}}, "no amsgrad"),
         ({"graph_steps": 3, "target_update_interval": 2}, "multiple of target_update_interval"),
         ({"use_sde": True}, "gSDE"),
         (

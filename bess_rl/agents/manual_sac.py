@@ -363,6 +363,11 @@ class ManualUpdate:
         self.stacked = stacked_critics(self.low)
         self.compile_mode = model.compile_mode
         self.compiled: Callable[..., torch.Tensor] | None = None  # made by the first step that can use it
+        if self.compile_mode != "none" and not all(DirectAdam.covers(opt) for opt in self._optimizers()):
+            raise ValueError(
+                f"compile_mode={self.compile_mode!r} compiles Adam/AdamW with one fused group and no amsgrad: "
+                "these optimisers would run uncompiled (use compile_mode='none')"
+            )
 
     def step(
         self,
@@ -458,11 +463,17 @@ class DirectAdam:
     def of(cls, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> DirectAdam | None:
         """The direct step for ``opt`` when it is what it covers (one fused group over ``params``, plain
         float tensors, state made), else None (``opt.step()`` stays)."""
-        group = opt.param_groups[0]
-        plain = len(opt.param_groups) == 1 and group["params"] == params and group["fused"]
-        plain = plain and not (group["amsgrad"] or group["capturable"] or group["differentiable"])
-        plain = plain and all(p.dtype == torch.float32 and "exp_avg" in opt.state.get(p, {}) for p in params)
+        plain = cls.covers(opt) and opt.param_groups[0]["params"] == params
+        plain = plain and all("exp_avg" in opt.state.get(p, {}) for p in params)
         return cls(opt, params) if plain else None
+
+    @staticmethod
+    def covers(opt: torch.optim.Optimizer) -> bool:
+        """Whether ``opt`` is what a direct step covers: one fused group of plain float32 tensors."""
+        group = opt.param_groups[0]
+        plain = len(opt.param_groups) == 1 and group["fused"]
+        plain = plain and not (group["amsgrad"] or group["capturable"] or group["differentiable"])
+        return plain and all(p.dtype == torch.float32 for p in group["params"])
 
     def current(self, opt: torch.optim.Optimizer) -> bool:
         """Still ``opt``'s state (``load_state_dict`` replaces the tensors)."""
