@@ -11,7 +11,9 @@ Every op is written over the last two dimensions, so the same ``sac_step`` runs 
 weights: oneDNN matmuls, ``bess_rl.agents.onednn_linear``) and ``bess_rl.agents.population``'s N agents at once
 (weights stacked to (N, out, in): batched matmuls). ``ManualUpdate`` binds it to a ``FastSAC``
 whose parameters are the SB3 modules' own tensors, stepped by their own optimisers, so
-``save``/``load`` are untouched.
+``save``/``load`` are untouched. With bf16 products the two critics' bf16 copies are laid out stacked, so
+each critic layer is one batched product (``SacNets.stack_critics``), and ``compile_mode`` compiles the
+whole step as one graph (``ManualUpdate``).
 """
 
 from __future__ import annotations
