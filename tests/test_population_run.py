@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bess_rl.agents.fast_sac import FastSAC
-from bess_rl.experiment import planner, population_run, train
+from bess_rl.experiment import hardware, planner, population_run, train
 from bess_rl.experiment.config import ConfigError, validate
 from bess_rl.experiment.run_dir import RunDir
 from tests.helpers import COMMON, TINY, compose_cfg
@@ -35,6 +35,28 @@ def test_each_member_is_a_normal_run_folder(tmp_path):
     assert not torch.equal(*weights)  # different seeds, different members
     mean = population_run.objective(members, "co2_kg")
     assert mean == pytest.approx(sum(m["co2_kg"] for m in members) / 2)
+
+
+def test_a_population_records_and_applies_the_compile_it_was_asked_for(tmp_path, monkeypatch):
+    compiled, compile_ = [], torch.compile
+
+    def recording(fn, **kwargs):  # torch.compile without code generation, noting what it compiles
+        compiled.append(fn.__qualname__)
+        return compile_(fn, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", recording)
+    population_run.run(compose_cfg([*POP, *COMMON, *TINY["sac"], "hardware.compile=default"]), tmp_path / "pop")
+    assert compiled == ["Population._update"]  # the stacked step, once; no member compiles its own
+    for i in range(2):
+        runtime = json.loads(RunDir(tmp_path / "pop" / f"member_{i}").run_info.read_text())["runtime"]
+        assert (runtime["compile"], runtime["amp"], runtime["cuda_graphs"]) == ("default", "none", False)
+
+
+def test_population_runtime_drops_what_the_stacked_update_lacks():
+    asked = hardware.Runtime("rtx4060", "FastSAC", "cuda", "fp16", True, True, "default", 1, [])
+    applied = population_run.population_runtime(asked)
+    assert (applied.amp, applied.cuda_graphs, applied.compile, applied.tf32) == ("none", False, "default", True)
+    assert len(applied.notes) == 2 and not asked.notes
 
 
 @pytest.mark.parametrize(

@@ -359,8 +359,9 @@ class _FastState:
         self.stats = (model.batch_norm_stats, model.batch_norm_stats_target)
         use_manual = model.matmul == "onednn" or (model.matmul == "auto" and model.onednn_fits())
         self.manual = manual_sac.ManualUpdate(model) if use_manual else None
+        compiled_losses = model.compile_mode != "none" and self.manual is None  # the manual step compiles itself
         wrap: Callable[[Callable], Callable] = (
-            (lambda fn: fn) if model.compile_mode == "none" else (lambda fn: torch.compile(fn, mode=model.compile_mode))
+            (lambda fn: torch.compile(fn, mode=model.compile_mode)) if compiled_losses else (lambda fn: fn)
         )
         self.actor_sample = wrap(self._actor_sample)
         self.target_q = wrap(self._target_q)

@@ -9,6 +9,7 @@ functions, so a member's metrics mean what a single run's mean.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -52,11 +53,27 @@ def member_configs(cfg: DictConfig) -> list[DictConfig]:
     return members
 
 
+def population_runtime(runtime: hardware.Runtime) -> hardware.Runtime:
+    """What the stacked update applies of ``runtime``: its bf16 and compile, but no fp16 (GradScaler) and no
+    CUDA graphs, each dropped switch with a note, so that every member's run_info records what ran."""
+    notes = list(runtime.notes)
+    amp, graphs = runtime.amp, runtime.cuda_graphs
+    if amp == "fp16":
+        notes.append("the population's stacked update has no fp16 (GradScaler) path: it runs without AMP")
+        amp = "none"
+    if graphs:
+        notes.append("the population's stacked update is not captured as CUDA graphs: it runs without")
+        graphs = False
+    for note in notes[len(runtime.notes) :]:
+        log.warning(note)
+    return dataclasses.replace(runtime, amp=amp, cuda_graphs=graphs, notes=notes)
+
+
 def build_population(
-    cfg: DictConfig, members: list[DictConfig], env_fn: Any, device: str, amp: str = "none"
+    cfg: DictConfig, members: list[DictConfig], env_fn: Any, runtime: hardware.Runtime
 ) -> Population:
     """The stacked population: shared hyper-parameters from ``agent.hparams``, varied ones per member, and
-    the hardware profile's ``amp`` as a single run's FastSAC takes it."""
+    the switches of ``population_runtime``."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
     net_arch = hp.pop("net_arch")
     per_member = {key: [m.agent.hparams[key] for m in members] for key in VARIED}
@@ -66,10 +83,11 @@ def build_population(
         env_fn,
         len(members),
         seeds=[m.seed for m in members],
-        device=device,
+        device=runtime.device,
         policy_kwargs={"net_arch": list(net_arch)},
         verbose=0,
-        amp=amp,
+        amp=runtime.amp,
+        compile_mode=runtime.compile,
         **per_member,
         **hp,
     )
@@ -95,7 +113,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     """Train the population, then evaluate and write ``member_<i>/`` per member; returns their metrics."""
     validate(cfg)
     algo = algo_class(cfg.agent.algo)
-    runtime = hardware.resolve(cfg.hardware, algo, cfg.agent.device)
+    runtime = population_runtime(hardware.resolve(cfg.hardware, algo, cfg.agent.device))
     reset_peak_memory(runtime.device)
     scenario, site = build_scenario(cfg.scenario, "train"), build_site(cfg.site)
     eval_env = make_env(build_scenario(cfg.scenario, "eval"), site, cfg.scenario, training=False)
@@ -112,8 +130,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     def env_fn() -> PvBessEvEnv:
         return make_env(scenario, site, cfg.scenario, training=True)
 
-    amp = runtime.amp if runtime.amp == "bf16" else "none"  # the stacked step has no fp16 (GradScaler) path
-    pop = build_population(cfg, members, env_fn, runtime.device, amp)
+    pop = build_population(cfg, members, env_fn, runtime)
     refs = compute_references(eval_env, build_mpc_settings(cfg.mpc))
     log.info("training %d %s members (%s preset) for %d steps each on %s", pop.size, cfg.agent.name,
              cfg.preset.name, cfg.agent.total_timesteps, runtime.device)  # fmt: skip
