@@ -56,3 +56,8 @@ def cpu_compiler() -> str | None:
     """The C++ compiler ``torch.compile`` (inductor) builds CPU kernels with, found as it searches for one
     (``$CXX``, else g++), or None: without one a CPU compile fails deep inside inductor."""
     return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def missing_cpu_compiler() -> str | None:
+    """Why ``torch.compile`` cannot build CPU kernels here, as the end of an error line, or None."""
+    return None if cpu_compiler() else f"{os.environ.get('CXX', 'g++')} not found (install g++ or set CXX)"

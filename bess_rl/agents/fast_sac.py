@@ -13,7 +13,6 @@ The losses, their order and the polyak update are exactly ``stable_baselines3.SA
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,7 +26,7 @@ from stable_baselines3.common.utils import get_device
 from torch.nn import functional as F
 
 from bess_rl.agents import graphs, manual_sac, onednn_linear
-from bess_rl.agents.capabilities import Capabilities, cpu_compiler
+from bess_rl.agents.capabilities import Capabilities, missing_cpu_compiler
 from bess_rl.agents.gaussian import log_prob as normal_log_prob
 from bess_rl.agents.tensor_lr import TensorLr
 
@@ -201,10 +200,10 @@ class FastSAC(SAC):
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
-        if self.compile_mode != "none" and self.device.type == "cpu" and cpu_compiler() is None:
-            cxx = os.environ.get("CXX", "g++")
-            raise ValueError(f"compile_mode={self.compile_mode!r} on a CPU needs a C++ compiler: {cxx} not found "
-                             "(install g++ or set CXX), or use compile_mode='none'")  # fmt: skip
+        missing = missing_cpu_compiler() if self.compile_mode != "none" and self.device.type == "cpu" else None
+        if missing:
+            raise ValueError(f"compile_mode={self.compile_mode!r} on a CPU needs a C++ compiler: {missing}, "
+                             "or use compile_mode='none'")  # fmt: skip
         if self.matmul not in MATMUL_MODES:
             raise ValueError(f"matmul must be one of {MATMUL_MODES}, got {self.matmul!r}")
         if self.matmul == "onednn" and not self.onednn_fits():

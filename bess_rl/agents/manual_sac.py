@@ -365,7 +365,7 @@ class ManualUpdate:
         self.stacked = stacked_critics(self.low)
         self.compile_mode = model.compile_mode
         self.compiled: Callable[..., torch.Tensor] | None = None  # made by the first step that can use it
-        if self.compile_mode != "none" and not all(DirectAdam.covers(opt) for opt in self._optimizers()):
+        if self.compile_mode != "none" and not all(DirectAdam.covers(opt) for opt in self.model._optimizers()):
             raise ValueError(
                 f"compile_mode={self.compile_mode!r} compiles Adam/AdamW with one fused group and no amsgrad: "
                 "these optimisers would run uncompiled (use compile_mode='none')"
@@ -391,14 +391,9 @@ class ManualUpdate:
             self.compiled = torch.compile(self._update, mode=self.compile_mode, fullgraph=True, dynamic=False)
         return self.compiled(flat, noise, next_noise, then, traced=True)
 
-    def _optimizers(self) -> list[torch.optim.Optimizer]:
-        model = self.model
-        opts = [model.critic.optimizer, model.actor.optimizer]
-        return opts if model.ent_coef_optimizer is None else [*opts, model.ent_coef_optimizer]
-
     def _direct_ready(self) -> bool:
         """Every optimiser's direct step exists and still holds its state (``load_state_dict`` replaces it)."""
-        for opt in self._optimizers():
+        for opt in self.model._optimizers():
             direct = self._direct.get(id(opt))
             if direct is None or not direct.current(opt):
                 return False

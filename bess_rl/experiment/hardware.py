@@ -19,7 +19,7 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
-from bess_rl.agents.capabilities import Capabilities, capabilities, cpu_compiler
+from bess_rl.agents.capabilities import Capabilities, capabilities, missing_cpu_compiler
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,10 @@ def resolve(hw: DictConfig, algo: type, agent_device: str = "auto") -> Runtime:
     if compile_mode != "none" and not caps.compile:
         notes.append(f"{name} does not compile its update: hardware.compile={compile_mode} is not applied")
         compile_mode = "none"
-    if compile_mode != "none" and want == "cpu" and cpu_compiler() is None:
+    missing = missing_cpu_compiler() if compile_mode != "none" and want == "cpu" else None
+    if missing:
         raise HardwareError(
-            f"hardware.compile={compile_mode} on a CPU needs a C++ compiler: {os.environ.get('CXX', 'g++')} not "
-            "found (install g++ or set CXX), or hardware.compile=none"
+            f"hardware.compile={compile_mode} on a CPU needs a C++ compiler: {missing}, or hardware.compile=none"
         )
     torch.set_num_threads(int(hw.torch_threads))
     keep_mb = hw.get("heap_keep_mb")

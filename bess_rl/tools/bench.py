@@ -264,6 +264,25 @@ def bench_sac(
     # A compiled step is specialised to the thread count it was compiled at (inductor's C++ loops), so a
     # compiled variant gets one model per thread count, compiled and timed at that count only.
     pinned: dict[str, int] = {}
+
+    def named(variant: str, n: int | None) -> str:
+        """A row's name: the variant, with its thread count when several are timed."""
+        return variant if n is None or len(threads) == 1 else f"{variant} {n}t"
+
+    def add(
+        variant: str, n: int | None, updates: Callable[[int], Callable[[], int]], collect: Callable[[], int],
+        where: str, row_note: str, counts: bool = True,
+    ) -> None:  # fmt: skip
+        """Warm ``updates`` up (allocations, cuBLAS, graph capture, compilation) at ``n`` threads (None:
+        timed at each of ``threads``) and make it a subject."""
+        at_n(updates(chunk), n)()
+        name = named(variant, n)
+        if n is not None:
+            pinned[name] = n
+        subjects[name] = (updates(chunk), collect, where, row_note)
+        if counts:
+            count_jobs[name] = at_n(updates(counted), n)
+
     for variant, (cls, extra) in sac_variants(device, compile_mode).items():
         if cls is None:
             missing = "sbx not installed: pip install -e .[bench]"
@@ -271,7 +290,6 @@ def bench_sac(
             continue
         compiled = extra.get("compile_mode", "none") != "none"
         for n in threads if compiled else (None,):
-            name = variant if n is None or len(threads) == 1 else f"{variant} {n}t"
             env = DummyVecEnv([PvBessEvEnv])
             if variant == "sbx":  # JAX places the model itself
                 sbx_hp = {k: v for k, v in hp.items() if k != "net_arch"}
@@ -281,14 +299,9 @@ def bench_sac(
             model.set_logger(Logger(None, []))
             for transition in transitions:
                 model.replay_buffer.add(*transition)
-            at_n(sac_updates(model, chunk), n)()  # warm-up: allocations, cuBLAS, graph capture, compilation
-            if n is not None:
-                pinned[name] = n
-            where = "cpu" if variant == "sbx" else str(model.device)
-            row_note = SBX_NOTE if variant == "sbx" else note
-            subjects[name] = (sac_updates(model, chunk), sac_collect(model), where, row_note)
-            if variant != "sbx":
-                count_jobs[name] = at_n(sac_updates(model, counted), n)
+            sbx = variant == "sbx"
+            add(variant, n, functools.partial(sac_updates, model), sac_collect(model),
+                "cpu" if sbx else str(model.device), SBX_NOTE if sbx else note, counts=not sbx)  # fmt: skip
     pop_hp = {k: v for k, v in hp.items() if k != "net_arch"}  # net_arch goes to the policy
     for size, amp, mode in itertools.product(populations, population_amps, dict.fromkeys(("none", compile_mode))):
         for n in threads if mode != "none" else (None,):
@@ -299,24 +312,14 @@ def bench_sac(
             for member in pop.members:
                 for transition in transitions:
                     member.replay_buffer.add(*transition)
-            at_n(population_updates(pop, chunk), n)()  # warm-up, compilation
-            pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
             variant = " ".join([f"population {size}", *([amp] if amp != "none" else []),
                                 *([f"compile {mode}"] if mode != "none" else [])])  # fmt: skip
-            name = variant if n is None or len(threads) == 1 else f"{variant} {n}t"
-            if n is not None:
-                pinned[name] = n
-            subjects[name] = (population_updates(pop, chunk), population_collect(pop), device, pop_note)
-            count_jobs[name] = at_n(population_updates(pop, counted), n)
+            pop_note = f"aggregate of {size} stacked members (each its own batch); {note}"
+            add(variant, n, functools.partial(population_updates, pop), population_collect(pop), device, pop_note)
 
-    # (row name, subject, torch threads): SBX runs once, on XLA's threads.
+    # (row name, subject, torch threads): SBX runs once, on XLA's threads; a compiled subject at its own count.
     runs = [(name, name, pinned.get(name)) for name in subjects if name == "sbx" or name in pinned]
-    runs += [
-        (name if len(threads) == 1 else f"{name} {n}t", name, n)
-        for name in subjects
-        if name != "sbx" and name not in pinned
-        for n in threads
-    ]
+    runs += [(named(name, n), name, n) for name in subjects if name != "sbx" and name not in pinned for n in threads]
     launches = {name: launches_per_unit(job, device) for name, job in count_jobs.items()} if count_launches else {}
     launch_key = "kernels_per_update" if device == "cuda" else "ops_per_update"
     grad_jobs = {row: at_threads(subjects[name][0], n) if n else subjects[name][0] for row, name, n in runs}

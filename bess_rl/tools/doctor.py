@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from bess_rl.agents import graphs, onednn_linear
-from bess_rl.agents.capabilities import cpu_compiler
+from bess_rl.agents.capabilities import cpu_compiler, missing_cpu_compiler
 from bess_rl.experiment import hardware, planner
 from bess_rl.experiment.build import algo_class, asked_device
 from bess_rl.experiment.config import ConfigError, compose_config, validate
@@ -225,11 +225,11 @@ def check_cuda_graph(wants: Wants) -> Check:
 
 
 def check_compile(wants: Wants) -> Check:
-    """``torch.compile`` on a CPU builds C++ kernels: the compiler it would use (``cpu_compiler``)."""
-    cxx = cpu_compiler()
-    if cxx is not None:
-        return Check("PASS", "compile", f"C++ compiler for torch.compile on a CPU: {cxx}")
-    value = f"no C++ compiler ({os.environ.get('CXX', 'g++')} not found): torch.compile cannot run on a CPU"
+    """``torch.compile`` on a CPU builds C++ kernels: the compiler it would use (``missing_cpu_compiler``)."""
+    missing = missing_cpu_compiler()
+    if missing is None:
+        return Check("PASS", "compile", f"C++ compiler for torch.compile on a CPU: {cpu_compiler()}")
+    value = f"no C++ compiler, {missing}: torch.compile cannot run on a CPU"
     return Check("FAIL" if wants.compile != "none" and not wants.cuda else "WARN", "compile", value)
 
 
