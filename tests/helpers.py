@@ -154,3 +154,11 @@ def compile_without_codegen(monkeypatch: pytest.MonkeyPatch) -> None:
     (whole graph, functionalised) in ~2 s, where a cold inductor compile of a SAC step takes ~20 s."""
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "mode": None, "backend": "aot_eager"}))
+
+
+def assert_same_steps(starts: list[torch.Tensor], mine: list[torch.Tensor], theirs: list[torch.Tensor]) -> None:
+    """Each tensor moved from its start as the reference did, within 5 % of the reference's step (norm):
+    Adam turns a bf16-rounding sign flip of a tiny gradient into a full step, so element-wise fails."""
+    for i, (start, a, b) in enumerate(zip(starts, mine, theirs, strict=True)):
+        delta = b - start
+        assert float((a - start - delta).norm()) <= 0.05 * float(delta.norm()), f"tensor {i}"
