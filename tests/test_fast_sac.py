@@ -147,6 +147,32 @@ def test_compiled_bf16_step_runs_close_to_the_eager_one(monkeypatch):
 
 
 @pytest.mark.parametrize(
+    ("x_shape", "w_shape"),
+    [((2, 64, 32), (2, 1, 32)), ((2, 1, 64), (2, 32, 64)), ((64, 32), (2, 32)), ((2, 64, 2), (2, 32, 2))],
+)
+def test_thin_products_are_float32_loops_in_a_compiled_step(x_shape, w_shape):
+    """Thin bf16 products (a side of at most ``THIN_DIM``) give the float32 product of the bf16 values,
+    eagerly (stacked ones too, as 2-D ones always did) and compiled, where the graph holds no GEMM for them."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(x_shape, generator=gen).bfloat16(), torch.randn(w_shape, generator=gen).bfloat16()
+    b = torch.randn(w_shape[:-1], generator=gen).bfloat16()
+    want = torch.nn.functional.relu(x.float() @ w.float().transpose(-1, -2) + b.float().unsqueeze(-2))
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, _inputs: list) -> torch.fx.GraphModule:
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    compiled = torch.compile(manual_sac.matmul_t, backend=backend, fullgraph=True)(x, w, b, True)
+    for got in (manual_sac.matmul_t(x, w, b, True), compiled):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    ops = {str(node.target) for node in graphs[0].graph.nodes}
+    assert not any(name in op for op in ops for name in ("mm", "matmul", "linear", "onednn")), ops
+
+
+@pytest.mark.parametrize(
     ("cls", "kwargs"),
     [(torch.optim.Adam, {}), (torch.optim.Adam, {"weight_decay": 0.1, "maximize": True}),
      (torch.optim.AdamW, {"weight_decay": 0.1})],

@@ -41,26 +41,40 @@ _LOG_STD_MIN, _LOG_STD_MAX = -20, 2  # SB3's actor clamp
 Layer = tuple[torch.Tensor, torch.Tensor]  # (weight (..., out, in), bias (..., out))
 Stack = list[Layer]
 Scalar = float | torch.Tensor  # a float, or one value per member shaped (N, 1, 1)
+THIN_DIM = 4  # a compiled step writes products with a side this small as loops (``_thin``), not GEMM calls
 
 
 def matmul_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """``x @ w^T (+ b)`` (then ReLU) over the last two dims. Stacked float32 members: one oneDNN product
     per member where oneDNN takes the shape (its kernels are ~1.9x torch's batched MKL ones on AMD CPUs),
     else one batched matmul; stacked bf16 ones: one batched matmul, which torch runs on oneDNN's bf16
-    GEMM (4 x 256^3: 365 us against 478 us for four single products), or in float32 on a CPU without
-    native bf16."""
+    GEMM (4 x 256^3: 365 us against 478 us for four single products), or in float32 where a 2-D product
+    would be (thin shapes, a CPU without native bf16)."""
     if x.shape[-1] == 1 and b is None and not relu:
         return x * _t(w)  # an outer product: one multiply per element, exactly what the GEMM computes
+    if torch.compiler.is_compiling() and x.device.type == "cpu" and min(*x.shape[-2:], w.shape[-2]) <= THIN_DIM:
+        return _thin(x, w, b, relu)
     if x.dim() == 2:
         return onednn_linear.matmul_t(x, w, b, relu)
-    if not onednn_linear.native_bf16():
-        x, w, b = onednn_linear.in_float32(x, w, b)
+    if x.device.type == "cpu" and not onednn_linear.takes(x[0], w[0]):
+        x, w, b = onednn_linear.in_float32(x, w, b)  # as a 2-D product would: thin, or no native bf16
     if x.dtype != torch.bfloat16 and onednn_linear.takes(x[0], w[0]):
         return torch.stack(
             [onednn_linear.matmul_t(x[i], w[i], None if b is None else b[i], relu) for i in range(x.shape[0])]
         )
     wt = w.transpose(-1, -2)
     y = torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(-2), x, wt)
+    return y.relu_() if relu else y
+
+
+def _thin(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    """``matmul_t`` as a broadcast product and a sum in float32 (as eager runs thin bf16 products), for a
+    compiled CPU step. Why: a GEMM library call costs 15-60 us on 2 threads at these shapes whatever its
+    size (a critic's single output, the actor's two-wide heads and their gradients: 9 calls and ~15 % of an
+    update's matmul time at the after preset), where inductor folds the product into the loops around it
+    (measured: experiments/cpu_speed_2026-12-03/)."""
+    y = (x.float().unsqueeze(-2) * w.float().unsqueeze(-3)).sum(-1)
+    y = y if b is None else y + b.float().unsqueeze(-2)
     return y.relu_() if relu else y
 
 
