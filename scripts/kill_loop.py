@@ -70,7 +70,7 @@ def outcome(run_dir: Path) -> dict[str, float]:
     return {k: metrics[k] for k in (*COMPARED, "total_timesteps")}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bess_rl_kill_loop"))
@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=25600, help="agent.total_timesteps of the killed run")
     parser.add_argument("--max-delay", type=float, default=1.0, help="seconds after a new checkpoint, at most")
     parser.add_argument("--straight", type=Path, default=None, help="a finished run of the same config to compare with")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     straight_root, root = args.out / "straight", args.out / "killed"
     config = run_config(args.steps)

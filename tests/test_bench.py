@@ -10,7 +10,6 @@ import torch
 
 from bess_rl.agents import onednn_linear
 from bess_rl.tools.bench import at_threads, interleaved, main, parse_args
-from tests.helpers import compile_without_codegen
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +24,7 @@ def run_tiny(extra: list[str]) -> dict:
     return main(["--presets", "before", "--seconds", "0.1", "--rounds", "1", "--prefill", "600", *extra])
 
 
-def check_sac_rows(rows: list[dict], variants: set[str], launches: str) -> None:
+def check_sac_rows(rows: list[dict], variants: set[str], launches: str, batch_size: int = 512) -> None:
     skipped = [r for r in rows if r.get("status") == "skipped"]
     rows = [r for r in rows if r not in skipped]
     # --count-launches: every torch variant's kernels (cuda) or top-level operators (cpu) per update
@@ -35,7 +34,7 @@ def check_sac_rows(rows: list[dict], variants: set[str], launches: str) -> None:
     assert all(r["variant"] == "sbx" and "not installed" in r["note"] for r in skipped)
     base = next(r for r in rows if r["variant"].split()[0] == "sb3")
     for r in rows:
-        assert r["grad_steps_per_s"] > 0 and r["collect_steps_per_s"] > 0 and r["batch_size"] == 512
+        assert r["grad_steps_per_s"] > 0 and r["collect_steps_per_s"] > 0 and r["batch_size"] == batch_size
         assert r["updates_per_env_step"] == 1024  # the "before" preset: 1,024 gradient steps per env step
         implied = 3600 / (1 / r["collect_steps_per_s"] + r["updates_per_env_step"] / r["grad_steps_per_s"])
         assert r["env_steps_per_hour"] == pytest.approx(implied)
@@ -62,30 +61,39 @@ def rows_by_agent(tmp_path, monkeypatch, agents: list[str], extra: list[str]) ->
     return by_agent
 
 
+@pytest.mark.slow  # every SAC variant, profiled and timed
 def test_bench_writes_json_with_every_sac_variant(tmp_path, monkeypatch):
     """Every SAC variant, a population and (``--compile``) their compiled steps, each compiled at the
-    thread count it is timed at; captured without inductor's code generation here (the compile tests)."""
-    compile_without_codegen(monkeypatch)
+    thread count it is timed at, all at the preset with ``--overrides`` applied (smaller nets, to keep
+    this test short). ``torch.compile`` returns the step untraced here: the compile tests trace these
+    same steps, and three traces would take ~20 s."""
+    steps: list[str] = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: steps.append(fn.__qualname__) or fn)
     extra = ["--population", "2", "--count-launches", "--compile", "default"]
+    extra += ["--overrides", "agent.hparams.batch_size=64", "agent.hparams.net_arch=[32,32]"]
     by_agent = rows_by_agent(tmp_path, monkeypatch, ["sac"], extra)
     populations = [row for row in by_agent["sac"] if row["variant"].startswith("population 2")]
     assert {row["variant"] for row in populations} == {"population 2", "population 2 compile default"}
     assert all(row["grad_steps_per_s"] > 0 and row["ops_per_update"] > 0 for row in populations)
     compiled = [row for row in by_agent["sac"] if "compile" in row["variant"]]
     assert all(row["torch_threads"] == 1 for row in compiled)
+    assert sorted(steps) == ["ManualUpdate._update"] * 2 + ["Population._update"], steps  # one per compiled row
     by_agent["sac"] = [row for row in by_agent["sac"] if row not in populations]
     variants = {"sb3", "fast eager", "fast bf16", "fast mkl", "sbx", "fast compile default"}
     variants.add("fast bf16 compile default")
-    check_sac_rows(by_agent["sac"], variants, "ops_per_update")
+    check_sac_rows(by_agent["sac"], variants, "ops_per_update", batch_size=64)
+    assert all(row["net_arch"] == [32, 32] for row in by_agent["sac"] if "status" not in row)
 
 
 def test_bench_writes_json_with_the_on_policy_agents(tmp_path, monkeypatch):
-    by_agent = rows_by_agent(tmp_path, monkeypatch, ["ppo", "a2c"], [])
+    """Each on-policy agent's rows, over rollouts of the preset with ``--overrides`` applied (shorter)."""
+    extra = ["--overrides", "agent.n_envs=4", "agent.hparams.n_steps=128"]
+    by_agent = rows_by_agent(tmp_path, monkeypatch, ["ppo", "a2c"], extra)
     for agent in ("ppo", "a2c"):
         sb3, fast = by_agent[agent]
         assert (sb3["variant"], fast["variant"]) == ("sb3", "fast") and sb3["speedup_env_steps_per_hour"] == 1.0
         for row in (sb3, fast):
-            assert row["env_steps_per_s"] > 0 and row["rollout_steps"] >= 1024 and "status" not in row
+            assert row["env_steps_per_s"] > 0 and row["rollout_steps"] == 4 * 128 and "status" not in row
             assert row["env_steps_per_hour"] == pytest.approx(row["env_steps_per_s"] * 3600)
         assert fast["speedup_env_steps_per_hour"] == pytest.approx(fast["env_steps_per_s"] / sb3["env_steps_per_s"])
 
@@ -107,6 +115,24 @@ def test_interleaved_rates_follow_the_work_done():
     rates = interleaved({"one": job(1), "three": job(3)}, seconds=0.3, device="cpu")
     assert 10 < rates["one"] <= 100  # at most one unit per 10 ms sleep (a busy CI machine oversleeps)
     assert rates["three"] / rates["one"] == pytest.approx(3, rel=0.4)  # counting calls would give 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["agent.hparams.batch_size=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+        (["agent.hparams.batch_size=0"], "agent.hparams.batch_size must be > 0, got 0"),
+        (["agent.hparams.nope=3"], "Key 'nope' not in"),
+        (["hardware.amp=bf16"], "the bench times agent.hparams.* and agent.n_envs only"),
+    ],
+)
+def test_bad_overrides_are_one_line_before_anything_is_timed(overrides, message, capsys):
+    """Refused by the parser (exit 2, one line): a bad value, or a key the bench would silently ignore."""
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--agents", "sac", "--overrides", *overrides])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m bess_rl.bench: error: --overrides") and message in error, error
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -41,6 +41,7 @@ def test_a_resume_logs_into_its_run_folder_and_creates_no_other(tmp_path, capfd)
     assert list(run_dir.glob("resumes/*/.hydra/overrides.yaml"))
 
 
+@pytest.mark.slow  # a sweep in a process of its own
 def test_ctrl_c_stops_a_sweep_with_130_and_fails_its_trial(tmp_path):
     args = ["-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=3", "agent=ppo", *COMMON, *TINY["ppo"]]
     args += ["agent.total_timesteps=200000", "agent.log_interval=1"]
@@ -59,30 +60,19 @@ def test_ctrl_c_stops_a_sweep_with_130_and_fails_its_trial(tmp_path):
     assert [t.state for t in study.trials] == [TrialState.FAIL]
 
 
+@pytest.mark.slow  # three training processes, killed and resumed
 def test_a_short_kill_loop_loses_nothing(tmp_path, capfd):
     script = ROOT / "scripts" / "kill_loop.py"
     spec = importlib.util.spec_from_file_location("kill_loop", script)
     kill_loop = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kill_loop)
-    # The uninterrupted run it compares with, made in this process (a fourth interpreter would only repeat imports).
+    # The script and the uninterrupted run it compares with run in this process: only the runs it kills
+    # need processes of their own (others would only repeat the imports).
     straight = tmp_path / "straight"
     straight.mkdir()
     steps = 1280
     assert run_cli(*kill_loop.run_config(steps), cwd=straight, capfd=capfd).returncode == 0
     (straight_run,) = (straight / "outputs" / "runs").glob("*/*")
-    args = [
-        sys.executable,
-        str(script),
-        "--kills",
-        "2",  # one at a random moment, one inside a checkpoint write
-        "--steps",
-        str(steps),
-        "--max-delay",
-        "0.05",
-        "--straight",
-        str(straight_run),
-        "--out",
-        str(tmp_path / "k"),
-    ]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Two kills: one at a random moment, one inside a checkpoint write.
+    args = ["--kills", "2", "--steps", str(steps), "--max-delay", "0.05", "--straight", str(straight_run)]
+    assert kill_loop.main([*args, "--out", str(tmp_path / "k")]) == 0, capfd.readouterr().out[-3000:]

@@ -73,6 +73,7 @@ def test_each_member_matches_its_own_fast_sac_run():
         assert stats[3, i].item() == pytest.approx(logged["train/ent_coef"], rel=1e-4)
 
 
+@pytest.mark.slow  # a whole-graph capture of the stacked step
 def test_compiled_population_step_takes_the_eager_steps(monkeypatch):
     """``compile_mode``: the stacked step (Adam in plain ops, one learning rate group per member here)
     as one graph, captured through AOTAutograd (inductor's code generation is FastSAC's compile test)."""

@@ -38,11 +38,11 @@ def test_each_member_is_a_normal_run_folder(tmp_path):
 
 
 def test_a_population_records_and_applies_the_compile_it_was_asked_for(tmp_path, monkeypatch):
-    compiled, compile_ = [], torch.compile
+    compiled = []
 
-    def recording(fn, **kwargs):  # torch.compile without code generation, noting what it compiles
+    def recording(fn, **kwargs):  # torch.compile noting what it compiles; the compile tests trace it
         compiled.append(fn.__qualname__)
-        return compile_(fn, backend="eager")
+        return fn
 
     monkeypatch.setattr(torch, "compile", recording)
     population_run.run(compose_cfg([*POP, *COMMON, *TINY["sac"], "hardware.compile=default"]), tmp_path / "pop")

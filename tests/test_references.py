@@ -1,18 +1,26 @@
-"""The three references order as physics demands: LP optimum <= rule-based <= uncontrolled."""
+"""The three references order as physics demands: LP optimum <= rule-based <= uncontrolled; they are
+reused in this process and, through the disk cache, in others."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from bess_rl.baselines import references
 from bess_rl.baselines.mpc import MpcSettings
-from bess_rl.baselines.references import compute_references
+from bess_rl.baselines.references import EPISODES, References, cache_file, compute_references, load_references
+from bess_rl.experiment.build import build_eval_env, build_references
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import penalised_kg
-from tests.helpers import make_scenario
+from tests.helpers import compose_cfg, make_scenario
 
 
+@pytest.mark.slow  # every reference on the whole default year
 def test_ordering_on_the_default_year():
     env = PvBessEvEnv()
     # The MPC re-plans once a day here (365 solves per forecast, not 2,190): a year of its default
@@ -65,3 +73,85 @@ def test_an_equal_env_reuses_the_references_and_any_change_recomputes(site):
     ]
     assert all(other is not first for other in others)
     assert others[1].rule_based.co2_kg != first.rule_based.co2_kg  # recomputed, not relabelled
+
+
+def assert_same_references(a: References, b: References) -> None:
+    """Every figure, trace and plan array of ``a`` is ``b``'s, exactly (the seconds they took aside)."""
+
+    def figures(refs: References) -> dict[str, dict[str, float]]:
+        return {name: {k: v for k, v in row.items() if "seconds" not in k} for name, row in refs.table().items()}
+
+    assert figures(a) == figures(b) and a.optimum_kpis == b.optimum_kpis
+    for name in EPISODES:
+        assert getattr(a, name).summary() == getattr(b, name).summary(), name
+        trace_a, trace_b = getattr(a, name).trace, getattr(b, name).trace
+        assert trace_a.keys() == trace_b.keys(), name
+        for key in trace_a:
+            np.testing.assert_array_equal(trace_a[key], trace_b[key], err_msg=f"{name}.{key}")
+    for f in dataclasses.fields(a.optimum):
+        if f.name != "solve_seconds":
+            np.testing.assert_array_equal(getattr(a.optimum, f.name), getattr(b.optimum, f.name), err_msg=f.name)
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """What another process would see: no references computed in this one."""
+    monkeypatch.setattr(references, "_COMPUTED", type(references._COMPUTED)())
+
+
+def test_another_process_reads_the_references_from_the_cache(tmp_path, site, fresh_process, monkeypatch, caplog):
+    env = PvBessEvEnv(make_scenario(days=2, seed=7), site)
+    computed = compute_references(env, cache_dir=tmp_path)
+    (cached,) = (tmp_path / "references").glob("*.npz")
+    references._COMPUTED.clear()  # (fresh_process's own, put back after the test)
+    monkeypatch.setattr(references, "_compute", lambda *a: pytest.fail("recomputed what the cache holds"))
+    with caplog.at_level(logging.INFO, logger=references.__name__):
+        read = compute_references(PvBessEvEnv(make_scenario(days=2, seed=7), site), cache_dir=tmp_path)
+    assert read is not computed and f"references from the cache: {cached}" in caplog.text
+    assert_same_references(read, computed)
+    assert read.seconds == computed.seconds  # those of the computation
+    with zipfile.ZipFile(cached) as z:  # arrays and one JSON string: nothing there is unpickled
+        assert all(info.filename.endswith(".npy") for info in z.infolist())
+
+
+def test_other_settings_or_other_code_are_other_cache_files(tmp_path, site, monkeypatch):
+    env = PvBessEvEnv(make_scenario(days=2, seed=7), site)
+    key = (env.fingerprint(), *dataclasses.astuple(MpcSettings()))
+    before = cache_file(tmp_path, key)
+    assert before.parent == tmp_path / "references"
+    assert before != cache_file(tmp_path, (env.fingerprint(), *dataclasses.astuple(MpcSettings(horizon_hours=12))))
+    monkeypatch.setattr(references, "code_version", lambda: "the baselines changed")
+    assert cache_file(tmp_path, key) != before
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a zip", None])
+def test_an_unreadable_cache_file_is_recomputed_and_replaced(tmp_path, site, fresh_process, caplog, damage):
+    env = PvBessEvEnv(make_scenario(days=2, seed=7), site)
+    computed = compute_references(env, cache_dir=tmp_path)
+    (cached,) = (tmp_path / "references").glob("*.npz")
+    if damage is None:  # a valid archive without the figures
+        np.savez(cached, scalars=np.array("{}"))
+    else:
+        cached.write_bytes(damage)
+    references._COMPUTED.clear()  # (fresh_process's own, put back after the test)
+    with caplog.at_level(logging.WARNING, logger=references.__name__):
+        again = compute_references(env, cache_dir=tmp_path)
+    assert f"recomputing the references: the cached {cached} cannot be read" in caplog.text
+    assert_same_references(again, computed)
+    assert_same_references(load_references(cached), computed)  # and written again
+
+
+def test_a_cache_that_cannot_be_written_only_warns(tmp_path, site, fresh_process, caplog):
+    (tmp_path / "references").write_text("a file where the folder should be")
+    with caplog.at_level(logging.WARNING, logger=references.__name__):
+        refs = compute_references(PvBessEvEnv(make_scenario(days=2, seed=7), site), cache_dir=tmp_path)
+    assert refs.optimum_co2_kg > 0 and "references not cached:" in caplog.text
+
+
+@pytest.mark.parametrize("cache_dir", ["CACHE", None])
+def test_a_run_caches_its_references_in_paths_cache_dir_unless_null(tmp_path, fresh_process, cache_dir):
+    where = "null" if cache_dir is None else tmp_path / cache_dir
+    cfg = compose_cfg(["scenario.window_hours=168", f"paths.root_dir={tmp_path}", f"paths.cache_dir={where}"])
+    build_references(cfg, build_eval_env(cfg))
+    cached = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert [p.parent for p in cached] == ([Path("CACHE/references")] if cache_dir == "CACHE" else []), cached

@@ -402,7 +402,7 @@ class ManualUpdate:
             return self._update(flat, noise, next_noise, then, traced=False)
         if self.compiled is None:
             log.info("compiling the SAC step (torch.compile, mode %s): ~20-60 s, once", self.compile_mode)
-            self.compiled = torch.compile(self._update, mode=self.compile_mode, fullgraph=True, dynamic=False)
+            self.compiled = onednn_linear.compile_step(self._update, self.compile_mode)
         return self.compiled(flat, noise, next_noise, then, traced=True)
 
     def _direct_ready(self) -> bool:

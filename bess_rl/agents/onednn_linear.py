@@ -14,6 +14,7 @@ asked); only the summation order differs from MKL's, so results agree to float32
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -40,24 +41,29 @@ def _abilities() -> Abilities:
     )
 
 
-# The readers below are constants to torch.compile: a compiled step reads them once, when it is traced.
-@torch.compiler.assume_constant_result
 def available() -> bool:
     """True where this torch build has oneDNN's pointwise linear op."""
     return _abilities().available
 
 
-@torch.compiler.assume_constant_result
 def fast_fp32() -> bool:
     """True where oneDNN's fp32 kernels beat MKL's (AVX-512)."""
     return _abilities().fast_fp32
 
 
-@torch.compiler.assume_constant_result
 def native_bf16() -> bool:
     """True where the CPU multiplies bf16 natively; elsewhere torch's bf16 GEMM is emulated (~15x its
     fp32 one on Zen 3)."""
     return _abilities().native_bf16
+
+
+def compile_step(fn: Callable, mode: str) -> Callable:
+    """``fn`` as one whole-graph ``torch.compile`` graph that reads the readers above once, as constants,
+    when it is traced. They are declared constant here, not where they are defined: the declaration
+    imports ``torch._dynamo`` (~1 s), which every process that never compiles (a PPO run) would pay."""
+    for reader in (available, fast_fp32, native_bf16):
+        torch.compiler.assume_constant_result(reader)
+    return torch.compile(fn, mode=mode, fullgraph=True, dynamic=False)
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from bess_rl.agents import onednn_linear
 from bess_rl.agents.fast_sac import FastSAC
 from bess_rl.agents.manual_sac import (
     SacNets,
@@ -237,7 +238,7 @@ class Population:
         entropy-coefficient loss, entropy coefficient) as a (4, N) tensor."""
         if self.compile_mode != "none" and self._compiled is None:
             log.info("compiling the stacked SAC step (torch.compile, mode %s): ~20-60 s, once", self.compile_mode)
-            self._compiled = torch.compile(self._update, mode=self.compile_mode, fullgraph=True, dynamic=False)
+            self._compiled = onednn_linear.compile_step(self._update, self.compile_mode)
         update = self._update if self._compiled is None else self._compiled
         totals = torch.zeros(4, self.size, device=self.device)
         for step in range(gradient_steps):

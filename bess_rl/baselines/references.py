@@ -10,16 +10,25 @@ which is what the tables rank by.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import logging
+import os
 import time
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy
 from rich.console import Group
 from rich.table import Table
 
+import bess_rl.site
 from bess_rl.baselines.episode import EpisodeResult, run_episode
 from bess_rl.baselines.kpis import kpis
 from bess_rl.baselines.mpc import MpcSettings, lp_achievable, run_mpc
@@ -40,6 +49,13 @@ EV_UNMET_SHARE = 0.01
 # parts of every run of it) would otherwise re-solve the same LP and MPC years.
 _COMPUTED: OrderedDict[tuple[Any, ...], References] = OrderedDict()
 _KEEP = 8
+# On disk (``compute_references``'s ``cache_dir``) for other processes: a sweep's trials in worker
+# processes, a resumed run and ``evaluate`` would otherwise re-solve years another process solved.
+CACHE_FORMAT = 1
+EPISODES = ("uncontrolled", "rule_based", "smart_rule", "mpc_perfect", "mpc_persistence", "lp_achievable")
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,18 +112,90 @@ def _plan_kpis(env: PvBessEvEnv, opt: OptimumResult) -> dict[str, float]:
     return kpis(opt.grid_import_kw, opt.bess_power_kw, curtailed, env.pv_kw, price, env.site.bess_capacity_kwh)
 
 
-def compute_references(env: PvBessEvEnv, mpc: MpcSettings | None = None) -> References:
+def compute_references(env: PvBessEvEnv, mpc: MpcSettings | None = None, cache_dir: Path | None = None) -> References:
     """Every reference on the evaluation env's scenario (see module doc); ``mpc`` sets the MPC's horizon.
-    An env with the same fingerprint and settings gets the references computed before in this process
-    (they are deterministic; ``seconds`` are those of the computation)."""
+    An env with the same fingerprint and settings gets the references computed before in this process,
+    or with ``cache_dir`` in any process by the same code (they are deterministic; ``seconds`` are those
+    of the computation)."""
     mpc = mpc or MpcSettings()
     key = (env.fingerprint(), *astuple(mpc))
     if key not in _COMPUTED:
-        _COMPUTED[key] = _compute(env, mpc)
+        on_disk = None if cache_dir is None else cache_file(cache_dir, key)
+        _COMPUTED[key] = _compute(env, mpc) if on_disk is None else _through_cache(env, mpc, on_disk)
         while len(_COMPUTED) > _KEEP:
             _COMPUTED.popitem(last=False)
     _COMPUTED.move_to_end(key)
     return _COMPUTED[key]
+
+
+@functools.cache
+def code_version() -> str:
+    """sha256 of the code that computes references (this package and the site model) and of the numpy
+    and scipy releases it runs on: a result cached by other code is never reused."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT} numpy {np.__version__} scipy {scipy.__version__}".encode())
+    for package in (Path(__file__).parent, Path(bess_rl.site.__file__).parent):
+        for source in sorted(package.glob("*.py")):
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_file(cache_dir: Path, key: tuple[Any, ...]) -> Path:
+    """Where the references of ``key`` (env fingerprint, MPC settings) computed by this code are cached."""
+    name = hashlib.sha256(repr((key, code_version())).encode()).hexdigest()[:32]
+    return cache_dir / "references" / f"{name}.npz"
+
+
+def _through_cache(env: PvBessEvEnv, mpc: MpcSettings, path: Path) -> References:
+    """The references read from ``path``, or computed and written there; a cache that cannot be read is
+    recomputed, one that cannot be written only warns (the run goes on)."""
+    if path.is_file():
+        try:
+            refs = load_references(path)
+        except UNREADABLE as exc:
+            log.warning("recomputing the references: the cached %s cannot be read (%s)", path, exc)
+        else:
+            log.info("references from the cache: %s", path)
+            return refs
+    refs = _compute(env, mpc)
+    try:
+        save_references(refs, path)
+    except OSError as exc:
+        log.warning("references not cached: %s", exc)
+    return refs
+
+
+def save_references(refs: References, path: Path) -> None:
+    """``refs`` as one ``.npz`` of arrays and a JSON string (no pickle), written whole or not at all."""
+    plan = {f.name: getattr(refs.optimum, f.name) for f in fields(refs.optimum)}
+    arrays = {f"{name}.{k}": v for name in EPISODES for k, v in getattr(refs, name).trace.items()}
+    arrays |= {f"optimum.{k}": v for k, v in plan.items() if isinstance(v, np.ndarray)}
+    scalars: dict[str, Any] = {name: getattr(refs, name).summary() for name in EPISODES}
+    scalars["optimum"] = {k: v for k, v in plan.items() if not isinstance(v, np.ndarray)}
+    for name in ("optimum_kpis", "penalty_kg_per_kwh", "seconds", "cpu_seconds"):
+        scalars[name] = getattr(refs, name)
+    arrays["scalars"] = np.array(json.dumps(scalars, default=lambda x: x.item()))  # numpy scalars, exactly
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)  # concurrent writers of one key write equal files: the last one stays
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_references(path: Path) -> References:
+    """What ``save_references`` wrote, read without unpickling anything."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    scalars = json.loads(str(arrays.pop("scalars")))
+
+    def part(prefix: str) -> dict[str, np.ndarray]:
+        return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.split(".", 1)[0] == prefix}
+
+    episodes = {name: EpisodeResult(**scalars[name], trace=part(name)) for name in EPISODES}
+    extra = {name: scalars[name] for name in ("optimum_kpis", "penalty_kg_per_kwh", "seconds", "cpu_seconds")}
+    return References(**episodes, optimum=OptimumResult(**scalars["optimum"], **part("optimum")), **extra)
 
 
 def _compute(env: PvBessEvEnv, mpc: MpcSettings) -> References:

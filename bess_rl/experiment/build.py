@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +18,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.agents.vec_env import FreshInfoVecEnv
 from bess_rl.baselines.mpc import MpcSettings
+from bess_rl.baselines.references import References, compute_references
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.hardware import Runtime, requested_device
 from bess_rl.site.env import PvBessEvEnv
@@ -91,6 +93,13 @@ def build_mpc_settings(cfg: DictConfig) -> MpcSettings:
         return MpcSettings(**OmegaConf.to_container(cfg, resolve=True))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def build_references(cfg: DictConfig, env: PvBessEvEnv) -> References:
+    """The references of ``env`` at the run's ``mpc.*``, read from ``paths.cache_dir`` where a process
+    computed them before with the same code (null: no disk cache)."""
+    cache_dir = OmegaConf.select(cfg, "paths.cache_dir")
+    return compute_references(env, build_mpc_settings(cfg.mpc), None if cache_dir is None else Path(cache_dir))
 
 
 def make_env(scenario: Scenario, site: SiteParams, cfg: DictConfig, training: bool) -> PvBessEvEnv:

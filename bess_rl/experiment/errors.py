@@ -22,3 +22,9 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     RunDirError,
     InputError,
 )
+
+
+def one_line(exc: BaseException) -> str:
+    """A bad override's message in one line, with its cause (Hydra puts the reason there)."""
+    first = str(exc).splitlines()[0].rstrip(".")
+    return f"{first}: {str(exc.__cause__).splitlines()[0]}" if exc.__cause__ is not None else first

@@ -20,9 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from stable_baselines3.common.logger import Logger
 
 from bess_rl.agents.population import Population
-from bess_rl.baselines.references import compute_references
 from bess_rl.experiment import hardware, planner
-from bess_rl.experiment.build import algo_class, build_mpc_settings, build_scenario, build_site, make_env
+from bess_rl.experiment.build import algo_class, build_references, build_scenario, build_site, make_env
 from bess_rl.experiment.config import POPULATION_LISTS, validate
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
@@ -131,7 +130,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
         return make_env(scenario, site, cfg.scenario, training=True)
 
     pop = build_population(cfg, members, env_fn, runtime)
-    refs = compute_references(eval_env, build_mpc_settings(cfg.mpc))
+    refs = build_references(cfg, eval_env)
     log.info("training %d %s members (%s preset) for %d steps each on %s", pop.size, cfg.agent.name,
              cfg.preset.name, cfg.agent.total_timesteps, runtime.device)  # fmt: skip
     train_s, resources = learn(pop, cfg.agent.total_timesteps)

@@ -28,12 +28,12 @@ from tqdm.rich import tqdm
 
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.episode import EpisodeResult
-from bess_rl.baselines.references import References, co2_table, compute_references
+from bess_rl.baselines.references import References, co2_table
 from bess_rl.experiment import checkpoint, eta, hardware, planner
 from bess_rl.experiment.build import (
     algo_class,
     build_eval_env,
-    build_mpc_settings,
+    build_references,
     build_scenario,
     build_site,
     make_env,
@@ -252,7 +252,7 @@ def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> dict[str, Any]:
     else:
         write_provenance(cfg, run_dir, scenario, runtime)
         model = new_model(cfg, scenario, site, runtime)
-    refs = compute_references(eval_env, build_mpc_settings(cfg.mpc))
+    refs = build_references(cfg, eval_env)
     attach_logger(model, run_dir, resume)
     start_step = model.num_timesteps
     try:
@@ -319,7 +319,7 @@ def final_metrics(
     }
     if held_out:  # the same final model on the year it trained on: over-fitting shows as a gap
         train_env = make_env(scenario, site, cfg.scenario, training=False)
-        train_refs = compute_references(train_env, build_mpc_settings(cfg.mpc))
+        train_refs = build_references(cfg, train_env)
         train_scored, _ = evaluate_part(model, train_env, train_refs)
         metrics["train_part"] = {k: v for k, v in train_scored.items() if k != "flags"}
     return metrics, result

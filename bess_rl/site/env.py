@@ -72,14 +72,6 @@ def forecasts(series: np.ndarray, k: int, error: str, noise: float, rng: np.rand
     return ahead
 
 
-def _group_by_hour(hours: np.ndarray, sessions: np.ndarray, order_key: np.ndarray, n_hours: int) -> list:
-    """Session indices per hour, each sorted by ``order_key`` (then index)."""
-    order = np.lexsort((sessions, order_key, hours))
-    hours, sessions = hours[order], sessions[order]
-    bounds = np.searchsorted(hours, np.arange(n_hours + 1))
-    return [sessions[bounds[t] : bounds[t + 1]] for t in range(n_hours)]
-
-
 class PvBessEvEnv(gym.Env):
     """``episode_hours`` of the scenario as an episode (default: the whole year from hour 0).
 
@@ -126,8 +118,7 @@ class PvBessEvEnv(gym.Env):
         self._power = ses.max_power_kw
         ns = len(ses)
         pair_session, pair_hour = session_hours(ses.arrival, ses.departure)
-        self._active = _group_by_hour(pair_hour, pair_session, ses.departure[pair_session], n)
-        self._departing = _group_by_hour(ses.departure - 1, np.arange(ns), ses.departure, n)
+        self._active, self._departing = sc.sessions_by_hour  # read only: shared by every env of the scenario
         plugged_kw = np.bincount(pair_hour, weights=self._power[pair_session], minlength=n)
         self.ev_scale_kw = float(max(plugged_kw.max(initial=0.0), 1.0))
 

@@ -21,6 +21,7 @@ sessions table, one row per charging session (a row may stand for several identi
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,16 @@ class Scenario:
     def hours(self) -> int:
         return int(self.load_kw.shape[0])
 
+    @functools.cached_property
+    def sessions_by_hour(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per hour, the sessions plugged in (earliest departure first, the order the EV action serves
+        them) and those leaving at its end. Worked out once per scenario, not once per env: each of an
+        A2C run's 64 env copies would otherwise spend ~10 ms a year on it."""
+        ses, n = self.sessions, self.hours
+        pair_session, pair_hour = session_hours(ses.arrival, ses.departure)
+        active = _group_by_hour(pair_hour, pair_session, ses.departure[pair_session], n)
+        return active, _group_by_hour(ses.departure - 1, np.arange(len(ses)), ses.departure, n)
+
     def window(self, start: int, hours: int) -> Scenario:
         """A shorter scenario (tests, quick runs): sessions are kept if they lie fully inside."""
         if not 0 <= start < start + hours <= self.hours:
@@ -105,6 +116,14 @@ def session_hours(arrival: np.ndarray, departure: np.ndarray) -> tuple[np.ndarra
     starts = np.cumsum(dwell) - dwell  # first row of each session in the expanded arrays
     hour = arrival[sess] + np.arange(sess.shape[0], dtype=np.int64) - starts[sess]
     return sess, hour
+
+
+def _group_by_hour(hours: np.ndarray, sessions: np.ndarray, order_key: np.ndarray, n_hours: int) -> list:
+    """Session indices per hour, each sorted by ``order_key`` (then index)."""
+    order = np.lexsort((sessions, order_key, hours))
+    hours, sessions = hours[order], sessions[order]
+    bounds = np.searchsorted(hours, np.arange(n_hours + 1))
+    return [sessions[bounds[t] : bounds[t + 1]] for t in range(n_hours)]
 
 
 def _read_table(path: Path) -> pd.DataFrame:

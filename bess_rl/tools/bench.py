@@ -32,8 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -50,7 +53,8 @@ from bess_rl.agents.fast_sac import COMPILE_MODES, FastSAC
 from bess_rl.agents.population import Population
 from bess_rl.agents.vec_env import FreshInfoVecEnv
 from bess_rl.experiment.build import make_model
-from bess_rl.experiment.config import compose_config
+from bess_rl.experiment.config import ConfigError, compose_config, validate
+from bess_rl.experiment.errors import one_line
 from bess_rl.experiment.hardware import describe_machine, keep_heap
 from bess_rl.experiment.run_dir import write_json
 from bess_rl.site.env import PvBessEvEnv
@@ -80,9 +84,12 @@ def cpu_features() -> list[str]:
     return [flag for flag in MATMUL_FLAGS if flag in flags]
 
 
-def compose_cfg(agent: str, preset: str) -> DictConfig:
-    """The training config ``python -m bess_rl agent=<agent> preset=<preset>`` would use."""
-    return compose_config([f"agent={agent}", f"preset={preset}"])
+def compose_cfg(agent: str, preset: str, overrides: tuple[str, ...] = ()) -> DictConfig:
+    """The training config ``python -m bess_rl agent=<agent> preset=<preset> *overrides`` would use,
+    validated as a run validates it."""
+    cfg = compose_config([f"agent={agent}", f"preset={preset}", *overrides])
+    validate(cfg)
+    return cfg
 
 
 def sync(device: str) -> None:
@@ -457,7 +464,7 @@ def table(results: list[dict[str, Any]], title: str) -> Table:
             num(row, "collect_steps_per_s") if "collect_steps_per_s" in row else num(row, "env_steps_per_s"),
             num(row, "env_steps_per_hour"),
             num(row, "speedup_env_steps_per_hour", ".2f"),
-            row.get("note", ""),
+            escape(row.get("note", "")),  # a note's "[bench]" is text, not a rich style
         )
     return t
 
@@ -509,12 +516,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=ROUNDS, help="interleaved rounds per measurement (each job runs once a round)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of agent.hparams.* and agent.n_envs on top of each agent and preset, as the main "
+        "command takes them (e.g. agent.hparams.batch_size=256): the speed of the config a run would use",
+    )
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but this machine has no CUDA device")
     args.sac_threads = args.sac_threads or [args.threads]
     if args.seconds <= 0 or args.prefill < 1 or min(args.rounds, args.threads, *args.sac_threads, *args.population) < 1:
         p.error("--seconds, --prefill, --rounds, --threads, --sac-threads and --population must be positive")
+    if ignored := [o for o in args.overrides if not o.lstrip("+~").startswith(("agent.hparams.", "agent.n_envs="))]:
+        p.error(f"--overrides {' '.join(ignored)}: the bench times agent.hparams.* and agent.n_envs only (agents, "
+                "presets and hardware are its own options)")  # fmt: skip
+    try:  # composed here, so a bad override fails in one line before anything is timed
+        args.configs = {(a, pr): compose_cfg(a, pr, tuple(args.overrides)) for a in args.agents for pr in args.presets}
+    except (ConfigError, HydraException, OmegaConfBaseException) as exc:
+        p.error(f"--overrides: {one_line(exc)}")
     return args
 
 
@@ -532,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "time": stamp,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "configs"},
         "machine": describe_machine()
         | {
             "cpu_features": cpu_features(),
@@ -553,7 +575,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     for agent in args.agents:
         for preset in args.presets:
-            cfg = compose_cfg(agent, preset)
+            cfg = args.configs[agent, preset]
             if agent == "sac":
                 job = functools.partial(
                     bench_sac,

@@ -17,8 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bess_rl.baselines.references import compute_references
-from bess_rl.experiment.build import build_eval_env, build_mpc_settings
+from bess_rl.experiment.build import build_eval_env, build_references
 from bess_rl.experiment.config import ConfigError, compose_config, validate
 from bess_rl.experiment.errors import USER_ERRORS
 from bess_rl.experiment.evaluation import (
@@ -60,7 +59,7 @@ def evaluate(run_dir: Path, overrides: list[str], best: bool = False) -> tuple[d
     require_eval_part(cfg.scenario)
     env = build_eval_env(cfg)
     check_spaces(model, env)
-    refs = compute_references(env, build_mpc_settings(cfg.mpc))  # the MPC as the run configured it
+    refs = build_references(cfg, env)  # the MPC as the run configured it
     scored, result = evaluate_part(model, env, refs)
     metrics = {
         "agent": cfg.agent.name,

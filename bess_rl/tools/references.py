@@ -12,13 +12,7 @@ from rich.console import Console
 from bess_rl.baselines.references import co2_table, compute_references
 from bess_rl.experiment.build import build_eval_env, build_mpc_settings
 from bess_rl.experiment.config import compose_config
-from bess_rl.experiment.errors import USER_ERRORS
-
-
-def one_line(exc: BaseException) -> str:
-    """A bad override's message in one line, with its cause (Hydra puts the reason there)."""
-    first = str(exc).splitlines()[0].rstrip(".")
-    return f"{first}: {str(exc.__cause__).splitlines()[0]}" if exc.__cause__ is not None else first
+from bess_rl.experiment.errors import USER_ERRORS, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
