@@ -36,11 +36,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session", autouse=True)
-def sb3_log_dir(tmp_path_factory: pytest.TempPathFactory):
-    """SB3's default logger (``learn`` on a model with none set) makes a folder under /tmp at each call:
-    pytest's own temporary folder takes them instead (subprocesses inherit the variable)."""
+def session_folders(tmp_path_factory: pytest.TempPathFactory):
+    """Folders in pytest's own temporary one, for this session (subprocesses inherit the variables):
+    SB3's default logger (``learn`` on a model with none set) would make one under /tmp at each call;
+    one references cache for every test's runs, since each test's root would otherwise solve the same
+    week again in each process it starts (the cache itself: test_references)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3")))
+        mp.setenv("BESS_RL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         yield
 
 

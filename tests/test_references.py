@@ -114,6 +114,15 @@ def test_another_process_reads_the_references_from_the_cache(tmp_path, site, fre
         assert all(info.filename.endswith(".npy") for info in z.infolist())
 
 
+def test_references_computed_here_are_written_to_a_cache_asked_for_later(tmp_path, site, fresh_process):
+    env = PvBessEvEnv(make_scenario(days=2, seed=7), site)
+    first = compute_references(env)
+    assert not (tmp_path / "references").exists()
+    assert compute_references(env, cache_dir=tmp_path) is first
+    (cached,) = (tmp_path / "references").glob("*.npz")
+    assert_same_references(load_references(cached), first)
+
+
 def test_other_settings_or_other_code_are_other_cache_files(tmp_path, site, monkeypatch):
     env = PvBessEvEnv(make_scenario(days=2, seed=7), site)
     key = (env.fingerprint(), *dataclasses.astuple(MpcSettings()))

@@ -119,11 +119,13 @@ def compute_references(env: PvBessEvEnv, mpc: MpcSettings | None = None, cache_d
     of the computation)."""
     mpc = mpc or MpcSettings()
     key = (env.fingerprint(), *astuple(mpc))
+    on_disk = None if cache_dir is None else cache_file(cache_dir, key)
     if key not in _COMPUTED:
-        on_disk = None if cache_dir is None else cache_file(cache_dir, key)
         _COMPUTED[key] = _compute(env, mpc) if on_disk is None else _through_cache(env, mpc, on_disk)
         while len(_COMPUTED) > _KEEP:
             _COMPUTED.popitem(last=False)
+    elif on_disk is not None and not on_disk.is_file():  # computed here for another cache (or none)
+        _write(_COMPUTED[key], on_disk)
     _COMPUTED.move_to_end(key)
     return _COMPUTED[key]
 
@@ -157,11 +159,15 @@ def _through_cache(env: PvBessEvEnv, mpc: MpcSettings, path: Path) -> References
             log.info("references from the cache: %s", path)
             return refs
     refs = _compute(env, mpc)
+    _write(refs, path)
+    return refs
+
+
+def _write(refs: References, path: Path) -> None:
     try:
         save_references(refs, path)
     except OSError as exc:
         log.warning("references not cached: %s", exc)
-    return refs
 
 
 def save_references(refs: References, path: Path) -> None:
