@@ -53,6 +53,7 @@ _KEEP = 8
 # processes, a resumed run and ``evaluate`` would otherwise re-solve years another process solved.
 CACHE_FORMAT = 1
 EPISODES = ("uncontrolled", "rule_based", "smart_rule", "mpc_perfect", "mpc_persistence", "lp_achievable")
+PLAIN_FIELDS = ("optimum_kpis", "penalty_kg_per_kwh", "seconds", "cpu_seconds")  # JSON as they are
 UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,7 @@ def save_references(refs: References, path: Path) -> None:
     arrays |= {f"optimum.{k}": v for k, v in plan.items() if isinstance(v, np.ndarray)}
     scalars: dict[str, Any] = {name: getattr(refs, name).summary() for name in EPISODES}
     scalars["optimum"] = {k: v for k, v in plan.items() if not isinstance(v, np.ndarray)}
-    for name in ("optimum_kpis", "penalty_kg_per_kwh", "seconds", "cpu_seconds"):
-        scalars[name] = getattr(refs, name)
+    scalars |= {name: getattr(refs, name) for name in PLAIN_FIELDS}
     arrays["scalars"] = np.array(json.dumps(scalars, default=lambda x: x.item()))  # numpy scalars, exactly
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -200,7 +200,7 @@ def load_references(path: Path) -> References:
         return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.split(".", 1)[0] == prefix}
 
     episodes = {name: EpisodeResult(**scalars[name], trace=part(name)) for name in EPISODES}
-    extra = {name: scalars[name] for name in ("optimum_kpis", "penalty_kg_per_kwh", "seconds", "cpu_seconds")}
+    extra = {name: scalars[name] for name in PLAIN_FIELDS}
     return References(**episodes, optimum=OptimumResult(**scalars["optimum"], **part("optimum")), **extra)
 
 
