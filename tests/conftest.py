@@ -16,9 +16,9 @@ from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures: a throwaway Pos
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: one worker per CPU. Measured on 2 cores: 174-179 s with two workers, 190 s with
-    three, whose extra imports, fixtures and contention outweigh filling the waits (subprocesses
-    starting, signals, heartbeats) once the slow tests run first."""
+    """``-n auto``: one worker per CPU. Measured on 2 cores (warm compile cache): 174-179 s with two
+    workers, 190 s with three, whose extra imports, fixtures and contention outweigh filling the waits
+    (subprocesses starting, signals, heartbeats) once the slow tests run first."""
     return os.cpu_count() or 1
 
 
