@@ -55,8 +55,10 @@ class Work:
 
     def seconds(self, rates: Rates) -> float:
         steps = self.env_steps + self.eval_steps
-        return steps * rates.env_step_s + (self.policy_calls + self.eval_steps) * rates.policy_call_s + (
-            self.updates * rates.update_s
+        return (
+            steps * rates.env_step_s
+            + (self.policy_calls + self.eval_steps) * rates.policy_call_s
+            + (self.updates * rates.update_s)
         )
 
 

@@ -142,7 +142,6 @@ class HeldOutEval(EvalCallback):
             self._co2 = self._unmet = 0.0
 
 
-
 def held_out_eval(cfg: DictConfig, run_dir: Path) -> list[BaseCallback]:
     """The periodic held-out evaluation of a run config, or none when ``eval_every_steps`` is null.
 

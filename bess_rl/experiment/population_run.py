@@ -68,9 +68,7 @@ def population_runtime(runtime: hardware.Runtime) -> hardware.Runtime:
     return dataclasses.replace(runtime, amp=amp, cuda_graphs=graphs, notes=notes)
 
 
-def build_population(
-    cfg: DictConfig, members: list[DictConfig], env_fn: Any, runtime: hardware.Runtime
-) -> Population:
+def build_population(cfg: DictConfig, members: list[DictConfig], env_fn: Any, runtime: hardware.Runtime) -> Population:
     """The stacked population: shared hyper-parameters from ``agent.hparams``, varied ones per member, and
     the switches of ``population_runtime``."""
     hp = OmegaConf.to_container(cfg.agent.hparams, resolve=True)

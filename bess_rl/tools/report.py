@@ -585,13 +585,16 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         + ", ".join(f"`{p}`" for p in paths)
         + "; every number below was read from those folders.",
         "",
-        f"- Evaluation: {_num(hours)} h of scenario {scenarios}" + (" (one year)" if hours == 8760 else "")
+        f"- Evaluation: {_num(hours)} h of scenario {scenarios}"
+        + (" (one year)" if hours == 8760 else "")
         + (", its held-out part (never trained on)" if held_out and finished else ", **not held out** for some runs"),
         *(f"- Machine: {', '.join(f'{k} {v}' for k, v in json.loads(m).items())}" for m in machines),
         *(f"- Launcher: {launcher}" for launcher in launchers),
         *(f"- **Warning**: {w}" for w in warnings),
-        *(f"- **Degenerate policy**, {r['agent'].upper()} {r['preset']} seed {r['seed']}: {r['flags']}"
-          for r in flagged),  # fmt: skip
+        *(
+            f"- **Degenerate policy**, {r['agent'].upper()} {r['preset']} seed {r['seed']}: {r['flags']}"
+            for r in flagged
+        ),  # fmt: skip
         *(
             f"- Monitor, {r['agent'].upper()} {r['preset']}: {r['resource_warnings']}"
             for r in results
@@ -671,7 +674,8 @@ def study_sections(used: Sequence[Run], out: Path) -> list[str]:
             f"## Optuna study {name!r}: {len(rows)} trial(s), {objective} {'max' if maximise else 'min'}imised",
             "",
             f"Best trial: {best['trial']} ({objective} {best[objective]:.2f}), `{best['run_folder']}`"
-            if best else "No finished trial.",
+            if best
+            else "No finished trial.",
             "",
             _md_table(header, body),
             "",
