@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import time
 
 import pytest
@@ -52,6 +53,8 @@ def rows_by_agent(tmp_path, monkeypatch, agents: list[str], extra: list[str]) ->
     machine = data["machine"]  # which CPU kernels the SAC rows ran on
     assert (machine["onednn_fp32"], machine["native_bf16"]) == (onednn_linear.fast_fp32(), onednn_linear.native_bf16())
     assert machine["onednn_fp32"] == machine["torch_cpu_capability"].startswith("AVX512")
+    if platform.machine() == "x86_64" and machine["native_bf16"]:  # the flags that make bf16 native are named
+        assert {"avx512_bf16", "amx_bf16"} & set(machine["cpu_features"])
     assert torch.get_num_threads() == data["torch_threads"] == 1
     by_agent: dict[str, list[dict]] = {}
     for row in data["results"]:

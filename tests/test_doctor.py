@@ -9,7 +9,7 @@ from bess_rl.agents import onednn_linear
 from bess_rl.agents.capabilities import cpu_compiler
 from bess_rl.experiment.config import compose_config
 from bess_rl.site.env import PvBessEvEnv
-from bess_rl.tools.doctor import Wants, check_cuda_graph, main
+from bess_rl.tools.doctor import Wants, check_config, check_cuda_graph, main
 
 GPU_ITEMS = ("CUDA", "GPU", "fp16", "TF32", "CUDA graph")
 without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA behaviour")
@@ -32,6 +32,23 @@ def test_cpu_profile_exits_0(capsys):
     assert status["bf16"] == ("PASS" if onednn_linear.native_bf16() or torch.cuda.is_available() else "WARN")
     if not torch.cuda.is_available():
         assert {item: status[item] for item in GPU_ITEMS} == dict.fromkeys(GPU_ITEMS, "SKIP")
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize(
+    ("overrides", "offered"),
+    [
+        ((), True),
+        (("hardware.amp=bf16",), False),
+        (("agent=ppo",), False),
+        (("agent.algo=stable_baselines3.SAC",), False),
+    ],
+)
+def test_bf16_tip_only_where_the_cpu_and_the_update_have_bf16_and_it_is_off(monkeypatch, native, overrides, offered):
+    monkeypatch.setattr(onednn_linear, "native_bf16", lambda: native)
+    check, _ = check_config(compose_config(["hardware=cpu", *overrides]))
+    assert check.status == "PASS", check.value
+    assert ("tip: this CPU multiplies bf16 natively" in check.value) == (offered and native)
 
 
 def test_a_missing_cpu_compiler_fails_only_where_compile_is_asked(capsys, monkeypatch):

@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -135,12 +136,27 @@ def keep_heap(megabytes: int | None) -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, size) and libc.mallopt(_M_TRIM_THRESHOLD, size))
 
 
+MATMUL_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni", "avx512f", "avx2")
+
+
+def cpu_features() -> list[str]:
+    """The /proc/cpuinfo flags that decide CPU matmul speed (AVX-512, bf16 dot products, AMX tiles): the
+    same update runs 1.0-1.7x SBX's speed on CPUs that differ only in these (experiments/cpu_speed_*)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in MATMUL_FLAGS if flag in flags]
+
+
 def describe_machine() -> dict:
     """Hardware found, for the run folder and the benchmark table."""
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_features": cpu_features(),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),

@@ -71,19 +71,6 @@ NOTES = {
 }
 
 
-MATMUL_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni", "avx512f", "avx2")
-
-
-def cpu_features() -> list[str]:
-    """The /proc/cpuinfo flags that decide CPU matmul speed (AVX-512, bf16 dot products, AMX tiles)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [flag for flag in MATMUL_FLAGS if flag in flags]
-
-
 def compose_cfg(agent: str, preset: str, overrides: tuple[str, ...] = ()) -> DictConfig:
     """The training config ``python -m bess_rl agent=<agent> preset=<preset> *overrides`` would use,
     validated as a run validates it."""
@@ -557,7 +544,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "configs"},
         "machine": describe_machine()
         | {
-            "cpu_features": cpu_features(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             # which products FastSAC's CPU step sends to oneDNN here (bess_rl.agents.onednn_linear)
             "onednn_fp32": onednn_linear.fast_fp32(),
