@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -71,6 +72,21 @@ def test_uncontrolled_charging_is_flagged_degenerate():
     flags = degenerate(score(idle, refs, pen), base, idle.hours)
     assert flags[0] == "battery never used" and flags[1].startswith("EV energy left unmet")
     assert degenerate(score(run_episode(env, RuleBased()), refs, pen), base, env.episode_hours) == []
+
+
+def test_penalised_reduction_is_against_uncontrolled_charging_s_own_penalised_kg():
+    """Uncontrolled charging that leaves EV energy unmet scores 0 % on both figures, not minus its penalty."""
+    env = small_env()
+    refs = compute_references(env)
+    pen = env.site.unmet_penalty_kg_per_kwh
+    short = dataclasses.replace(refs.uncontrolled, ev_unmet_kwh=refs.uncontrolled.ev_unmet_kwh + 50.0)
+    refs = dataclasses.replace(refs, uncontrolled=short)
+    scored = score(short, refs, pen)
+    assert scored["co2_reduction_pct"] == scored["penalised_reduction_pct"] == 0.0
+    rule = run_episode(env, RuleBased())
+    base = short.co2_kg + pen * short.ev_unmet_kwh
+    expected = 100 * (base - rule.co2_kg - pen * rule.ev_unmet_kwh) / base
+    assert score(rule, refs, pen)["penalised_reduction_pct"] == pytest.approx(expected)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from bess_rl.experiment.build import algo_class, build_eval_env, has_eval_part
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.run_dir import RunDir, RunDirError
 from bess_rl.site.env import PvBessEvEnv
-from bess_rl.site.params import penalised_kg
+from bess_rl.site.params import penalised_kg, reduction_pct
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,19 @@ def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, 
     """CO2 reduction vs uncontrolled, the share of the LP's possible reduction achieved, and the KPIs.
 
     CO2 alone rewards leaving EVs uncharged, so the penalised figure (CO2 + penalty x unmet EV
-    kWh, what the reward and the LP minimise) is reported beside it and is the default objective.
+    kWh, what the reward and the LP minimise) is reported beside it and is the default objective. It is
+    measured against uncontrolled charging's own penalised kg, so uncontrolled scores 0 % on both.
     """
     base = refs.uncontrolled.co2_kg
     possible = base - refs.optimum_co2_kg
     penalised = penalised_kg(result.co2_kg, result.ev_unmet_kwh, penalty)
     return {
         "co2_kg": result.co2_kg,
-        "co2_reduction_pct": 100.0 * (base - result.co2_kg) / base if base > 0 else 0.0,
+        "co2_reduction_pct": reduction_pct(base, result.co2_kg),
         "penalised_kg": penalised,
-        "penalised_reduction_pct": 100.0 * (base - penalised) / base if base > 0 else 0.0,
+        "penalised_reduction_pct": reduction_pct(
+            penalised_kg(base, refs.uncontrolled.ev_unmet_kwh, penalty), penalised
+        ),
         "lp_gap_closed_pct": 100.0 * (base - result.co2_kg) / possible if possible > 0 else 0.0,
         "ev_unmet_kwh": result.ev_unmet_kwh,
         "ev_served_kwh": result.ev_served_kwh,
@@ -120,12 +123,12 @@ class HeldOutEval(EvalCallback):
             warn=False,
         )
         self.env = env
-        self.baseline_co2_kg = 0.0
+        self.baseline: EpisodeResult | None = None
         self._co2 = self._unmet = 0.0
 
     def _init_callback(self) -> None:
         super()._init_callback()
-        self.baseline_co2_kg = run_episode(self.env, uncontrolled).co2_kg
+        self.baseline = run_episode(self.env, uncontrolled)
 
     def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
         """Sum the episode's CO2 and unmet EV energy from the infos; record them when it ends."""
@@ -134,9 +137,16 @@ class HeldOutEval(EvalCallback):
         self._co2 += info["co2_kg"]
         self._unmet += info["ev_unmet_kwh"]
         if locals_["done"]:
-            base = self.baseline_co2_kg
-            penalised = penalised_kg(self._co2, self._unmet, self.env.site.unmet_penalty_kg_per_kwh)
-            values = (self._co2, 100 * (base - self._co2) / base, 100 * (base - penalised) / base, self._unmet)
+            base, penalty = self.baseline, self.env.site.unmet_penalty_kg_per_kwh
+            assert base is not None, "_init_callback runs before the first evaluation"
+            values = (
+                self._co2,
+                reduction_pct(base.co2_kg, self._co2),
+                reduction_pct(
+                    penalised_kg(base.co2_kg, base.ev_unmet_kwh, penalty), penalised_kg(self._co2, self._unmet, penalty)
+                ),
+                self._unmet,
+            )
             for key, value in zip(EVAL_KEYS, values, strict=True):
                 self.logger.record(key, float(value))
             self._co2 = self._unmet = 0.0

@@ -53,3 +53,9 @@ class SiteParams:
 def penalised_kg(co2_kg: float, unmet_kwh: float, penalty_kg_per_kwh: float) -> float:
     """CO2 plus the EV penalty: the one quantity the env's reward, the scores and the LP optimum minimise."""
     return co2_kg + penalty_kg_per_kwh * unmet_kwh
+
+
+def reduction_pct(base_kg: float, kg: float) -> float:
+    """How much less than ``base_kg`` (uncontrolled charging's figure of the same kind: CO2, or penalised
+    kg, never one against the other) ``kg`` is, in %; 0 on a grid with no CO2 at all."""
+    return 100.0 * (base_kg - kg) / base_kg if base_kg > 0 else 0.0
