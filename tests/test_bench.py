@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bess_rl.agents import onednn_linear
+from bess_rl.tools import bench
 from bess_rl.tools.bench import at_threads, interleaved, main, parse_args
 
 
@@ -172,7 +173,60 @@ def test_each_job_runs_once_per_round_at_least():
     assert calls == {"a": 2, "b": 2}
 
 
-@pytest.mark.parametrize("flag", ["--rounds", "--seconds", "--prefill"])
-def test_non_positive_sizes_are_refused(flag):
-    with pytest.raises(SystemExit):
-        parse_args([flag, "0"])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--seconds", "nan"), ("--seconds", "inf"), ("--seconds", "0"), ("--seconds", "-1"), ("--rounds", "0"),
+     ("--prefill", "-1"), ("--threads", "0"), ("--sac-threads", "0"), ("--population", "0"), ("--seed", "-1"),
+     ("--heap-keep-mb", "-1"), ("--rounds", "two")],
+)  # fmt: skip
+def test_bad_sizes_are_one_argparse_line_naming_the_option(flag, value, capsys):
+    """A NaN time box passes every ``<=`` and times nothing (a ZeroDivisionError after the prefill)."""
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--agents", "sac", flag, value])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"python -m bess_rl.bench: error: argument {flag}: ") and value in error, error
+
+
+def test_json_path_that_cannot_be_written_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "bench_env", lambda *args: pytest.fail("measured"))
+    (tmp_path / "file").write_text("")
+    for path, problem in [(tmp_path, "is a folder"), (tmp_path / "file" / "b.json", "is a file, not a folder")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["--agents", "ppo", "--presets", "before", "--json", str(path)])
+        assert exc.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"python -m bess_rl.bench: error: --json {path}: ") and problem in error, error
+    new = tmp_path / "new" / "folder" / "b.json"  # missing folders are made, as the write would
+    assert parse_args(["--agents", "ppo", "--presets", "before", "--json", str(new)]).json == new
+    assert new.parent.is_dir() and not any(new.parent.iterdir())
+
+
+def interrupted_main(argv: list[str]) -> SystemExit:
+    """``main``'s exit on Ctrl-C; a KeyboardInterrupt that escapes fails the test instead of ending pytest."""
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main as a traceback")
+    pytest.fail("main returned")
+
+
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_in_one_line_where_the_finished_measurements_are(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "b.json"
+    argv = ["--agents", "ppo", "--presets", "before", "--seconds", "0.05", "--rounds", "1", "--json", str(path)]
+    monkeypatch.setattr(bench, "bench_on_policy", ctrl_c)  # the env measurement is in the JSON, PPO's is not
+    assert interrupted_main(argv).code == 130
+    assert capsys.readouterr().err.strip() == f"interrupted: the 1 measurement(s) finished are in {path}"
+    assert [row["agent"] for row in json.loads(path.read_text())["results"]] == ["env"]
+
+    path.unlink()
+    monkeypatch.setattr(bench, "bench_env", ctrl_c)
+    assert interrupted_main(argv).code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: nothing measured"
+    assert not path.exists()

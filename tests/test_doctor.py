@@ -9,6 +9,7 @@ from bess_rl.agents import onednn_linear
 from bess_rl.agents.capabilities import cpu_compiler
 from bess_rl.experiment.config import compose_config
 from bess_rl.site.env import PvBessEvEnv
+from bess_rl.tools import doctor as doctor_module
 from bess_rl.tools.doctor import Wants, check_config, check_cuda_graph, main
 
 GPU_ITEMS = ("CUDA", "GPU", "fp16", "TF32", "CUDA graph")
@@ -118,3 +119,23 @@ def test_cuda_graph_smoke_test_passes_on_a_gpu(capsys):
     rc, status, out = doctor(capsys, "hardware=rtx4060", "hardware.strict=true")
     assert status["CUDA graph"] == status["CUDA"] == status["GPU"] == "PASS", out
     assert rc == 0, out
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_is_the_usage_not_an_override(capsys, monkeypatch, flag):
+    """``--help`` prints what is checked, that the arguments are Hydra overrides and the exit codes; no check runs."""
+    monkeypatch.setattr(doctor_module, "run_checks", lambda overrides: pytest.fail("the checklist ran"))
+    with pytest.raises(SystemExit) as exc:
+        main(["hardware=cpu", flag])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the text to the terminal's width
+    assert out.startswith("usage: python -m bess_rl.doctor")
+    for said in ("CUDA graph capture", "memory plan", "Hydra overrides, as python -m bess_rl takes them", "exit codes"):
+        assert said in out
+
+
+def test_an_unknown_option_is_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--hardware", "cpu"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: unrecognized arguments: --hardware")

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from bess_rl.baselines import references
-from bess_rl.baselines.mpc import MpcSettings
+from bess_rl.baselines.episode import run_episode
+from bess_rl.baselines.mpc import Mpc, MpcSettings
 from bess_rl.baselines.references import EPISODES, References, cache_file, compute_references, load_references
 from bess_rl.experiment.build import build_eval_env, build_references
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import penalised_kg
+from bess_rl.tools import references as command
 from tests.helpers import compose_cfg, make_scenario
 
 
@@ -164,3 +166,42 @@ def test_a_run_caches_its_references_in_paths_cache_dir_unless_null(tmp_path, fr
     build_references(cfg, build_eval_env(cfg))
     cached = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert [p.parent for p in cached] == ([Path("CACHE/references")] if cache_dir == "CACHE" else []), cached
+
+
+WEEK = ["scenario=iquitos", "scenario.window_hours=168"]  # references in ~0.1 s
+
+
+def test_mpc_asked_to_re_solve_past_its_horizon_re_solves_at_the_horizon(site):
+    """A plan ends at its horizon: ``every_hours`` past it cannot be honoured, and ``solve_every_hours`` says so."""
+    env = PvBessEvEnv(make_scenario(days=2), site)
+    for every, solves in [(100, 4), (12, 4), (5, 10)]:  # 48 h over a 12-h horizon
+        settings = MpcSettings(horizon_hours=12, every_hours=every)
+        mpc = Mpc(env, "perfect", settings)
+        run_episode(env, mpc)
+        assert (mpc.solves, settings.solve_every_hours) == (solves, min(every, 12)), every
+
+
+def test_references_command_prints_the_re_solve_interval_it_used(capsys):
+    assert command.main([*WEEK, "mpc.every_hours=100", "mpc.horizon_hours=24"]) == 0
+    out, err = capsys.readouterr()
+    assert "MPC re-solved every 24 h over 24 h" in out
+    assert err.strip() == (
+        "warning: mpc.every_hours=100 is past mpc.horizon_hours=24: a plan ends at its horizon, so the MPC "
+        "re-solves every 24 h"
+    )
+    assert command.main([*WEEK, "mpc.every_hours=6"]) == 0
+    out, err = capsys.readouterr()
+    assert "MPC re-solved every 6 h over 24 h" in out and not err
+
+
+def test_ctrl_c_in_the_references_command_is_one_line_and_exit_130(monkeypatch, capsys):
+    def ctrl_c(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "compute_references", ctrl_c)
+    try:
+        code = command.main(WEEK)
+    except KeyboardInterrupt:  # caught here, or it would end pytest
+        pytest.fail("Ctrl-C escaped main as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: nothing written (this command only prints)"

@@ -44,6 +44,11 @@ class MpcSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"mpc.{name} must be >= 1, got {getattr(self, name)}")
 
+    @property
+    def solve_every_hours(self) -> int:
+        """The hours between solves: ``every_hours``, but at most the horizon, since a plan ends there."""
+        return min(self.every_hours, self.horizon_hours)
+
 
 def _repaired_action(env: PvBessEvEnv, bess_kw: float, ev_kw: float, exact: bool) -> np.ndarray:
     """Env action for a planned battery and total EV power, the EV budget raised so every car can finish
@@ -114,7 +119,7 @@ class Mpc:
         if (
             self._plan is None
             or t != self._next
-            or t - self._start >= min(self.settings.every_hours, self._plan.ev_power_kw.shape[0])
+            or t - self._start >= min(self.settings.solve_every_hours, self._plan.ev_power_kw.shape[0])
         ):
             self._plan, self._start = self._solve(env), t
         self._next = t + 1

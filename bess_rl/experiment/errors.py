@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bess_rl.experiment.checkpoint import CheckpointError, NumericalError
+import sys
+
+from bess_rl.experiment.checkpoint import SIGNAL_EXIT_CODES, CheckpointError, NumericalError
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.hardware import HardwareError
 from bess_rl.experiment.input_checks import InputError
@@ -28,3 +30,11 @@ def one_line(exc: BaseException) -> str:
     """A bad override's message in one line, with its cause (Hydra puts the reason there)."""
     first = str(exc).splitlines()[0].rstrip(".")
     return f"{first}: {str(exc.__cause__).splitlines()[0]}" if exc.__cause__ is not None else first
+
+
+def interrupted(kept: str, signame: str = "SIGINT") -> int:
+    """Print that a command was interrupted and ``kept`` (what is kept, what to do) in one line; returns the
+    shell's exit code for the signal (130 for Ctrl-C). Why: a traceback of whatever line Ctrl-C landed on
+    hides the one thing the user needs, what is left on disk."""
+    print(f"interrupted: {kept}", file=sys.stderr)
+    return SIGNAL_EXIT_CODES[signame]

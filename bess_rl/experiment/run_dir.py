@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -51,9 +52,16 @@ class RunDirError(ValueError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a flushed temporary file and a rename (no half-written file)."""
+    """Write ``data`` to ``path`` via a flushed temporary file and a rename (no half-written file).
+
+    The file gets the mode a plain ``open()`` would give it: created with 0o666, the kernel applies the
+    umask (or the folder's default ACL), where ``tempfile.mkstemp``'s 0o600 would hide the results from
+    the other users of a shared filesystem. No umask is read: ``os.umask`` can only be read by setting
+    it, which races with every other thread creating files.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -22,8 +22,10 @@ import argparse
 import functools
 import importlib.util
 import itertools
+import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -54,7 +56,7 @@ from bess_rl.agents.population import Population
 from bess_rl.agents.vec_env import FreshInfoVecEnv
 from bess_rl.experiment.build import make_model
 from bess_rl.experiment.config import ConfigError, compose_config, validate
-from bess_rl.experiment.errors import one_line
+from bess_rl.experiment.errors import interrupted, one_line
 from bess_rl.experiment.hardware import describe_machine, keep_heap
 from bess_rl.experiment.run_dir import write_json
 from bess_rl.site.env import PvBessEvEnv
@@ -456,25 +458,79 @@ def table(results: list[dict[str, Any]], title: str) -> Table:
     return t
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (a NaN time box passes every comparison and times nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, refused in one line before anything is built or timed."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def heap_mb(text: str) -> int | None:
+    """An argparse type: megabytes >= 0, or ``none`` (glibc's defaults)."""
+    return None if text == "none" else at_least(0)(text)
+
+
+def unwritable(path: Path) -> str | None:
+    """Why the JSON cannot be written to ``path``, or None: found before the minutes of measuring, not after.
+    Creates the missing folders and a temporary file in the last one, as the JSON's own write will."""
+    if path.is_dir():
+        return f"is a folder: name a file, e.g. {path / 'bench.json'}"
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        return f"cannot write in {path.parent} ({exc.strerror or exc})"
+    return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bess_rl.bench", description=__doc__.splitlines()[0])
     p.add_argument("--agents", nargs="+", choices=("sac", "ppo", "a2c"), default=["sac", "ppo", "a2c"])
     p.add_argument("--presets", nargs="+", choices=("before", "after"), default=["before", "after"])
     p.add_argument(
         "--seconds",
-        type=float,
+        type=positive_seconds,
         default=5.0,
         help="seconds each variant is timed per measurement (SAC's collect cost: half)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, default=None, help="default: <paths.output_dir>/bench/<timestamp>.json")
-    p.add_argument("--prefill", type=int, default=10_000, help="random transitions in the SAC replay buffer")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these MLPs on 2 cores)")
+    p.add_argument("--prefill", type=at_least(1), default=10_000, help="random transitions in the SAC replay buffer")
     p.add_argument(
-        "--sac-threads", type=int, nargs="+", default=None, help="torch thread counts to time each SAC variant at"
+        "--threads", type=at_least(1), default=1, help="torch threads (1 is fastest for these MLPs on 2 cores)"
     )
     p.add_argument(
-        "--population", type=int, nargs="*", default=[], help="also time stacked SAC populations of these sizes"
+        "--sac-threads",
+        type=at_least(1),
+        nargs="+",
+        default=None,
+        help="torch thread counts to time each SAC variant at",
+    )
+    p.add_argument(
+        "--population", type=at_least(1), nargs="*", default=[], help="also time stacked SAC populations of these sizes"
     )
     p.add_argument(
         "--population-amp",
@@ -494,15 +550,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--heap-keep-mb",
-        type=lambda v: None if v == "none" else int(v),
+        type=heap_mb,
         default=compose_config([]).hardware.heap_keep_mb,
         help="glibc heap kept for reuse, as training applies hardware.heap_keep_mb (default: the default "
         "hardware profile's); 'none': glibc's defaults",
     )
     p.add_argument(
-        "--rounds", type=int, default=ROUNDS, help="interleaved rounds per measurement (each job runs once a round)"
+        "--rounds",
+        type=at_least(1),
+        default=ROUNDS,
+        help="interleaved rounds per measurement (each job runs once a round)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument(
         "--overrides",
         nargs="+",
@@ -515,8 +574,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but this machine has no CUDA device")
     args.sac_threads = args.sac_threads or [args.threads]
-    if args.seconds <= 0 or args.prefill < 1 or min(args.rounds, args.threads, *args.sac_threads, *args.population) < 1:
-        p.error("--seconds, --prefill, --rounds, --threads, --sac-threads and --population must be positive")
     if ignored := [o for o in args.overrides if not o.lstrip("+~").startswith(("agent.hparams.", "agent.n_envs="))]:
         p.error(f"--overrides {' '.join(ignored)}: the bench times agent.hparams.* and agent.n_envs only (agents, "
                 "presets and hardware are its own options)")  # fmt: skip
@@ -524,6 +581,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.configs = {(a, pr): compose_cfg(a, pr, tuple(args.overrides)) for a in args.agents for pr in args.presets}
     except (ConfigError, HydraException, OmegaConfBaseException) as exc:
         p.error(f"--overrides: {one_line(exc)}")
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    args.json = args.json or Path(compose_config([]).paths.output_dir) / "bench" / f"{stamp}.json"
+    if problem := unwritable(args.json):
+        p.error(f"--json {args.json}: {problem}")
     return args
 
 
@@ -531,16 +592,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write the JSON; returns what was written.
 
     Each agent and preset's rows are printed and the JSON rewritten as soon as they are measured,
-    so an interrupted or time-limited run keeps what it finished.
+    so an interrupted or time-limited run keeps what it finished; Ctrl-C says where, in one line (exit 130).
     """
-    args = parse_args(argv)
+    written: list[Path] = []  # the JSON, once per measurement written to it
+    try:
+        return bench(parse_args(argv), written)
+    except KeyboardInterrupt:
+        kept = f"the {len(written)} measurement(s) finished are in {written[-1]}" if written else "nothing measured"
+        raise SystemExit(interrupted(kept)) from None
+
+
+def bench(args: argparse.Namespace, written: list[Path]) -> dict[str, Any]:
+    """``main`` for parsed arguments; appends the JSON's path to ``written`` after each write."""
     torch.set_num_threads(args.threads)
     heap_kept = keep_heap(args.heap_keep_mb)
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    path = args.json or Path(compose_config([]).paths.output_dir) / "bench" / f"{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "time": stamp,
+        "time": datetime.now().strftime("%Y-%m-%d_%H-%M-%S"),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "configs"},
         "machine": describe_machine()
         | {
@@ -585,11 +652,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows = job()
         report["results"] += rows
         report["load_average"].append(os.getloadavg()[0])
-        write_json(path, report)
+        written.append(write_json(args.json, report))
         if len(measurements) > 1:
             console.print(table(rows, f"{name} {title}"))
     console.print(table(report["results"], f"Training speed {title}"))
-    print(f"JSON: {path}")
+    print(f"JSON: {args.json}")
     return report
 
 

@@ -9,6 +9,7 @@ PASS, WARN, FAIL or SKIP with the value found; the exit code is 1 when any line 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -324,9 +325,31 @@ def run_checks(overrides: list[str]) -> list[Check]:
     return checks
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The Hydra overrides to check; ``--help`` is the usage, not an override the config fails to parse."""
+    p = argparse.ArgumentParser(
+        prog="python -m bess_rl.doctor",
+        description="The pre-training checklist of docs/presets.md, measured on this machine for the config a run "
+        "would use: the torch build, CUDA, the GPU and its memory, NVML (driver, temperature, other GPU "
+        "processes), bf16 and fp16 autocast, TF32, a CUDA graph capture, the C++ compiler torch.compile needs "
+        "on a CPU, the config validated and its hardware resolved as a run does, and the memory plan against "
+        "hardware.memory_budget_gb. Each line is PASS, WARN, FAIL or SKIP with the value found.",
+        epilog="exit codes: 0 nothing FAILed (WARN and SKIP lines included), 1 some line FAILed, "
+        "2 bad command-line arguments",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Hydra overrides, as python -m bess_rl takes them (e.g. hardware=rtx4060 agent=sac preset=after): "
+        "the checks are of the config that run would use",
+    )
+    return p.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the checklist for these Hydra overrides; 1 if any item FAILs, else 0."""
-    checks = run_checks(list(sys.argv[1:] if argv is None else argv))
+    checks = run_checks(parse_args(argv).overrides)
     for check in checks:
         print(check.render())
     failed = [c.name for c in checks if c.status == "FAIL"]

@@ -12,7 +12,7 @@ from rich.console import Console
 from bess_rl.baselines.references import co2_table, compute_references
 from bess_rl.experiment.build import build_eval_env, build_mpc_settings
 from bess_rl.experiment.config import compose_config
-from bess_rl.experiment.errors import USER_ERRORS, one_line
+from bess_rl.experiment.errors import USER_ERRORS, interrupted, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,16 +27,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     try:
+        return print_references(args)
+    except KeyboardInterrupt:
+        return interrupted("nothing written (this command only prints)")
+
+
+def print_references(args: list[str]) -> int:
+    """The references table and their timings, or one line saying why the overrides are unusable."""
+    try:
         cfg = compose_config(args)
         env = build_eval_env(cfg)
         mpc = build_mpc_settings(cfg.mpc)
     except (*USER_ERRORS, HydraException, OmegaConfBaseException) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    if mpc.solve_every_hours != mpc.every_hours:  # said before the minutes of solving, not after
+        print(
+            f"warning: mpc.every_hours={mpc.every_hours} is past mpc.horizon_hours={mpc.horizon_hours}: a plan "
+            f"ends at its horizon, so the MPC re-solves every {mpc.solve_every_hours} h",
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     refs = compute_references(env, mpc)
     Console().print(co2_table(refs.table(), env.scenario.hours))
     timing = ", ".join(f"{name} {s:.1f} s (CPU {refs.cpu_seconds[name]:.1f} s)" for name, s in refs.seconds.items())
-    mpc_desc = f"MPC re-solved every {mpc.every_hours} h over {mpc.horizon_hours} h"
+    mpc_desc = f"MPC re-solved every {mpc.solve_every_hours} h over {mpc.horizon_hours} h"
     print(f"computed in {time.perf_counter() - t0:.1f} s ({timing}; {mpc_desc})")
     return 0

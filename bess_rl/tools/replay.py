@@ -7,13 +7,15 @@ resolved config and seed on the CPU and reports every outcome metric that differ
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bess_rl.experiment.errors import USER_ERRORS
+from bess_rl.experiment.checkpoint import TrainingInterrupted
+from bess_rl.experiment.errors import USER_ERRORS, interrupted
 from bess_rl.experiment.run_dir import RunDir, read_json
 from bess_rl.experiment.train import run
 
@@ -44,7 +46,12 @@ def replay(run_dir: Path) -> tuple[dict, list[str]]:
     cfg = load_run_config(run_dir)
     original = read_json(RunDir(run_dir).metrics)
     out = RunDir(run_dir).replays / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    replayed = run(cfg, out)
+    try:
+        replayed = run(cfg, out)
+    except (KeyboardInterrupt, TrainingInterrupted):
+        # Unlike a training run's checkpoint, half a replay is worth nothing: it compares no outcome.
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return replayed, compare(original, replayed)
 
 
@@ -57,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except (*USER_ERRORS, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, TrainingInterrupted) as exc:
+        again = f"no replay kept; run python -m bess_rl.replay {args.run_dir} again"
+        return interrupted(again, exc.signame if isinstance(exc, TrainingInterrupted) else "SIGINT")
     if diffs:
         print("replay DIFFERS from the original run:\n  " + "\n  ".join(diffs))
         return 1

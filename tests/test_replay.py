@@ -1,0 +1,76 @@
+"""``python -m bess_rl.replay``: an interrupted replay ends in one line and leaves no unfinished replay folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from bess_rl.experiment import train
+from bess_rl.experiment.checkpoint import TrainingInterrupted
+from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
+from bess_rl.tools import replay
+from tests.helpers import COMMON, TINY, compose_cfg
+
+
+def run_folder(path: Path, overrides: list[str]) -> Path:
+    """A run folder as replay reads it (its config and metrics), without training the original."""
+    atomic_write_text(RunDir(path).config, OmegaConf.to_yaml(compose_cfg(overrides), resolve=True))
+    write_json(RunDir(path).metrics, {})
+    return path
+
+
+def replay_folders(run_dir: Path) -> list[Path]:
+    return sorted(RunDir(run_dir).replays.glob("*"))
+
+
+@pytest.mark.parametrize(
+    ("stop", "code"),
+    [(KeyboardInterrupt(), 130), (TrainingInterrupted("SIGTERM", 64, Path("checkpoint")), 143)],
+    ids=["ctrl-c", "signal-caught-by-training"],
+)
+def test_interrupted_replay_removes_its_folder_in_one_line(tmp_path, monkeypatch, capsys, stop, code):
+    run_dir = run_folder(tmp_path, ["agent=ppo", *TINY["ppo"], *COMMON])
+    seen: list[set[str]] = []
+
+    def interrupted_learn(*args: object) -> None:
+        (folder,) = replay_folders(run_dir)
+        seen.append({p.name for p in folder.iterdir()})
+        raise stop
+
+    monkeypatch.setattr(train, "learn", interrupted_learn)
+    try:
+        assert replay.main([str(run_dir)]) == code
+    except (KeyboardInterrupt, TrainingInterrupted):  # caught here, or a KeyboardInterrupt would end pytest
+        pytest.fail("the interruption escaped main as a traceback")
+    assert {"resolved_config.yaml", "run_info.json", ".lock"} <= seen[0]  # what an interrupted replay left
+    assert replay_folders(run_dir) == []
+    assert capsys.readouterr().err.strip() == (
+        f"interrupted: no replay kept; run python -m bess_rl.replay {run_dir} again"
+    )
+
+
+@pytest.mark.slow  # a process of its own, for a real SIGINT
+def test_ctrl_c_of_a_replay_process_exits_130_without_a_traceback(tmp_path):
+    long_ppo = ["agent=ppo", *TINY["ppo"], "agent.total_timesteps=20000", *COMMON]  # trains for many seconds
+    run_dir = run_folder(tmp_path / "run", long_ppo)
+    env = {**os.environ, "BESS_RL_ROOT": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bess_rl.replay", str(run_dir)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not replay_folders(run_dir):  # inside the replay's run, past the imports
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("interrupted: no replay kept"), err
+    assert replay_folders(run_dir) == []
