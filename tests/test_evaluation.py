@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bess_rl.baselines.episode import run_episode
@@ -21,6 +27,8 @@ from bess_rl.experiment.evaluation import EVAL_KEYS, has_eval_part, load_trained
 from bess_rl.experiment.run_dir import RunDir
 from bess_rl.experiment.train import run
 from bess_rl.site.env import PvBessEvEnv
+from bess_rl.tools import evaluate as evaluate_tool
+from bess_rl.tools.evaluate import apply_overrides, site_label
 from bess_rl.tools.evaluate import main as evaluate_main
 from bess_rl.tools.export import main as export_main
 from tests.helpers import COMMON, TINY, compose_cfg, small_env
@@ -165,3 +173,164 @@ def test_evaluate_a_folder_without_a_model(ppo_run, tmp_path, capsys):
     assert evaluate_main([str(tmp_path)]) == 2 and export_main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path} has no model.zip")
     assert list(tmp_path.iterdir()) == [RunDir(tmp_path).config]
+
+
+def run_copy(run_dir: Path, to: Path) -> Path:
+    """A run folder holding ``run_dir``'s config and model.zip: tests that write into it share nothing."""
+    to.mkdir(parents=True, exist_ok=True)
+    shutil.copy(RunDir(run_dir).config, to)
+    shutil.copy(RunDir(run_dir).model, RunDir(to).model)
+    return to
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_a_swapped_scenario_brings_its_own_site_unless_one_is_given(ppo_run):
+    trained = RunDir(ppo_run[0]).load_config()
+    house = apply_overrides(trained.copy(), ["scenario=citylearn_b1"])
+    assert (house.site.pv_kwp, house.site.bess_capacity_kwh) == (12.0, 6.4)  # not the mall's 4050 kWp, 2000 kWh
+    kept = apply_overrides(trained.copy(), ["site=iquitos", "scenario=citylearn_b1"])
+    assert (kept.scenario.name, kept.site.pv_kwp) == ("citylearn_b1", 4050.0)
+    edited = apply_overrides(trained.copy(), ["site.pv_kwp=20", "scenario=citylearn_b1"])
+    assert (edited.site.pv_kwp, edited.site.bess_capacity_kwh) == (20.0, 6.4)
+    assert apply_overrides(trained.copy(), ["site.pv_kwp=20"]).site.bess_capacity_kwh == 2000.0  # the run's own
+    assert site_label(trained, ["scenario=citylearn_b1", "site.pv_kwp=20"]) == "citylearn_b1 with site.pv_kwp=20"
+
+
+def test_evaluate_prints_and_records_the_site_it_used(ppo_run, tmp_path, capsys):
+    run_dir = run_copy(ppo_run[0], tmp_path)
+    assert evaluate_main([str(run_dir), "scenario=citylearn_b1", "scenario.window_hours=168"]) == 0
+    site = "citylearn_b1 (pv_kwp 12, bess 6.4 kWh / 5 kW)"
+    assert f"site: {site}\n" in capsys.readouterr().out
+    (folder,) = RunDir(run_dir).evaluations.iterdir()
+    assert json.loads(RunDir(folder).metrics.read_text())["site"] == site
+    evaluated = OmegaConf.load(folder / "evaluated_config.yaml")
+    assert (evaluated.site.pv_kwp, evaluated.site.bess_capacity_kwh) == (12.0, 6.4)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("scenario.window_hours=nan", "'nan' of type 'str' could not be converted to Integer"),
+        ("scenario.window_hours=abc", "'abc' of type 'str' could not be converted to Integer"),
+        ("scenario.window_start=abc", "'abc' of type 'str' could not be converted to Integer"),
+        ("site.pv_kw=5000", "Key 'pv_kw' not in 'SiteParams'"),
+        ("scenario.window_hour=720", "Key 'window_hour' not in 'ScenarioConfig'"),
+        ("site.pv_kwp=nan", "site.pv_kwp must be a finite number, got nan"),
+    ],
+)
+def test_evaluate_refuses_a_bad_value_or_an_unknown_key_in_one_line(ppo_run, capsys, override, message):
+    out, _ = ppo_run
+    assert evaluate_main([str(out), override]) == 2
+    err = one_line_error(capsys)
+    assert message in err and override.partition("=")[0] in err
+    assert not RunDir(out).evaluations.exists()
+
+
+def test_a_damaged_or_foreign_model_zip_is_one_line(ppo_run, sac_run, tmp_path, capsys):
+    run_dir = run_copy(ppo_run[0], tmp_path)
+    model = RunDir(run_dir).model
+    whole = model.read_bytes()
+    for damaged, why in [(b"", "the file is empty"), (whole[: len(whole) // 2], ""), (whole[:-100], "")]:
+        model.write_bytes(damaged)
+        assert evaluate_main([str(run_dir)]) == 2 and export_main([str(run_dir)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert all(line.startswith(f"error: {model} is damaged: {why}") for line in err) and len(err) == 2, err
+    shutil.copy(RunDir(sac_run).model, model)
+    assert evaluate_main([str(run_dir)]) == 2 and export_main([str(run_dir)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert all(line.startswith(f"error: {model} is not a bess_rl.agents.fast_onpolicy.FastPPO model") for line in err)
+    assert len(err) == 2 and not (run_dir / "export").exists(), err
+
+
+def test_an_interrupted_run_is_called_unfinished_with_its_resume_command(ppo_run, tmp_path, capsys):
+    shutil.copy(RunDir(ppo_run[0]).config, tmp_path)
+    (RunDir(tmp_path).checkpoint / "state.json").parent.mkdir()
+    (RunDir(tmp_path).checkpoint / "state.json").write_text("{}")
+    for main in (evaluate_main, export_main):
+        assert main([str(tmp_path)]) == 2
+        assert one_line_error(capsys) == (
+            f"error: {tmp_path} is unfinished (interrupted, no model.zip yet): "
+            f"resume with: python -m bess_rl resume={tmp_path}\n"
+        )
+
+
+def test_a_population_folder_names_its_member_folders(ppo_run, tmp_path, capsys):
+    for i in range(2):
+        (tmp_path / f"member_{i}").mkdir()
+        shutil.copy(RunDir(ppo_run[0]).config, tmp_path / f"member_{i}")
+    for main in (evaluate_main, export_main):
+        assert main([str(tmp_path)]) == 2
+        assert f"pass one member's folder, {tmp_path}/member_<i> (<i> from 0 to 1)" in one_line_error(capsys)
+
+
+def test_ctrl_c_while_an_evaluation_is_written_leaves_no_folder(ppo_run, tmp_path, monkeypatch, capsys):
+    run_dir = run_copy(ppo_run[0], tmp_path)
+
+    def interrupted_plot(*args: object, **kwargs: object) -> None:
+        (folder,) = RunDir(run_dir).evaluations.iterdir()  # metrics.json and the config are written by now
+        assert {p.name for p in folder.iterdir()} == {"metrics.json", "evaluated_config.yaml"}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_tool, "dispatch_week", interrupted_plot)
+    try:
+        assert evaluate_main([str(run_dir)]) == 130
+    except KeyboardInterrupt:  # caught here, or a KeyboardInterrupt would end pytest
+        pytest.fail("the interruption escaped main as a traceback")
+    assert capsys.readouterr().err.startswith("interrupted: no evaluation written")
+    assert not RunDir(run_dir).evaluations.exists()
+
+
+def test_ctrl_c_during_an_export_keeps_the_earlier_file(ppo_run, tmp_path, monkeypatch, capsys):
+    run_dir = run_copy(ppo_run[0], tmp_path)
+    assert export_main([str(run_dir), "--format", "torchscript"]) == 0
+    earlier = (run_dir / "export" / "policy.pt").read_bytes()
+
+    def interrupted_save(self: torch.jit.ScriptModule, path: str) -> None:
+        Path(path).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.jit.ScriptModule, "save", interrupted_save)
+    try:
+        assert export_main([str(run_dir), "--format", "torchscript"]) == 130
+    except KeyboardInterrupt:
+        pytest.fail("the interruption escaped main as a traceback")
+    assert capsys.readouterr().err.startswith("interrupted: ")
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["policy.pt", "policy.pt.json"]
+    assert (run_dir / "export" / "policy.pt").read_bytes() == earlier
+
+
+@pytest.mark.slow  # a process of its own, for a real SIGINT
+def test_ctrl_c_of_an_evaluate_process_exits_130_without_a_traceback(ppo_run, tmp_path):
+    run_dir = run_copy(ppo_run[0], tmp_path / "run")
+    ready = "import sys; from bess_rl.tools.evaluate import main; print('imported', flush=True); sys.exit(main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ready, str(run_dir), "scenario.window_hours=8000"], cwd=tmp_path, text=True,
+        env={**os.environ, "BESS_RL_ROOT": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout.readline() == "imported\n"  # past the imports: the references of 8000 h take many seconds
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("interrupted: no evaluation written"), err
+    assert not RunDir(run_dir).evaluations.exists()
+
+
+def test_each_export_is_described_by_its_own_file_naming_its_model(ppo_run, tmp_path):
+    run_dir = run_copy(ppo_run[0], tmp_path)
+    shutil.copy(RunDir(ppo_run[0]).best_model, RunDir(run_dir).best_model)
+    (run_dir / "export").mkdir()
+    (run_dir / "export" / "policy.json").write_text("{}")  # an older export's single description
+    assert export_main([str(run_dir), "--format", "onnx"]) == 0
+    assert export_main([str(run_dir), "--best", "--format", "torchscript"]) == 0
+    files = sorted(p.name for p in (run_dir / "export").iterdir())
+    assert files == ["policy.onnx", "policy.onnx.json", "policy.pt", "policy.pt.json"]
+    onnx, pt = (json.loads((run_dir / "export" / f"policy.{ext}.json").read_text()) for ext in ("onnx", "pt"))
+    assert (onnx["file"], onnx["format"], onnx["model"]) == ("policy.onnx", "onnx", "model.zip")
+    assert (pt["file"], pt["format"], pt["model"]) == ("policy.pt", "torchscript", "best_model.zip")
+    assert onnx["model_timesteps"] == 64 and pt["model_timesteps"] in (32, 64)

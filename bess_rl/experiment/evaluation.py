@@ -7,7 +7,10 @@ so an agent is never judged on the year it trained on without saying so.
 
 from __future__ import annotations
 
+import json
 import logging
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from bess_rl.baselines.episode import EpisodeResult, Policy, run_episode
 from bess_rl.baselines.optimum import solve_optimum
 from bess_rl.baselines.references import References, degenerate
 from bess_rl.baselines.rules import uncontrolled
-from bess_rl.experiment import hardware
+from bess_rl.experiment import checkpoint, hardware
 from bess_rl.experiment.build import algo_class, build_eval_env, has_eval_part
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.run_dir import RunDir, RunDirError
@@ -218,17 +221,56 @@ def load_trained(run_dir: Path, best: bool = False) -> tuple[BaseAlgorithm, Dict
     """A run folder's final (or best) model on the CPU, with the run's saved config moved to the CPU.
 
     Loaded without an env: the env it is scored on may be another scenario, checked by ``check_spaces``.
+    What cannot be loaded is one line saying why: a population's folder, an unfinished run, a damaged
+    zip, another algorithm's model (SB3 would fail deep inside its policy constructor).
     """
     rd = RunDir(run_dir)
+    members = [] if rd.config.is_file() else sorted(run_dir.glob(f"member_*/{rd.config.name}"))
+    if members:
+        raise RunDirError(
+            f"{run_dir} is a population run folder: pass one member's folder, {run_dir}/member_<i> "
+            f"(<i> from 0 to {len(members) - 1})"
+        )
     cfg = rd.load_config()
     path = rd.best_model if best else rd.model
     if not path.is_file():
+        if checkpoint.current(rd.checkpoint) is not None:
+            raise RunDirError(
+                f"{run_dir} is unfinished (interrupted, no {path.name} yet): "
+                f"resume with: python -m bess_rl resume={run_dir}"
+            )
         why = "no periodic evaluation kept one (eval_every_steps)" if best else "trained with save_model=false?"
         raise RunDirError(f"{run_dir} has no {path.name} ({why})")
+    check_model_zip(path)
     cfg.hardware.device = cfg.agent.device = "cpu"
     algo = algo_class(cfg.agent.algo)
     runtime = hardware.resolve(cfg.hardware, algo, "cpu")
-    return algo.load(path, device="cpu", **runtime.switches(capabilities(algo))), cfg
+    try:
+        model = algo.load(path, device="cpu", **runtime.switches(capabilities(algo)))
+    except Exception as exc:  # the zip is intact (check_model_zip): another algorithm's model fails with many types
+        raise RunDirError(f"{path} is not a {cfg.agent.algo} model ({_first_line(exc)})") from None
+    return model, cfg
+
+
+def check_model_zip(path: Path) -> None:
+    """Refuse a model zip that is empty, truncated or corrupt before SB3 reads it: its errors (``wasn't a
+    zip-file``, an AssertionError, a torch unpickling error) do not say that the file is the problem."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise zipfile.BadZipFile(f"{bad} fails its checksum")
+            json.loads(archive.read("data"))
+    except KeyError:
+        raise RunDirError(f"{path} is damaged: it has no 'data' entry (truncated, or not a saved model)") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:  # JSON errors are ValueErrors
+        why = "the file is empty" if path.stat().st_size == 0 else _first_line(exc)
+        raise RunDirError(f"{path} is damaged: {why} (copy it again, or retrain)") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 def check_spaces(model: BaseAlgorithm, env: PvBessEvEnv) -> None:

@@ -5,12 +5,14 @@ leaves out what ``predict(deterministic=True)`` does around it, so the exported 
 observations cast to float32 (a Box observation is not otherwise preprocessed), the deterministic
 action (Gaussian mean, tanh-squashed for SAC), then for a squashed policy the rescaling from [-1, 1] to
 the action Box and for an unsquashed one the clip to it. Writes ``<run dir>/export/policy.onnx`` or
-``policy.pt`` and ``policy.json`` (input and output layout).
+``policy.pt``, each with its own description (``policy.onnx.json`` / ``policy.pt.json``: the model it
+came from, input and output layout), so exporting one format does not misdescribe the other.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,13 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from bess_rl.experiment.errors import USER_ERRORS
+from bess_rl.experiment.errors import USER_ERRORS, interrupted
 from bess_rl.experiment.evaluation import load_trained
 from bess_rl.experiment.run_dir import RunDir, write_json
 
 FILES = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
 EXPORT = "export"
+SHARED_DESCRIPTION = "policy.json"  # older exports wrote one for both formats: it described only the last
 
 
 class DeterministicPolicy(torch.nn.Module):
@@ -46,7 +49,11 @@ class DeterministicPolicy(torch.nn.Module):
 
 
 def export(run_dir: Path, fmt: str, best: bool = False) -> Path:
-    """Write the policy file and its layout into ``<run dir>/export``; returns the policy file."""
+    """Write the policy file and its description into ``<run dir>/export``; returns the policy file.
+
+    Each file is written under a temporary name and renamed: a Ctrl-C or a failed export leaves the
+    earlier file whole.
+    """
     model, cfg = load_trained(run_dir, best)
     module = DeterministicPolicy(model).eval()
     obs_space = model.observation_space
@@ -54,18 +61,24 @@ def export(run_dir: Path, fmt: str, best: bool = False) -> Path:
     out = RunDir(run_dir).path / EXPORT
     out.mkdir(exist_ok=True)
     path = out / FILES[fmt]
-    with torch.no_grad():
-        if fmt == "torchscript":
-            torch.jit.trace(module, example).save(str(path))
-        else:
-            torch.onnx.export(
-                module, (example,), str(path), input_names=["obs"], output_names=["action"],
-                dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}}, dynamo=False,
-            )  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with torch.no_grad():
+            if fmt == "torchscript":
+                torch.jit.trace(module, example).save(str(tmp))
+            else:
+                torch.onnx.export(
+                    module, (example,), str(tmp), input_names=["obs"], output_names=["action"],
+                    dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}}, dynamo=False,
+                )  # fmt: skip
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     layout: dict[str, Any] = {
         "format": fmt,
         "file": path.name,
         "model": RunDir(run_dir).best_model.name if best else RunDir(run_dir).model.name,
+        "model_timesteps": model.num_timesteps,
         "agent": cfg.agent.name,
         "input": {"name": "obs", "dtype": "float32", "shape": ["batch", *obs_space.shape],
                   "low": obs_space.low.tolist(), "high": obs_space.high.tolist()},
@@ -74,8 +87,14 @@ def export(run_dir: Path, fmt: str, best: bool = False) -> Path:
         "observation_layout": "bess_rl.site.env module docstring (forecast_hours "
         f"{cfg.scenario.forecast_hours})",
     }  # fmt: skip
-    write_json(out / "policy.json", layout)
+    write_json(description(path), layout)
+    (out / SHARED_DESCRIPTION).unlink(missing_ok=True)
     return path
+
+
+def description(path: Path) -> Path:
+    """The JSON file describing one exported policy file: ``policy.onnx`` -> ``policy.onnx.json``."""
+    return path.with_name(f"{path.name}.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:  # torch's ONNX exporter needs the onnx package
         print(f"error: {exc}; install the export extra: pip install -e '.[export]'", file=sys.stderr)
         return 2
-    print(f"written {path}")
+    except KeyboardInterrupt:
+        return interrupted(f"{RunDir(args.run_dir).path / EXPORT} is as it was")
+    print(f"written {path} and {description(path).name}")
     return 0
 
 
