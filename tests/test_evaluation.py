@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
@@ -245,6 +247,22 @@ def test_a_damaged_or_foreign_model_zip_is_one_line(ppo_run, sac_run, tmp_path, 
     err = capsys.readouterr().err.splitlines()
     assert all(line.startswith(f"error: {model} is not a bess_rl.agents.fast_onpolicy.FastPPO model") for line in err)
     assert len(err) == 2 and not (run_dir / "export").exists(), err
+
+
+def test_a_crafted_model_zip_runs_no_code_in_evaluate_or_export(ppo_run, tmp_path, capsys):
+    """A run folder may come from anyone: the pickled fields of its model.zip are never unpickled."""
+    from tests.test_faults import _Evil, rewrite_data
+
+    run_dir = run_copy(ppo_run[0], tmp_path / "run")
+    marker = tmp_path / "pwned"
+    payload = base64.b64encode(cloudpickle.dumps(_Evil(str(marker)))).decode()
+    rewrite_data(RunDir(run_dir).model, lambda d: d.update(policy_class={":serialized:": payload}))
+    assert export_main([str(run_dir)]) == 0  # the config's own policy class stands in for the crafted one
+    assert not marker.exists()
+    rewrite_data(RunDir(run_dir).model, lambda d: d.update(evil={":serialized:": payload}))
+    assert evaluate_main([str(run_dir)]) == 2
+    assert "serialized field 'evil' is not one this config defines" in one_line_error(capsys)
+    assert not marker.exists()
 
 
 def test_an_interrupted_run_is_called_unfinished_with_its_resume_command(ppo_run, tmp_path, capsys):

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.episode import EpisodeResult, Policy, run_episode
@@ -26,9 +27,10 @@ from bess_rl.baselines.optimum import solve_optimum
 from bess_rl.baselines.references import References, degenerate
 from bess_rl.baselines.rules import uncontrolled
 from bess_rl.experiment import checkpoint, hardware
-from bess_rl.experiment.build import algo_class, build_eval_env, has_eval_part
+from bess_rl.experiment.build import algo_class, build_eval_env, has_eval_part, make_model
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.run_dir import RunDir, RunDirError
+from bess_rl.experiment.safe_load import load_model
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import penalised_kg, reduction_pct
 
@@ -245,10 +247,17 @@ def load_trained(run_dir: Path, best: bool = False) -> tuple[BaseAlgorithm, Dict
     cfg.hardware.device = cfg.agent.device = "cpu"
     algo = algo_class(cfg.agent.algo)
     runtime = hardware.resolve(cfg.hardware, algo, "cpu")
+    switches = runtime.switches(capabilities(algo))
+    # A run folder may come from anyone: its pickled fields come from a model of the run's own config instead.
+    # The spaces depend only on the forecast length, so the template needs none of the run's data files.
+    env = DummyVecEnv([lambda: PvBessEvEnv(forecast_hours=cfg.scenario.forecast_hours)])
+    hparams = OmegaConf.to_container(cfg.agent.hparams, resolve=True)
+    assert isinstance(hparams, dict)
+    template = make_model(algo, env, hparams, int(cfg.seed), "cpu", **switches)
     try:
-        model = algo.load(path, device="cpu", **runtime.switches(capabilities(algo)))
-    except Exception as exc:  # the zip is intact (check_model_zip): another algorithm's model fails with many types
-        raise RunDirError(f"{path} is not a {cfg.agent.algo} model ({_first_line(exc)})") from None
+        model = load_model(path, algo, template, {}, "cpu", **switches)
+    except RunDirError as exc:  # the zip is intact (check_model_zip): another algorithm's model, or crafted fields
+        raise RunDirError(f"{path} is not a {cfg.agent.algo} model ({exc})") from None
     return model, cfg
 
 
