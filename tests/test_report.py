@@ -13,6 +13,7 @@ from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.train import run
 from bess_rl.tools.report import AGENTS, PRESETS, REWARD, STEPS, curve, main, read_progress, write_report
 from tests.helpers import TINY, compose_cfg, table
+from tests.test_seeds import fake_run
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,58 @@ def test_progress_without_rows_or_columns_gives_no_curve(tmp_path):
     assert list(x) == [64, 128] and list(y) == [1.0, 0.5]
     gaps = pd.DataFrame({STEPS: [64, 128, 192], REWARD: [None, -3.0, -2.0]})
     assert list(curve(gaps, REWARD)[0]) == [128, 192]
+
+
+def finished_run(folder: Path) -> Path:
+    """A finished run folder without training (test_seeds' ``fake_run``), with the machine run_info.json names."""
+    fake_run(folder, "ppo", 0, 2.0)
+    (folder / "run_info.json").write_text(json.dumps({"machine": {"cpu_count": 2}, "scenario": "iquitos"}))
+    return folder
+
+
+def test_evaluations_and_exports_inside_a_run_are_not_more_runs(tmp_path):
+    run_folder = finished_run(tmp_path / "run")
+    # Two `python -m bess_rl.evaluate` (a metrics.json each, no run_info.json) and an export given a copy.
+    for inner in ("evaluations/2026-12-03_18-29-57-588119", "evaluations/2026-12-03_18-30-02-464025", "export"):
+        (run_folder / inner).mkdir(parents=True)
+        shutil.copyfile(run_folder / "metrics.json", run_folder / inner / "metrics.json")
+    md = write_report([run_folder], tmp_path / "report").read_text()
+    assert "from 1 run folder(s)" in md and "not used" not in md
+    assert [line for line in md.splitlines() if line.startswith("- Machine:")] == ["- Machine: cpu_count 2"]
+    assert "scenario iquitos," in md
+    assert len(pd.read_csv(tmp_path / "report" / "runs.csv")) == 1
+
+
+def test_a_run_folder_that_cannot_be_read_is_skipped_with_a_warning(tmp_path, capsys):
+    finished_run(tmp_path / "runs" / "ppo-after" / "t0")
+    refused = tmp_path / "runs" / "sac-after" / "t1"  # `python -m bess_rl seed=abc` exits 2 and leaves this
+    (refused / ".hydra").mkdir(parents=True)
+    (refused / ".hydra" / "config.yaml").write_text("seed: abc\nagent: {name: sac}\npreset: {name: after}\n")
+    (refused / "__main__.log").write_text("")
+    truncated = tmp_path / "runs" / "a2c-after" / "t2"  # a launcher file cut short
+    finished_run(truncated)
+    (truncated / ".hydra").mkdir()
+    (truncated / ".hydra" / "hydra.yaml").write_text("hydra:\n  launcher: {n_jobs: [1,\n")
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"warning: skipping {truncated}: " + err[0].split(": ", 2)[2]
+    assert err[1:] == [f"warning: skipping {refused}: seed 'abc' is not an integer"]
+    assert "from 1 run folder(s)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_cli_refuses_an_empty_folder_and_an_out_that_is_a_file(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2
+    assert capsys.readouterr().err == f"error: no run folder found under {empty}\n"
+    assert list(empty.iterdir()) == []  # no report of nothing
+    finished_run(tmp_path / "run")
+    taken = tmp_path / "notes.md"
+    taken.write_text("mine")
+    assert main([str(tmp_path / "run"), "--out", str(taken)]) == 2  # --out is the report's folder
+    assert capsys.readouterr().err == (
+        f"error: --out {taken} is a file: the report is a folder (report.md, CSVs, figures)\n"
+    )
+    assert taken.read_text() == "mine"
+    assert main([str(tmp_path / "run"), "--out", str(taken / "report")]) == 2
+    assert capsys.readouterr().err == f"error: cannot create the report folder {taken / 'report'} (Not a directory)\n"

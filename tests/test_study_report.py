@@ -25,3 +25,18 @@ def test_optuna_sweep_report_lists_every_trial_and_the_best(tmp_path, capfd):
     best = max(study.trials, key=lambda t: t.value)
     assert f"Best trial: {best.number} " in md and rows[0][0] == str(best.number)
     assert (tmp_path / "report" / "optimization_history.png").stat().st_size > 5_000
+
+
+@pytest.mark.slow
+def test_a_trial_that_died_before_its_config_was_written_is_listed_not_a_traceback(tmp_path, capfd, monkeypatch):
+    proc = run_cli(
+        "-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=1", *COMMON, *TINY["ppo"], cwd=tmp_path, capfd=capfd
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (trial,) = (tmp_path / "outputs" / "sweeps").glob("*/0")
+    for name in ("resolved_config.yaml", "metrics.json"):  # as if it died first: only Hydra's .hydra/ files
+        (trial / name).unlink()
+    monkeypatch.setenv("BESS_RL_ROOT", str(tmp_path))  # where the sweep ran: its storage URL resolves as then
+    md = write_report([tmp_path / "outputs" / "sweeps"], tmp_path / "report").read_text()
+    assert "No finished trial." in md.split("## Optuna study 'ppo': 1 trial(s)")[1]
+    assert f"- PPO after: failed: no metrics.json (the sweep's console output has the error) (`{trial}`)" in md

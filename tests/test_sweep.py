@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.config import ConfigError
+from bess_rl.experiment.storage import StorageError
 from bess_rl.experiment.sweeper import OptunaStudyGuard, check_directions
 from tests.helpers import COMMON, TINY, compose_cfg, run_cli
 
@@ -146,3 +147,90 @@ def test_the_entry_point_applies_the_budget(tmp_path, capfd):
     saved = OmegaConf.load(next((tmp_path / "outputs" / "runs").glob("sac-after/*/resolved_config.yaml")))
     assert saved.agent.total_timesteps == 12 and saved.agent.hparams.gradient_steps == 1  # 60 x 0.2, 2 / 256 -> 1
     assert [c.key for c in saved.budget.changed] == ["agent.total_timesteps", "agent.hparams.gradient_steps"]
+
+
+@pytest.mark.slow
+def test_a_study_refuses_a_sweep_of_another_objective(tmp_path, capfd):
+    first = multirun(tmp_path, capfd, *PPO_SWEEP, "hydra.sweeper.n_trials=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    study = optuna.load_study(study_name="ppo", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    assert study.user_attrs["objective"] == ["penalised_reduction_pct"]
+    other = multirun(tmp_path, capfd, *PPO_SWEEP, "hydra.sweeper.n_trials=1", "objective=co2_reduction_pct")
+    out = other.stdout + other.stderr  # Hydra logs a sweep's lines to stdout
+    assert other.returncode == 2 and "Traceback" not in out
+    assert (f"study 'ppo' in sqlite:///{tmp_path}/outputs/optuna.db optimised objective=penalised_reduction_pct, "
+            "this sweep objective=co2_reduction_pct: set another hydra.sweeper.study_name") in out  # fmt: skip
+    assert len(trials(tmp_path, "ppo")) == 1
+
+
+def kpi_trial(penalised: float, co2: float) -> FrozenTrial:
+    """A complete trial as the guard records it: the objective's value and the run's KPIs beside it."""
+    attrs = {"penalised_reduction_pct": penalised, "co2_reduction_pct": co2, "run_dir": "outputs/sweeps/t/0"}
+    return optuna.trial.create_trial(value=penalised, user_attrs=attrs)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # add_trial, create_trial
+def test_a_study_without_a_recorded_objective_is_judged_by_its_trials(tmp_path, caplog):
+    """Studies from before the guard recorded the objective: their trials' KPIs tell which metric they hold."""
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
+    old = optuna.create_study(study_name="ppo", storage=url, direction="maximize")
+    old.add_trials([kpi_trial(1.5, 2.0), kpi_trial(-0.5, 1.0)])
+    with pytest.raises(StorageError, match="optimised objective=penalised_reduction_pct, this sweep objective=co2_"):
+        OptunaStudyGuard()._open_study(url, sweeper, "co2_reduction_pct")
+    assert OptunaStudyGuard()._open_study(url, sweeper, "penalised_reduction_pct") == 2
+    assert "its trials' values are their KPIs of that name: recording objective=penalised_reduction_pct" in caplog.text
+    assert optuna.load_study(study_name="ppo", storage=url).user_attrs["objective"] == ["penalised_reduction_pct"]
+    with pytest.raises(StorageError, match="optimised objective=penalised_reduction_pct"):  # recorded now
+        OptunaStudyGuard()._open_study(url, sweeper, "co2_reduction_pct")
+
+    bare = OmegaConf.create({"study_name": "bare", "direction": "maximize"})
+    optuna.create_study(study_name="bare", storage=url, direction="maximize").add_trial(
+        optuna.trial.create_trial(value=1.0)  # no KPIs recorded: nothing to judge by, so this sweep's is taken
+    )
+    assert OptunaStudyGuard()._open_study(url, bare, "co2_reduction_pct") == 1
+    assert "'bare' recorded no objective (made before bess_rl recorded it); its trials recorded no KPI" in caplog.text
+    assert optuna.load_study(study_name="bare", storage=url).user_attrs["objective"] == ["co2_reduction_pct"]
+
+
+@pytest.mark.parametrize("n_trials", [0, -1])
+def test_a_sweep_of_no_trial_is_refused(tmp_path, capfd, n_trials):
+    proc = multirun(tmp_path, capfd, *PPO_SWEEP, f"hydra.sweeper.n_trials={n_trials}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and f"hydra.sweeper.n_trials={n_trials} runs no trial: give 1 or more" in out
+    assert "Best value" not in out and not (tmp_path / "outputs").exists()
+
+
+def test_a_file_in_the_way_of_the_sweep_or_its_storage_is_one_line(tmp_path, capfd):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    expected = {  # a sweep under a file: SQLite's folder, hydra.sweep.dir as given, as its resolver makes it
+        (f"paths.output_dir={taken}",): f"cannot open storage sqlite:///{taken}/optuna.db: [Errno 17] File exists",
+        (f"hydra.sweep.dir={taken}/sweep",): f"cannot create the sweep folder {taken}/sweep (Not a directory)",
+        (f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", f"paths.output_dir={taken}"):
+            "cannot create the sweep folder: NotADirectoryError raised while resolving interpolation: "
+            f"[Errno 20] Not a directory: '{taken}/sweeps'",
+    }  # fmt: skip
+    for overrides, message in expected.items():
+        proc = multirun(tmp_path, capfd, *PPO_SWEEP, *overrides)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and message in out and "Traceback" not in out, out[-3000:]
+
+
+def test_every_experiment_sweep_gets_a_folder_of_its_own():
+    """Two sweeps started in the same second must not share one (the README): unique_sweep_dir adds -1, -2."""
+    for path in sorted((Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")):
+        sweep = OmegaConf.to_container(OmegaConf.load(path)).get("hydra", {}).get("sweep", {})
+        assert sweep.get("dir", "${unique_sweep_dir:").startswith("${unique_sweep_dir:"), path.name
+
+
+@pytest.mark.parametrize("sweep", [["seed=0"], ["experiment=seeds"]])
+def test_a_file_in_the_way_of_a_plain_sweep_is_one_line(tmp_path, capfd, sweep):
+    """No guard here: bess_rl/__main__.py's ``cli`` says what fails before the first job in one line, and
+    experiment=seeds names its folder through unique_sweep_dir as every sweep does."""
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    proc = multirun(tmp_path, capfd, *sweep, f"paths.output_dir={taken}")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: NotADirectoryError raised while resolving interpolation: [Errno 20] ")
+    assert proc.stderr.count("\n") == 1 and f"Not a directory: '{taken}/sweeps" in proc.stderr

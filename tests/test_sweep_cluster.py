@@ -131,7 +131,7 @@ def test_a_killed_sweep_leaves_no_running_trial_and_another_resumes_the_study(tm
         time.sleep(3)  # past the grace period (2 s): only the heartbeat keeps the trial alive now
         # What the guard does when another sweep opens the study meanwhile: the live trial is left alone.
         sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
-        assert OptunaStudyGuard(heartbeat_interval=1)._open_study(route, sweeper) == 1
+        assert OptunaStudyGuard(heartbeat_interval=1)._open_study(route, sweeper, "penalised_reduction_pct") == 1
         assert [t.state for t in trials(route)] == [RUNNING]
     finally:
         long.send_signal(signal.SIGKILL)
@@ -183,7 +183,7 @@ def test_a_beat_newer_than_the_clock_is_not_stale(route):
 def test_a_study_another_sweep_is_creating_is_not_refused(pg_url):
     RDBStorage(pg_url).create_new_study("ppo")  # created, its directions not set yet
     sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
-    assert OptunaStudyGuard()._open_study(pg_url, sweeper) == 0
+    assert OptunaStudyGuard()._open_study(pg_url, sweeper, "penalised_reduction_pct") == 0
 
 
 @pytest.mark.slow
@@ -235,7 +235,7 @@ def bad_url(case: str, pg_server: PgServer, pg_url: str) -> str:
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_storage_input_stops_the_guard_in_one_line(tmp_path, pg_server, pg_url, caplog, case):
-    sweeper = {"direction": "maximize", "storage": bad_url(case, pg_server, pg_url), "study_name": "ppo"}
+    sweeper = {"direction": "maximize", "storage": bad_url(case, pg_server, pg_url), "study_name": "ppo", "n_trials": 1}
     cfg = OmegaConf.create({"objective": "penalised_reduction_pct", "hydra": {"sweeper": sweeper}})
     with pytest.raises(SystemExit) as stop:
         OptunaStudyGuard().on_multirun_start(cfg)

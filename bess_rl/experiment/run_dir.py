@@ -41,6 +41,7 @@ EARLIER_PROGRESS = "progress.before_resume.csv"  # the rows written before a res
 OOM_RETRY = "oom_retry.json"
 DISPATCH_PLOT = "dispatch_week.png"
 REPLAYS = "replays"
+EXPORT = "export"  # what ``python -m bess_rl.export`` writes
 REQUIRED = ("seed", "agent", "preset", "scenario", "site", "hardware")  # top-level keys every run config has
 HYDRA = ".hydra"
 LOCK = ".lock"
@@ -149,6 +150,10 @@ class RunDir:
     @property
     def replays(self) -> Path:
         return self.path / REPLAYS
+
+    @property
+    def export(self) -> Path:
+        return self.path / EXPORT
 
     @property
     def hydra_config(self) -> Path:

@@ -9,7 +9,10 @@ trial whose job raised as FAIL (and, with ``max_failure_rate: 1.0``, goes on), b
 - SQLite cannot create the folder of ``sqlite:///outputs/optuna.db`` on a fresh checkout;
 - a resumed study replays the seeded sampler's random start-up trials of the first sweep;
 - a sweep killed mid-trial leaves that trial RUNNING for ever (bess_rl.experiment.storage: heartbeats);
-- a bad storage URL, an unreachable server or a study with other directions fails with a traceback.
+- a bad storage URL, an unreachable server or a study with other directions fails with a traceback;
+- a study resumed with another ``objective`` takes that metric's values beside the first's, and ranks them as one;
+- ``n_trials`` < 1 runs nothing, exits 0 and logs an earlier sweep's best trial as the result;
+- a sweep folder or SQLite folder that cannot be created (a file in its way) fails with a traceback.
 
 ``OptunaStudyGuard`` closes these gaps, and records each finished trial's KPIs (CO2, penalised
 reduction, EV energy unmet) and run folder as the trial's user attributes, so the study alone tells
@@ -26,12 +29,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf.errors import InterpolationResolutionError
 
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from optuna.storages import RDBStorage
+    from optuna.trial import FrozenTrial
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,8 @@ log = logging.getLogger(__name__)
 TRIAL_KPIS = ("co2_kg", "co2_reduction_pct", "penalised_reduction_pct", "ev_unmet_kwh", "timesteps_per_hour")
 # Objectives (bess_rl.experiment.config.OBJECTIVES) where less is better; every other one is maximised.
 MINIMISED = frozenset({"co2_kg", "ev_unmet_kwh"})
+# Study user attribute: the objective names (a list) the values of its trials are.
+OBJECTIVE_ATTR = "objective"
 
 
 def _abort(message: str, code: int) -> NoReturn:
@@ -52,9 +61,25 @@ def _directions(direction: Any) -> list[str]:
     return [str(getattr(d, "name", d)) for d in directions]
 
 
+def _names(objective: Any) -> list[str]:
+    """``objective`` (one name or a list, conf/train.yaml) as a list of names."""
+    return [objective] if isinstance(objective, str) else [str(name) for name in objective]
+
+
+def _shown(names: Sequence[str]) -> str:
+    """Names as the ``objective=`` override that gives them."""
+    return names[0] if len(names) == 1 else f"[{','.join(names)}]"
+
+
+def check_n_trials(n_trials: int) -> None:
+    """Refuse a sweep of no trial: the sweeper would run nothing, exit 0 and log an earlier sweep's best."""
+    if n_trials < 1:
+        raise ConfigError(f"hydra.sweeper.n_trials={n_trials} runs no trial: give 1 or more")
+
+
 def check_directions(objective: Any, direction: Any) -> None:
     """Refuse a sweep whose directions cannot match the task's return before any trial trains."""
-    names = [objective] if isinstance(objective, str) else list(objective)
+    names = _names(objective)
     directions = _directions(direction)
     if len(names) != len(directions):
         raise ConfigError(
@@ -75,6 +100,22 @@ def non_finite(value: Any) -> bool:
         return False
 
 
+def kpis_matching(trials: Sequence[FrozenTrial], n_values: int) -> list[set[str]] | None:
+    """Per objective value, the KPIs (TRIAL_KPIS) equal to it in every complete trial that recorded them:
+    the objective of a study made before the guard recorded it. None when no trial recorded KPIs."""
+    from optuna.trial import TrialState
+
+    recorded = [t for t in trials if t.state == TrialState.COMPLETE and "run_dir" in t.user_attrs
+                and len(t.values or ()) == n_values]  # fmt: skip
+    if not recorded:
+        return None
+    return [
+        {key for key in TRIAL_KPIS
+         if all(key in t.user_attrs and math.isclose(t.values[i], t.user_attrs[key], rel_tol=1e-9) for t in recorded)}
+        for i in range(n_values)
+    ]  # fmt: skip
+
+
 def resumed_seed(seed: int, n_trials: int) -> int:
     """The sampler seed for a study that holds ``n_trials``. Not ``seed + n_trials``: two sweeps started
     together with seeds 1 and 2 met at 2 (one opened the study when it held a trial) and drew the same
@@ -82,6 +123,20 @@ def resumed_seed(seed: int, n_trials: int) -> int:
     import numpy as np
 
     return int(np.random.SeedSequence([seed, n_trials]).generate_state(1)[0])
+
+
+def sweep_dir(config: DictConfig) -> str:
+    """``hydra.sweep.dir``, created: a file in its way ends the sweep in one line, where the sweeper (or the
+    launcher, for a plain path) would print a traceback. Its resolver, unique_sweep_dir, creates it too."""
+    try:
+        path = str(config.hydra.sweep.dir)
+    except InterpolationResolutionError as exc:
+        _abort(f"cannot create the sweep folder: {str(exc).splitlines()[0]}", 2)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _abort(f"cannot create the sweep folder {path} ({exc.strerror or exc})", 2)
+    return path
 
 
 def storage_url(storage: Any) -> str:
@@ -126,29 +181,43 @@ class OptunaStudyGuard(Callback):
         self.first_trial = 0
         self.heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
 
-    def _open_study(self, url: str, sweeper: DictConfig) -> int:
-        """Check the server and the study before any trial trains; fail stale trials; return the trial count."""
+    def _open_study(self, url: str, sweeper: DictConfig, objective: Any) -> int:
+        """Check the server and the study (or create it, with its objective) before any trial trains; fail stale
+        trials; return the trial count."""
         from bess_rl.experiment.storage import open_storage  # optuna: only sweeps need it, not every run importing this
 
         storage = open_storage(url, **self.heartbeat)
         try:
-            return self._check_study(storage, url, sweeper)
+            return self._check_study(storage, url, sweeper, _names(objective))
         finally:
             storage.engine.dispose()  # the sweeper opens its own; no idle connection for the whole sweep
 
-    def _check_study(self, storage: RDBStorage, url: str, sweeper: DictConfig) -> int:
+    def _check_study(self, storage: RDBStorage, url: str, sweeper: DictConfig, objective: list[str]) -> int:
+        import optuna
+
         from bess_rl.experiment.storage import StorageError, shown
 
+        want = [d.lower() for d in _directions(sweeper.direction)]
         try:
             study_id = storage.get_study_id_from_name(sweeper.study_name)
-        except KeyError:
-            return 0  # a new study
+        except KeyError:  # a new study: created here, so that it holds its objective from the start
+            study = optuna.create_study(  # load_if_exists: another sweep may be creating it too
+                study_name=sweeper.study_name, storage=storage, directions=want, load_if_exists=True
+            )
+            if OBJECTIVE_ATTR not in study.user_attrs:
+                study.set_user_attr(OBJECTIVE_ATTR, objective)
+            study_id = storage.get_study_id_from_name(sweeper.study_name)
         have = [d.name.lower() for d in storage.get_study_directions(study_id)]
-        want = [d.lower() for d in _directions(sweeper.direction)]
         if "not_set" not in have and have != want:  # not_set: another sweep is creating the study right now
             raise StorageError(
                 f"study {sweeper.study_name!r} in {shown(url)} has directions {have}, this sweep {want}: "
                 "set another hydra.sweeper.study_name"
+            )
+        recorded = self._study_objective(storage, study_id, sweeper.study_name, objective)
+        if recorded != objective:
+            raise StorageError(
+                f"study {sweeper.study_name!r} in {shown(url)} optimised objective={_shown(recorded)}, this sweep "
+                f"objective={_shown(objective)}: set another hydra.sweeper.study_name"
             )
         stale = [storage.get_trial_number_from_id(i) for i in storage.fail_stale_trials(study_id)]
         if stale:
@@ -159,24 +228,54 @@ class OptunaStudyGuard(Callback):
             )
         return storage.get_n_trials(study_id)
 
+    @staticmethod
+    def _study_objective(storage: RDBStorage, study_id: int, name: str, objective: list[str]) -> list[str]:
+        """The objective the study's trials' values are. A study from before it was recorded is judged by its
+        trials' KPIs: one they contradict is theirs; otherwise this sweep's objective is recorded as its own."""
+        recorded = storage.get_study_user_attrs(study_id).get(OBJECTIVE_ATTR)
+        if recorded is not None:
+            return list(recorded)
+        trials = storage.get_all_trials(study_id, deepcopy=False)
+        matching = kpis_matching(trials, len(objective))
+        pairs = list(zip(objective, matching or [set()] * len(objective), strict=True))
+        # Per value: this sweep's name, unless the KPIs its trials recorded equal to it leave that name out.
+        theirs = [mine if mine in keys or not keys else "|".join(sorted(keys)) for mine, keys in pairs]
+        if theirs != objective:
+            return theirs
+        if trials:  # none: another sweep is creating the study right now, nothing to tell
+            log.warning(
+                "study %r recorded no objective (made before bess_rl recorded it); %s: recording objective=%s",
+                name,
+                "its trials' values are their KPIs of that name"
+                if all(mine in keys for mine, keys in pairs)
+                else "its trials recorded no KPI that tells",
+                _shown(objective),
+            )
+        storage.set_study_user_attr(study_id, OBJECTIVE_ATTR, objective)
+        return objective
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweeper = config.hydra.sweeper
         try:
+            check_n_trials(sweeper.n_trials)
             check_directions(config.objective, sweeper.direction)
         except ConfigError as exc:
             _abort(str(exc), 2)
         if sweeper.storage is None:
+            sweep_dir(config)  # a file in its way: one line here, not the sweeper's traceback
             return
-        from bess_rl.experiment.storage import StorageError
+        from bess_rl.experiment.storage import StorageError, shown
 
         url = storage_url(sweeper.storage)
         try:
-            self.first_trial = self._open_study(url, sweeper)
+            self.first_trial = self._open_study(url, sweeper, config.objective)
         except StorageError as exc:
             _abort(str(exc), 2)
+        except OSError as exc:  # SQLite's folder: a file in the way
+            _abort(f"cannot open storage {shown(url)}: {exc}", 2)
         with read_write(sweeper):  # the sweeper instantiates this node after the callback: a beating storage
             sweeper.storage = {"_target_": "bess_rl.experiment.storage.HeartbeatStorage", "url": url, **self.heartbeat,
-                               "sweep_dir": str(config.hydra.sweep.dir)}  # fmt: skip
+                               "sweep_dir": sweep_dir(config)}  # fmt: skip
         seed = OmegaConf.select(sweeper, "sampler.seed")
         if self.first_trial and seed is not None:
             # Same seed on resume would replay the first sweep's start-up trials; mix it reproducibly.

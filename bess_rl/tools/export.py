@@ -26,7 +26,6 @@ from bess_rl.experiment.evaluation import load_trained
 from bess_rl.experiment.run_dir import RunDir, write_json
 
 FILES = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
-EXPORT = "export"
 SHARED_DESCRIPTION = "policy.json"  # older exports wrote one for both formats: it described only the last
 
 
@@ -58,7 +57,7 @@ def export(run_dir: Path, fmt: str, best: bool = False) -> Path:
     module = DeterministicPolicy(model).eval()
     obs_space = model.observation_space
     example = torch.as_tensor(np.stack([obs_space.sample(), obs_space.sample()]), dtype=torch.float32)
-    out = RunDir(run_dir).path / EXPORT
+    out = RunDir(run_dir).export
     out.mkdir(exist_ok=True)
     path = out / FILES[fmt]
     tmp = path.with_name(f".{path.name}.tmp")
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}; install the export extra: pip install -e '.[export]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return interrupted(f"{RunDir(args.run_dir).path / EXPORT} is as it was")
+        return interrupted(f"{RunDir(args.run_dir).export} is as it was")
     print(f"written {path} and {description(path).name}")
     return 0
 

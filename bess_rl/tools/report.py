@@ -27,9 +27,11 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from bess_rl.experiment import run_dir, seeds  # noqa: E402
 from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json  # noqa: E402
+from bess_rl.site.params import penalised_kg, reduction_pct  # noqa: E402
 from bess_rl.tools import study  # noqa: E402
 
 AGENTS = ("sac", "ppo", "a2c")
@@ -38,8 +40,15 @@ REFERENCES = {"uncontrolled": "uncontrolled", "rule_based": "rule-based (RBC)", 
               "mpc_perfect": "MPC, perfect forecasts", "mpc_persistence": "MPC, persistence forecasts",
               "lp_optimum": "LP bound", "lp_achievable": "LP plan through the env"}  # fmt: skip
 RUN_FILES = (run_dir.METRICS, run_dir.CONFIG, f"{run_dir.HYDRA}/config.yaml")
-# A replay reproduces a run: it is not another result.
-SKIPPED_DIRS = {run_dir.REPLAYS, run_dir.CHECKPOINT, run_dir.HYDRA, run_dir.RESUMES}
+# A replay reproduces a run, an evaluation re-scores it, an export converts its policy: none is another result.
+SKIPPED_DIRS = {
+    run_dir.REPLAYS,
+    run_dir.EVALUATIONS,
+    run_dir.EXPORT,
+    run_dir.CHECKPOINT,
+    run_dir.HYDRA,
+    run_dir.RESUMES,
+}
 STEPS = "time/total_timesteps"
 REWARD = "rollout/ep_rew_mean"
 HELD_OUT = "eval/penalised_reduction_pct"  # the periodic held-out evaluation (bess_rl.experiment.evaluation)
@@ -48,11 +57,20 @@ NA = "—"
 # Config keys that do not make another config: a run's seed, how it was launched and what it printed.
 NOT_CONFIG = {"seed", "overrides", "progress_bar", "resume", "plot", "save_model", "paths", "seeds"}
 PENALISED = "penalised_reduction_pct"
+# What reading a truncated or hand-edited run folder file raises: that folder is skipped with a warning.
+UNREADABLE = (RunDirError, ValueError, yaml.YAMLError, OmegaConfBaseException)
+
+
+class ReportError(Exception):
+    """Arguments the report cannot be written from, said in one line (exit 2)."""
 
 
 @dataclass
 class Run:
-    """One run folder: what it was asked to run and, if it finished, what it measured."""
+    """One run folder: what it was asked to run and, if it finished, what it measured.
+
+    Every file is read by ``load_run``, so a folder with one that cannot be read is skipped, not the report.
+    """
 
     path: Path
     agent: str
@@ -60,6 +78,9 @@ class Run:
     config: dict[str, Any]
     metrics: dict[str, Any] | None
     info: dict[str, Any]
+    seed: int | None
+    launcher: str | None  # how Hydra launched it ("joblib, n_jobs=2"): parallel runs share the CPU
+    sweeper: dict[str, Any] | None  # the Optuna sweeper it was a trial of (study.sweeper_config)
 
     @property
     def status(self) -> str:
@@ -73,11 +94,6 @@ class Run:
     def mtime(self) -> float:
         files = [RunDir(self.path).metrics, self.path]
         return next(p.stat().st_mtime for p in files if p.exists())
-
-    @property
-    def seed(self) -> int | None:
-        seed = (self.metrics or {}).get("seed", self.config.get("seed"))
-        return int(seed) if seed is not None else None
 
     @property
     def config_key(self) -> str:
@@ -99,28 +115,43 @@ class Run:
             node = node.get(part) if isinstance(node, dict) else None
         return node
 
-    def launcher(self) -> str | None:
-        """How Hydra launched it ("joblib, n_jobs=2"): parallel runs share the CPU, which bounds timesteps/hour."""
-        path = self.path / run_dir.HYDRA / "hydra.yaml"
-        if not path.is_file():
-            return None
-        launcher = OmegaConf.select(OmegaConf.load(path), "hydra.launcher", default=None)
-        if launcher is None:
-            return None
-        name = str(launcher.get("_target_", "")).split(".")[-1].removesuffix("Launcher").lower() or "?"
-        return f"{name}, n_jobs={launcher.n_jobs}" if "n_jobs" in launcher else name
+
+def _launcher(path: Path) -> str | None:
+    """How Hydra launched the run in ``path``: parallel runs share the CPU, which bounds timesteps/hour."""
+    hydra_yaml = path / run_dir.HYDRA / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return None
+    launcher = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.launcher", default=None)
+    if launcher is None:
+        return None
+    name = str(launcher.get("_target_", "")).split(".")[-1].removesuffix("Launcher").lower() or "?"
+    return f"{name}, n_jobs={launcher.n_jobs}" if "n_jobs" in launcher else name
+
+
+def _seed(metrics: dict[str, Any] | None, config: dict[str, Any]) -> int | None:
+    """The run's seed; a start refused for its seed (``seed=abc``) left it in .hydra/config.yaml as given."""
+    seed = (metrics or {}).get("seed", config.get("seed"))
+    if seed is None:
+        return None
+    try:
+        return int(seed)
+    except (TypeError, ValueError):
+        raise RunDirError(f"seed {seed!r} is not an integer") from None
 
 
 def load_run(path: Path) -> Run:
     rd = RunDir(path)
     config_file = rd.config if rd.config.is_file() else rd.hydra_config
     config = OmegaConf.to_container(OmegaConf.load(config_file)) if config_file.is_file() else {}
+    if not isinstance(config, dict):
+        raise RunDirError(f"{config_file} does not hold a config mapping")
     metrics = read_json(rd.metrics) if rd.metrics.is_file() else None
     info = read_json(rd.run_info) if rd.run_info.is_file() else {}
     named = metrics or info
     agent = named.get("agent") or (config.get("agent") or {}).get("name") or "?"
     preset = named.get("preset") or (config.get("preset") or {}).get("name") or "?"
-    return Run(path, str(agent), str(preset), config, metrics, info)
+    return Run(path, str(agent), str(preset), config, metrics, info, _seed(metrics, config), _launcher(path),
+               study.sweeper_config(path))  # fmt: skip
 
 
 def find_runs(paths: Sequence[Path]) -> list[Run]:
@@ -128,13 +159,13 @@ def find_runs(paths: Sequence[Path]) -> list[Run]:
     found = []
     for root in paths:
         if not root.is_dir():
-            raise FileNotFoundError(f"no such folder: {root}")
+            raise ReportError(f"no such folder: {root}")
         for folder in sorted([root, *root.rglob("*")]):
             skipped = SKIPPED_DIRS & set(folder.relative_to(root).parts)
             if folder.is_dir() and not skipped and any((folder / f).is_file() for f in RUN_FILES):
                 try:
                     found.append(load_run(folder))
-                except (RunDirError, ValueError, yaml.YAMLError) as exc:  # a truncated or edited file
+                except UNREADABLE as exc:
                     print(f"warning: skipping {folder}: {str(exc).splitlines()[0]}", file=sys.stderr)
     return found
 
@@ -348,12 +379,18 @@ def reference_names(refs: dict[str, dict[str, float]]) -> dict[str, str]:
 def _references_table(refs: dict[str, dict[str, float]], penalty: float | None) -> str:
     if not refs:
         return "No finished run, so no references."
-    base = refs["uncontrolled"]["co2_kg"]
+    uncontrolled = refs["uncontrolled"]
+    base = uncontrolled["co2_kg"]
 
     def penalised(ref: dict[str, float]) -> float | None:
+        """Against uncontrolled charging's penalised kg, as a run's ``penalised_reduction_pct``."""
         if penalty is None:
             return None
-        return round(100 * (base - ref["co2_kg"] - penalty * ref["ev_unmet_kwh"]) / base, 9) + 0.0  # no "-0.00%"
+        pct = reduction_pct(
+            penalised_kg(base, uncontrolled["ev_unmet_kwh"], penalty),
+            penalised_kg(ref["co2_kg"], ref["ev_unmet_kwh"], penalty),
+        )
+        return round(pct, 9) + 0.0  # no "-0.00%"
 
     rows = [
         [
@@ -538,11 +575,18 @@ def plot_learning_curves(chosen: dict[tuple[str, str], Run], path: Path) -> Path
 
 
 def write_report(paths: Sequence[Path], out: Path) -> Path:
-    """Find the runs under ``paths`` and write report.md, the CSVs and the figures into ``out``."""
+    """Find the runs under ``paths`` and write report.md, the CSVs and the figures into the folder ``out``."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file: the report is a folder (report.md, CSVs, figures)")
     runs = find_runs(paths)
+    if not runs:  # a report of nothing would still claim what the runs were evaluated on
+        raise ReportError(f"no run folder found under {', '.join(map(str, paths))}")
     chosen, used = pick(runs), used_runs(runs)
     preset_grid = any(r.config.get("task_name") == "before_vs_after" for r in runs)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way higher up, no permission
+        raise ReportError(f"cannot create the report folder {out} ({exc.strerror or exc})") from None
     results, speeds = result_rows(used, preset_grid), speed_rows(chosen, used)
     refs, warnings = references(used)
     groups = seed_groups(used)
@@ -571,8 +615,9 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
             dispatch.append(name)
 
     finished = [r for r in used if r.metrics is not None]
-    machines = sorted({json.dumps(r.info.get("machine", {}), sort_keys=True) for r in finished})
-    launchers = sorted({launcher for r in finished if (launcher := r.launcher())})
+    # A run without run_info.json (made before it was written) names no machine: no blank "Machine:" line.
+    machines = sorted({json.dumps(m, sort_keys=True) for r in finished if (m := r.info.get("machine"))})
+    launchers = sorted({r.launcher for r in finished if r.launcher})
     scenarios = ", ".join(sorted({str(r.info.get("scenario", "?")) for r in finished})) or "?"
     held_out = all(r.metrics.get("held_out", False) for r in finished)
     penalty = next((r.setting("site.unmet_penalty_kg_per_kwh") for r in finished), None)
@@ -654,9 +699,8 @@ def study_sections(used: Sequence[Run], out: Path) -> list[str]:
     """For each Optuna study among the runs: the best trial, all trials with their KPIs, the study's figures."""
     studies: dict[str, tuple[dict[str, Any], list[Run]]] = {}
     for run in used:
-        sweeper = study.sweeper_config(run.path)
-        if sweeper is not None:
-            studies.setdefault(json.dumps(sweeper, sort_keys=True), (sweeper, []))[1].append(run)
+        if run.sweeper is not None:
+            studies.setdefault(json.dumps(run.sweeper, sort_keys=True), (run.sweeper, []))[1].append(run)
     lines = []
     for sweeper, trials in studies.values():
         objective = trials[0].config.get("objective", PENALISED)
@@ -689,11 +733,11 @@ def study_sections(used: Sequence[Run], out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bess_rl.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", type=Path, nargs="+", help="sweep or run folders (searched recursively)")
-    parser.add_argument("--out", type=Path, help="where to write the report (default: <first path>/report)")
+    parser.add_argument("--out", type=Path, help="the folder to write the report into (default: <first path>/report)")
     args = parser.parse_args(argv)
     try:
         report = write_report(args.paths, args.out or args.paths[0] / "report")
-    except FileNotFoundError as exc:
+    except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.read_text())

@@ -31,7 +31,10 @@ def sweeper_config(path: Path) -> dict[str, Any] | None:
     hydra_yaml = path / run_dir.HYDRA / "hydra.yaml"
     if not hydra_yaml.is_file():
         return None
-    config = path / run_dir.CONFIG  # resolves the sweeper's ${paths.output_dir}, ${seed}
+    # Resolves the sweeper's ${paths.output_dir}, ${seed}. A trial refused before training has only the config
+    # Hydra composed (.hydra/config.yaml): its ${oc.env:BESS_RL_ROOT,.} resolves as it did if run where the sweep ran.
+    rd = run_dir.RunDir(path)
+    config = rd.config if rd.config.is_file() else rd.hydra_config
     merged = OmegaConf.merge(OmegaConf.load(config) if config.is_file() else {}, OmegaConf.load(hydra_yaml))
     sweeper = OmegaConf.select(merged, "hydra.sweeper", default=None)
     if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower():
