@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.config import ConfigError, register_configs
-from bess_rl.experiment.run_dir import register_resolvers
+from bess_rl.experiment.run_dir import HYDRA, LOCK, register_resolvers
 from bess_rl.experiment.sweep_stop import fail_running_trial
 
 log = logging.getLogger("bess_rl")
@@ -21,9 +26,37 @@ log = logging.getLogger("bess_rl")
 register_configs()
 register_resolvers()
 
+# What Hydra writes into a job's folder before the task function runs.
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+class _Job:
+    """Whether Hydra got as far as the task function: an error after that is the run's own."""
+
+    started = False
+
+
+def remove_refused_folder(hc: DictConfig) -> None:
+    """Remove the job's folder when it holds only what Hydra wrote before the start was refused (``.hydra/``,
+    the log) and the empty ``.lock``: report and evaluate would otherwise take it for a failed run.
+
+    Anything else in it (a config, a checkpoint, metrics) keeps it. ``<agent>-<preset>/`` goes too when
+    this made it empty.
+    """
+    path = Path(hc.runtime.output_dir)
+    hydra_dir, lock = path / HYDRA, path / LOCK
+    if not hydra_dir.is_dir() or {p.name for p in path.iterdir()} - {HYDRA, f"{hc.job.name}.log", LOCK}:
+        return
+    if {p.name for p in hydra_dir.iterdir()} - HYDRA_FILES or (lock.is_file() and lock.stat().st_size):
+        return
+    shutil.rmtree(path)
+    with contextlib.suppress(OSError):  # not empty: other runs of this agent and preset
+        path.parent.rmdir()
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
+    _Job.started = True
     # Imported here, not above: torch and SB3 take seconds to import, and a mistyped override
     # (refused by Hydra before this function runs) should not wait for them.
     from bess_rl.experiment import population_run
@@ -59,19 +92,70 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: the last checkpoint stays
         log.warning("interrupted")
         sys.exit(130)
-    except MemoryError as exc:
+    except (MemoryError, *USER_ERRORS) as exc:
+        # A resume logs into the run it continues (resumes/<time>/); a sweep's failed trial keeps its folder,
+        # whose log says why (the report and the study list it): those stay.
+        if cfg.resume is None and hc.mode == RunMode.RUN:
+            remove_refused_folder(hc)
         if hc.mode == RunMode.MULTIRUN:
-            raise
-        log.error("out of memory (%s): lower the scenario size or the agent's buffer/batch", type(exc).__name__)
-        sys.exit(2)
-    except USER_ERRORS as exc:
-        if hc.mode == RunMode.MULTIRUN:
+            log.error("%s", exc)  # into the job's own log, beside its folder
             raise  # the sweeper records the trial as failed and goes on
+        if isinstance(exc, MemoryError):
+            log.error("out of memory (%s): lower the scenario size or the agent's buffer/batch", type(exc).__name__)
+            sys.exit(2)
         log.error("%s", exc)
         sys.exit(2 if not isinstance(exc, NumericalError) else 1)
     print_table(metrics)
     return objective_value(metrics, cfg.objective)
 
 
+def composition_error(exc: HydraException | OmegaConfBaseException) -> str:
+    """Hydra's message for an override it cannot compose, in one line: the first line of it and of its
+    cause, the override a parse error is in, and for an unknown option the group's options (Hydra lists
+    them one a line, with its search path). Not ``errors.one_line``: that module imports torch, ~1.5 s."""
+
+    def first_line(error: BaseException) -> str:
+        return next(iter(str(error).splitlines()), type(error).__name__).rstrip(".")
+
+    text = first_line(exc) + (f": {first_line(exc.__cause__)}" if exc.__cause__ is not None else "")
+    if isinstance(exc, OverrideParseException):
+        text = f"cannot parse the override {exc.override!r}: {text}"
+    if isinstance(exc, MissingConfigException) and exc.options:
+        text += f" (options: {', '.join(exc.options)})"
+    return text
+
+
+def cli() -> None:
+    """Run ``main``, an override Hydra cannot compose (``agent=nope``, ``nosuchkey=1``, ``seed=[``) said in
+    one line with exit 2, like a value ``validate`` refuses.
+
+    Why the environment variable: without it Hydra prints such errors itself, over 5-10 lines, and exits 1;
+    with it, it raises them. Errors of the run itself keep their traceback, and a ``HYDRA_FULL_ERROR=1``
+    the user set keeps every traceback.
+    """
+    asked = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        if _Job.started or asked == "1":
+            raise
+        print(f"error: {composition_error(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        from bess_rl.experiment.errors import USER_ERRORS  # torch: only once a job ran
+
+        # Hydra's basic sweeper stops at a job it refused (an Optuna sweep marks the trial failed instead).
+        if not isinstance(exc, USER_ERRORS) or asked == "1":
+            raise
+        print(f"error: a job of the sweep was refused: {str(exc).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if asked is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = asked
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -441,3 +441,67 @@ def test_learning_starts_past_the_total_is_reported_as_untrained(tmp_path, caplo
     assert "no gradient update will run" in caplog.text and metrics["gradient_updates"] == 0
     train.print_table(metrics)
     assert "(untrained: no gradient update ran)" in capsys.readouterr().out
+
+
+def test_the_references_command_refuses_a_non_finite_flat_tariff_in_one_line(capsys):
+    """It builds its env without ``validate``: ``build_scenario`` checks the flat values itself."""
+    from bess_rl.tools.references import main
+
+    assert main([*COMMON, "scenario.price_per_kwh=nan"]) == 2
+    err = capsys.readouterr().err
+    assert "scenario.price_per_kwh must be a number in [0, 1e+06], got nan" in err and err.count("\n") == 1
+
+
+def test_an_lp_highs_cannot_solve_is_one_line_naming_the_lp_and_the_site(monkeypatch):
+    from types import SimpleNamespace
+
+    from bess_rl.baselines import optimum
+    from bess_rl.site.params import SiteParams
+    from tests.helpers import make_scenario
+
+    failed = SimpleNamespace(status=4, x=None, message="Numerical\ndifficulties (HiGHS Status 2: Model error)")
+    monkeypatch.setattr(optimum, "linprog", lambda *args, **kwargs: failed)
+    with pytest.raises(USER_ERRORS) as err:
+        optimum.solve_optimum(make_scenario(), SiteParams(pv_kwp=5_000.0))
+    text = str(err.value)
+    assert isinstance(err.value, RuntimeError) and "\n" not in text
+    assert "HiGHS could not solve the LP of 72 hours at site pv_kwp=5000, bess 2000 kWh / 1000 kW" in text
+    assert text.endswith("Model error) (the LP optimum of scenario 'synthetic')")
+
+
+def _hydra_runtime(path: Path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"runtime": {"output_dir": str(path)}, "job": {"name": "__main__"}})
+
+
+def _refused_folder(path: Path) -> Path:
+    """What Hydra and ``run`` leave in a run folder before a start is refused."""
+    (path / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (path / ".hydra" / name).write_text("a: 1\n")
+    (path / "__main__.log").write_text("[ERROR] - seed must be an integer\n")
+    (path / ".lock").touch()
+    return path
+
+
+def test_a_refused_start_removes_its_folder_and_nothing_else(tmp_path):
+    from bess_rl.__main__ import remove_refused_folder
+
+    refused = _refused_folder(tmp_path / "runs" / "ppo-after" / "2026-12-01_10-00-00")
+    other = _refused_folder(tmp_path / "runs" / "sac-after" / "2026-12-01_10-00-00")
+    (other.parent / "2026-11-30_10-00-00").mkdir()  # an earlier run of that agent and preset
+    remove_refused_folder(_hydra_runtime(refused))
+    remove_refused_folder(_hydra_runtime(other))
+    assert not (tmp_path / "runs" / "ppo-after").exists() and (tmp_path / "runs").is_dir()
+    assert [p.name for p in (tmp_path / "runs" / "sac-after").iterdir()] == ["2026-11-30_10-00-00"]
+    for extra in ("resolved_config.yaml", ".hydra/notes.txt", "checkpoint/state.json"):
+        kept = _refused_folder(tmp_path / "kept" / extra.replace("/", "_"))
+        (kept / extra).parent.mkdir(exist_ok=True)
+        (kept / extra).write_text("x")
+        remove_refused_folder(_hydra_runtime(kept))
+        assert (kept / extra).is_file(), extra
+    held = _refused_folder(tmp_path / "kept" / "lock")
+    (held / ".lock").write_text("12345")  # not our empty lock file
+    remove_refused_folder(_hydra_runtime(held))
+    assert held.is_dir()

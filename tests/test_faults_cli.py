@@ -76,3 +76,53 @@ def test_a_short_kill_loop_loses_nothing(tmp_path, capfd):
     # Two kills: one at a random moment, one inside a checkpoint write.
     args = ["--kills", "2", "--steps", str(steps), "--max-delay", "0.05", "--straight", str(straight_run)]
     assert kill_loop.main([*args, "--out", str(tmp_path / "k")]) == 0, capfd.readouterr().out[-3000:]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["agent=nope"],
+        ["nosuchkey=1"],
+        ["scenario.window_hours=abc"],
+        ["hparams_search=nope"],
+        ["agent.hparams.max_grad_norm=-1"],
+        ["agent.hparams.net_arch=[16"],
+        ["agent=sac_schema"],  # a schema is no option of its group
+    ],
+)
+def test_an_override_hydra_cannot_compose_is_one_line(tmp_path, capfd, args):
+    proc = run_cli(*args, *COMMON, cwd=tmp_path, capfd=capfd)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "HYDRA_FULL_ERROR" not in proc.stderr, proc.stderr
+    assert "HYDRA_FULL_ERROR" not in os.environ  # set for Hydra's call only
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_help_lists_no_schema_as_an_option(tmp_path, capfd):
+    proc = run_cli("--help", cwd=tmp_path, capfd=capfd)
+    assert proc.returncode == 0 and "agent: a2c, ppo, sac\n" in proc.stdout and "_schema" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["seed=abc"], "seed must be an integer, got 'abc'"),
+        (["population.size=0"], "population.size must be >= 1, got 0"),
+        (["agent.n_envs=0"], "agent.n_envs must be > 0, got 0"),
+        (["population.size=2", "population.gamma=[0.5,7]"], "population.gamma[1] must be a number in (0, 1]"),
+        (["agent.algo=os.system"], "agent.algo 'os.system' is not allowed"),  # refused inside the run's lock
+    ],
+)
+def test_a_refused_start_is_one_line_and_leaves_no_run_folder(tmp_path, capfd, args, message):
+    proc = run_cli(*args, *COMMON, cwd=tmp_path, capfd=capfd)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not list((tmp_path / "outputs" / "runs").iterdir())
+
+
+def test_a_refused_sweep_job_is_one_line_and_keeps_its_job_folder_and_log(tmp_path, capfd):
+    proc = run_cli("-m", "seed=abc", *COMMON, cwd=tmp_path, capfd=capfd)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "error: a job of the sweep was refused: seed must be an integer, got 'abc'"
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    (log,) = sweep.glob("*/*.log")  # the job's folder says why it failed
+    assert "seed must be an integer" in log.read_text()

@@ -110,7 +110,7 @@ def test_evaluations_and_exports_inside_a_run_are_not_more_runs(tmp_path):
 
 def test_a_run_folder_that_cannot_be_read_is_skipped_with_a_warning(tmp_path, capsys):
     finished_run(tmp_path / "runs" / "ppo-after" / "t0")
-    refused = tmp_path / "runs" / "sac-after" / "t1"  # `python -m bess_rl seed=abc` exits 2 and leaves this
+    refused = tmp_path / "runs" / "sac-after" / "t1"  # a sweep job refused for `seed=abc` keeps such a folder
     (refused / ".hydra").mkdir(parents=True)
     (refused / ".hydra" / "config.yaml").write_text("seed: abc\nagent: {name: sac}\npreset: {name: after}\n")
     (refused / "__main__.log").write_text("")

@@ -45,8 +45,22 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-from bess_rl.site.params import SiteParams, penalised_kg
+from bess_rl.site.params import SiteError, SiteParams, penalised_kg
 from bess_rl.site.scenario import EvSessions, Scenario, session_hours
+
+
+class LpError(SiteError, RuntimeError):
+    """HiGHS found no plan. A ``SiteError``, so a run says it in one line: the site's sizes and the scenario's
+    data are what the user can change; still a ``RuntimeError`` for callers that catch that."""
+
+
+def _site(site: SiteParams) -> str:
+    """The sizes an LP failure names: what the user set and can change."""
+    cap = "none" if site.import_cap_kw is None else f"{site.import_cap_kw:g} kW"
+    return (
+        f"site pv_kwp={site.pv_kwp:g}, bess {site.bess_capacity_kwh:g} kWh / {site.bess_power_kw:g} kW, "
+        f"import cap {cap}, unmet penalty {site.unmet_penalty_kg_per_kwh:g} kg/kWh"
+    )
 
 
 @dataclass(frozen=True)
@@ -179,7 +193,8 @@ def solve_window(
     res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=np.column_stack([lb, ub]), method="highs")
     elapsed = time.perf_counter() - start
     if res.status != 0 or res.x is None:
-        raise RuntimeError(f"HiGHS could not solve the LP: {res.message}")
+        message = " ".join(str(res.message).split())
+        raise LpError(f"HiGHS could not solve the LP of {T} hours at {_site(site)}: {message}")
 
     z = res.x
     # Charging and discharging in the same hour only wastes energy, so an optimum may contain it where
@@ -205,8 +220,8 @@ def solve_optimum(scenario: Scenario, site: SiteParams) -> OptimumResult:
     e0 = site.soc_init * site.bess_capacity_kwh
     try:
         plan = solve_window(pv, scenario.load_kw, scenario.co2_kg_per_kwh, scenario.sessions, site, e0)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{exc} (optimum of {scenario.name!r})") from None
+    except LpError as exc:
+        raise LpError(f"{exc} (the LP optimum of scenario {scenario.name!r})") from None
     served = float(plan.served_kwh.sum())
     unmet = float(scenario.sessions.energy_kwh.sum()) - served
     co2_kg = float(np.asarray(scenario.co2_kg_per_kwh, dtype=np.float64) @ plan.grid_import_kw)

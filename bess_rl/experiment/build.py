@@ -21,6 +21,7 @@ from bess_rl.baselines.mpc import MpcSettings
 from bess_rl.baselines.references import References, compute_references
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.hardware import Runtime, requested_device
+from bess_rl.experiment.input_checks import check_scenario_values
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import SiteParams
 from bess_rl.site.scenario import Scenario, embedded_scenario, load_scenario
@@ -65,6 +66,7 @@ def build_scenario(cfg: DictConfig, part: str = "train") -> Scenario:
 
     A scenario without an evaluation part (``has_eval_part``) is evaluated on its training part.
     """
+    check_scenario_values(cfg)
     if part == "eval" and not has_eval_part(cfg):
         return build_scenario(cfg, "train")
     prefix = "eval_" if part == "eval" else ""

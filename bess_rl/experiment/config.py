@@ -17,10 +17,10 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from bess_rl.baselines.mpc import MpcSettings
-from bess_rl.experiment.input_checks import check_config
+from bess_rl.experiment.input_checks import check_config, check_population
 from bess_rl.site.params import SiteParams
 
 
@@ -166,17 +166,27 @@ class PopulationConfig:
 POPULATION_LISTS = ("seeds", "learning_rate", "tau", "gamma", "target_entropy")
 
 
+SCHEMAS = {
+    "sac_schema": SacConfig,
+    "ppo_schema": PpoConfig,
+    "a2c_schema": A2cConfig,
+    "hardware_schema": HardwareConfig,
+    "scenario_schema": ScenarioConfig,
+    "site_schema": SiteParams,
+    "mpc_schema": MpcSettings,
+    "population_schema": PopulationConfig,
+}
+
+
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore; each group's yaml lists its schema first."""
+    """Put the schemas in Hydra's ConfigStore; each group's yaml lists its schema first (``/<name>@_here_``).
+
+    Why outside the groups: in a group, ``--help`` would list ``sac_schema`` as an option of ``agent`` and
+    ``agent=sac_schema`` would compose; configs at the root are neither.
+    """
     cs = ConfigStore.instance()
-    cs.store(group="agent", name="sac_schema", node=SacConfig)
-    cs.store(group="agent", name="ppo_schema", node=PpoConfig)
-    cs.store(group="agent", name="a2c_schema", node=A2cConfig)
-    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
-    cs.store(group="scenario", name="scenario_schema", node=ScenarioConfig)
-    cs.store(group="site", name="site_schema", node=SiteParams)
-    cs.store(group="mpc", name="mpc_schema", node=MpcSettings)
-    cs.store(group="population", name="population_schema", node=PopulationConfig)
+    for name, node in SCHEMAS.items():
+        cs.store(name=name, node=node)
 
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -223,12 +233,11 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
     check_config(cfg)
     agent = cfg.agent
-    keys = ["agent.n_envs", "agent.total_timesteps", "agent.log_interval", "agent.hparams.learning_rate"]
+    keys = ["agent.n_envs", "agent.total_timesteps", "agent.log_interval"]
     keys += [f"agent.hparams.{k}" for k in ("batch_size", "buffer_size", "n_steps", "n_epochs", "gradient_steps")]
     keys += [f"agent.hparams.{k}" for k in ("train_freq",) if k in agent.hparams]
-    keys += ["hardware.torch_threads", "hardware.memory_budget_gb", "scenario.hours", "scenario.window_hours"]
-    keys += ["scenario.episode_hours", "checkpoint_every_steps", "mpc.horizon_hours", "mpc.every_hours"]
-    keys += ["log_every_steps", "eval_every_steps", "warn_hours"]
+    keys += ["hardware.torch_threads", "scenario.hours", "scenario.window_hours", "scenario.episode_hours"]
+    keys += ["mpc.horizon_hours", "mpc.every_hours"]
     _positive(cfg, keys)
     if agent.hparams.get("learning_starts", 0) < 0:
         raise ConfigError(f"agent.hparams.learning_starts must be >= 0, got {agent.hparams.learning_starts}")
@@ -249,6 +258,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.hardware.compile not in valid_compile:
         raise ConfigError(f"hardware.compile must be one of {valid_compile}, got {cfg.hardware.compile!r}")
     validate_population(cfg)
+    if not isinstance(cfg.objective, str | ListConfig):
+        raise ConfigError(f"objective must be a metric's name or a list of them, got {cfg.objective!r}")
     objectives = [cfg.objective] if isinstance(cfg.objective, str) else list(cfg.objective)
     for name in objectives:
         if name not in OBJECTIVES:
@@ -266,6 +277,7 @@ def validate_population(cfg: DictConfig) -> None:
         values = pop.get(key)
         if values is not None and len(values) != pop.size:
             raise ConfigError(f"population.{key} has {len(values)} values for population.size={pop.size}")
+    check_population(pop)
     if pop.size == 1:
         return
     if cfg.agent.name != "sac" or cfg.agent.algo != "bess_rl.agents.fast_sac.FastSAC":

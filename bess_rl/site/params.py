@@ -5,7 +5,20 @@ Sign convention used everywhere: battery power > 0 charges, < 0 discharges (kW a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+from numbers import Real
+
+# Upper limits with their units: a gigawatt(-hour) is a power plant, not a site with EV chargers, and a
+# penalty of 1e6 kg/kWh is two million times the grid's intensity. They keep the LP's coefficients finite
+# (HiGHS reads 1e20 as infinity and gives "Model error" on site.pv_kwp=1e308).
+MAX_SIZES = {
+    "pv_kwp": (1e6, "kWp"),
+    "bess_capacity_kwh": (1e6, "kWh"),
+    "bess_power_kw": (1e6, "kW"),
+    "import_cap_kw": (1e6, "kW"),
+    "unmet_penalty_kg_per_kwh": (1e6, "kg/kWh"),
+}
 
 
 class SiteError(ValueError):
@@ -33,6 +46,16 @@ class SiteParams:
     import_cap_kw: float | None = None
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "import_cap_kw" and value is None:
+                continue
+            if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
+                raise SiteError(f"site.{f.name} must be a finite number, got {value!r}")
+        for name, (limit, unit) in MAX_SIZES.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise SiteError(f"site.{name} must be at most {limit:g} {unit} (a unit mistake?), got {value:g}")
         for name in ("bess_capacity_kwh", "bess_power_kw"):
             if getattr(self, name) <= 0:
                 raise SiteError(f"site.{name} must be > 0, got {getattr(self, name)}")

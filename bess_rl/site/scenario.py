@@ -248,6 +248,17 @@ def embedded_keys() -> list[str]:
 _PART = re.compile(r"(?P<key>[^\[\]]+?)(?:\[(?P<start>\d*):(?P<end>\d*)\])?")
 
 
+def embedded_part(key: str) -> tuple[str, int | None, int | None]:
+    """``KEY`` or ``KEY[start:end]`` as (data set, start, end): start None for the whole data set, end None
+    for "to its end". Parsed without reading the data, so configs can compare parts before loading them."""
+    part = _PART.fullmatch(key.strip())
+    if part is None:
+        raise ScenarioError(f"embedded data set {key!r}: expected KEY or KEY[start:end]")
+    if part["start"] is None:
+        return part["key"], None, None
+    return part["key"], int(part["start"] or 0), int(part["end"]) if part["end"] else None
+
+
 def embedded_scenario(
     key: str,
     co2_kg_per_kwh: float = IQUITOS_CO2_KG_PER_KWH,
@@ -256,20 +267,17 @@ def embedded_scenario(
 ) -> Scenario:
     """An embedded data set by key (``scenario.data``), e.g. "iquitos", or hours of it: "key[start:end]"
     (Python slice of hour indices), so training and evaluation parts of one year need no copies of it."""
-    part = _PART.fullmatch(key.strip())
-    if part is None:
-        raise ScenarioError(f"embedded data set {key!r}: expected KEY or KEY[start:end]")
+    data_set, start, end = embedded_part(key)
     d = default_data_dir()
-    hourly = d / f"{part['key']}_hourly.parquet"
+    hourly = d / f"{data_set}_hourly.parquet"
     if not hourly.is_file():
-        raise ScenarioError(f"no embedded data set {part['key']!r}; embedded: {', '.join(embedded_keys())}")
-    sessions = d / f"{part['key']}_sessions.parquet"
+        raise ScenarioError(f"no embedded data set {data_set!r}; embedded: {', '.join(embedded_keys())}")
+    sessions = d / f"{data_set}_sessions.parquet"
     sessions_path = sessions if sessions.is_file() else None
-    sc = load_scenario(hourly, sessions_path, name or part["key"], None, co2_kg_per_kwh, price_per_kwh)
-    if part["start"] is None:
+    sc = load_scenario(hourly, sessions_path, name or data_set, None, co2_kg_per_kwh, price_per_kwh)
+    if start is None:
         return sc
-    start = int(part["start"] or 0)
-    end = int(part["end"]) if part["end"] else sc.hours
+    end = sc.hours if end is None else end
     return sc.window(start, end - start)  # named "<name>[start:end]"
 
 

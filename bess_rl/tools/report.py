@@ -129,7 +129,8 @@ def _launcher(path: Path) -> str | None:
 
 
 def _seed(metrics: dict[str, Any] | None, config: dict[str, Any]) -> int | None:
-    """The run's seed; a start refused for its seed (``seed=abc``) left it in .hydra/config.yaml as given."""
+    """The run's seed; a folder whose .hydra/config.yaml holds one that is no integer (``seed=abc``, a sweep job
+    refused for it, or a folder from before refused single runs were removed) is skipped."""
     seed = (metrics or {}).get("seed", config.get("seed"))
     if seed is None:
         return None
