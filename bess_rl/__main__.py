@@ -142,6 +142,12 @@ def cli() -> None:
             raise
         print(f"error: {composition_error(exc)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if _Job.started or asked == "1":
+            raise
+        # Hydra creating the sweep folder (hydra.sweep.dir) where a file is, or where it may not write.
+        print(f"error: cannot create {exc.filename} ({exc.strerror})", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:
         from bess_rl.experiment.errors import USER_ERRORS  # torch: only once a job ran
 

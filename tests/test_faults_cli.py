@@ -119,6 +119,12 @@ def test_a_refused_start_is_one_line_and_leaves_no_run_folder(tmp_path, capfd, a
     assert not list((tmp_path / "outputs" / "runs").iterdir())
 
 
+def test_a_sweep_folder_hydra_cannot_create_is_one_line(tmp_path, capfd):
+    (tmp_path / "afile").touch()
+    proc = run_cli("-m", "seed=0", f"hydra.sweep.dir={tmp_path}/afile/x", *COMMON, cwd=tmp_path, capfd=capfd)
+    assert proc.returncode == 2 and proc.stderr == f"error: cannot create {tmp_path}/afile/x (Not a directory)\n"
+
+
 def test_a_refused_sweep_job_is_one_line_and_keeps_its_job_folder_and_log(tmp_path, capfd):
     proc = run_cli("-m", "seed=abc", *COMMON, cwd=tmp_path, capfd=capfd)
     assert proc.returncode == 2, proc.stderr
