@@ -79,6 +79,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["population.size=2", "population.tau=[0.5,nan]"], "population.tau[1] must be a number in (0, 1]"),
     (["population.size=2", "population.target_entropy=[-2,nan]"], "population.target_entropy[1] must be auto or a"),
     (["population.size=2", "population.seeds=[1,-1]"], "population.seeds[1] must be in [0, 4294967295]"),
+    (["population.learning_rate=[1e-3]"], "population.learning_rate is read only when population.size > 1: set agent"),
     # 13: an evaluation part that is not held out
     (
         ["scenario=citylearn_b5", 'scenario.eval_data="citylearn_building_5[0:2000]"'],

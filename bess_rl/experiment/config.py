@@ -278,7 +278,11 @@ def validate_population(cfg: DictConfig) -> None:
         if values is not None and len(values) != pop.size:
             raise ConfigError(f"population.{key} has {len(values)} values for population.size={pop.size}")
     check_population(pop)
-    if pop.size == 1:
+    if pop.size == 1:  # a plain run: its seed and hyper-parameters are seed and agent.hparams
+        given = [key for key in POPULATION_LISTS if pop.get(key) is not None]
+        if given:
+            where = "seed" if given[0] == "seeds" else f"agent.hparams.{given[0]}"
+            raise ConfigError(f"population.{given[0]} is read only when population.size > 1: set {where} instead")
         return
     if cfg.agent.name != "sac" or cfg.agent.algo != "bess_rl.agents.fast_sac.FastSAC":
         raise ConfigError(
