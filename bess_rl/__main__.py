@@ -142,6 +142,9 @@ def cli() -> None:
             raise
         print(f"error: {composition_error(exc)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # outside training's own Ctrl-C handling (while torch imports, between jobs)
+        print("interrupted: finished runs and checkpoints are kept", file=sys.stderr)
+        sys.exit(130)
     except OSError as exc:
         if _Job.started or asked == "1":
             raise

@@ -1,6 +1,6 @@
 """``python -m bess_rl.bench``: the command lives in ``bess_rl.tools.bench``."""
 
-from bess_rl.tools.bench import main
+from bess_rl.tools import forward
 
 if __name__ == "__main__":
-    main()
+    forward("bench")

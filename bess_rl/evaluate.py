@@ -1,6 +1,6 @@
 """``python -m bess_rl.evaluate``: the command lives in ``bess_rl.tools.evaluate``."""
 
-from bess_rl.tools.evaluate import main
+from bess_rl.tools import forward
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    forward("evaluate")

@@ -1,6 +1,6 @@
 """``python -m bess_rl.references``: the command lives in ``bess_rl.tools.references``."""
 
-from bess_rl.tools.references import main
+from bess_rl.tools import forward
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    forward("references")

@@ -1,6 +1,6 @@
 """``python -m bess_rl.replay``: the command lives in ``bess_rl.tools.replay``."""
 
-from bess_rl.tools.replay import main
+from bess_rl.tools import forward
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    forward("replay")

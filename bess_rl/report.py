@@ -1,6 +1,6 @@
 """``python -m bess_rl.report``: the command lives in ``bess_rl.tools.report``."""
 
-from bess_rl.tools.report import main
+from bess_rl.tools import forward
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    forward("report")

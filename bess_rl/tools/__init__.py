@@ -1,1 +1,22 @@
 """The command-line tools beside training (doctor, bench, report, replay, references); nothing imports them."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import NoReturn
+
+
+def forward(command: str) -> NoReturn:
+    """Run ``bess_rl.tools.<command>.main`` for ``python -m bess_rl.<command>``.
+
+    Why here: a Ctrl-C while the tool imports torch (seconds) would print Python's traceback; each tool says
+    an interruption in one line (exit 130) only once its ``main`` runs.
+    """
+    try:
+        module = importlib.import_module(f"{__name__}.{command}")
+    except KeyboardInterrupt:
+        print("interrupted: nothing done yet", file=sys.stderr)
+        raise SystemExit(130) from None
+    code = module.main()
+    raise SystemExit(code if isinstance(code, int) else 0)  # bench's main returns its report, not a code
