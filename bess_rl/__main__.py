@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from bess_rl.experiment.budget import apply_budget
-from bess_rl.experiment.config import ConfigError, register_configs
+from bess_rl.experiment.config import ConfigError, one_line, register_configs
 from bess_rl.experiment.run_dir import HYDRA, LOCK, register_resolvers
 from bess_rl.experiment.sweep_stop import fail_running_trial
 
@@ -97,27 +97,22 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
         # whose log says why (the report and the study list it): those stay.
         if cfg.resume is None and hc.mode == RunMode.RUN:
             remove_refused_folder(hc)
-        if hc.mode == RunMode.MULTIRUN:
-            log.error("%s", exc)  # into the job's own log, beside its folder
-            raise  # the sweeper records the trial as failed and goes on
         if isinstance(exc, MemoryError):
             log.error("out of memory (%s): lower the scenario size or the agent's buffer/batch", type(exc).__name__)
-            sys.exit(2)
-        log.error("%s", exc)
+        else:
+            log.error("%s", exc)  # in a sweep: into the job's own log, beside its folder
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the trial as failed and goes on
         sys.exit(2 if not isinstance(exc, NumericalError) else 1)
     print_table(metrics)
     return objective_value(metrics, cfg.objective)
 
 
 def composition_error(exc: HydraException | OmegaConfBaseException) -> str:
-    """Hydra's message for an override it cannot compose, in one line: the first line of it and of its
-    cause, the override a parse error is in, and for an unknown option the group's options (Hydra lists
-    them one a line, with its search path). Not ``errors.one_line``: that module imports torch, ~1.5 s."""
-
-    def first_line(error: BaseException) -> str:
-        return next(iter(str(error).splitlines()), type(error).__name__).rstrip(".")
-
-    text = first_line(exc) + (f": {first_line(exc.__cause__)}" if exc.__cause__ is not None else "")
+    """Hydra's message for an override it cannot compose, in one line (``one_line``), with the override a parse
+    error is in and, for an unknown option, the group's options (Hydra lists them one a line, with its search
+    path)."""
+    text = one_line(exc)
     if isinstance(exc, OverrideParseException):
         text = f"cannot parse the override {exc.override!r}: {text}"
     if isinstance(exc, MissingConfigException) and exc.options:

@@ -28,6 +28,16 @@ class ConfigError(ValueError):
     """A config value that composes but cannot be trained with."""
 
 
+def one_line(exc: BaseException) -> str:
+    """A bad override's message in one line, with its cause (Hydra puts the reason there); an exception
+    without a message is named by its type. Here, not in ``errors``: the entry point needs it before torch."""
+
+    def first(error: BaseException) -> str:
+        return next(iter(str(error).strip().splitlines()), type(error).__name__).rstrip(".")
+
+    return f"{first(exc)}: {first(exc.__cause__)}" if exc.__cause__ is not None else first(exc)
+
+
 class Amp(str, Enum):
     none = "none"
     bf16 = "bf16"

@@ -26,12 +26,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def one_line(exc: BaseException) -> str:
-    """A bad override's message in one line, with its cause (Hydra puts the reason there)."""
-    first = str(exc).splitlines()[0].rstrip(".")
-    return f"{first}: {str(exc.__cause__).splitlines()[0]}" if exc.__cause__ is not None else first
-
-
 def interrupted(kept: str, signame: str = "SIGINT") -> int:
     """Print that a command was interrupted and ``kept`` (what is kept, what to do) in one line; returns the
     shell's exit code for the signal (130 for Ctrl-C). Why: a traceback of whatever line Ctrl-C landed on

@@ -30,7 +30,7 @@ from bess_rl.experiment import checkpoint, hardware
 from bess_rl.experiment.build import algo_class, build_eval_env, has_eval_part, make_model
 from bess_rl.experiment.config import ConfigError
 from bess_rl.experiment.run_dir import RunDir, RunDirError
-from bess_rl.experiment.safe_load import load_model
+from bess_rl.experiment.safe_load import first_line, load_model
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import penalised_kg, reduction_pct
 
@@ -273,13 +273,8 @@ def check_model_zip(path: Path) -> None:
     except KeyError:
         raise RunDirError(f"{path} is damaged: it has no 'data' entry (truncated, or not a saved model)") from None
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:  # JSON errors are ValueErrors
-        why = "the file is empty" if path.stat().st_size == 0 else _first_line(exc)
+        why = "the file is empty" if path.stat().st_size == 0 else first_line(exc)
         raise RunDirError(f"{path} is damaged: {why} (copy it again, or retrain)") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 def check_spaces(model: BaseAlgorithm, env: PvBessEvEnv) -> None:

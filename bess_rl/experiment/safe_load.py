@@ -22,7 +22,8 @@ from bess_rl.experiment.run_dir import RunDirError
 SERIALIZED = ":serialized:"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception as its type and the first line of its message, for a file that cannot be read."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
@@ -35,7 +36,7 @@ def serialized_fields(path: Path) -> list[str]:
     except FileNotFoundError:
         raise RunDirError(f"{path} is missing") from None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:  # JSON and unicode errors are ValueErrors
-        raise RunDirError(f"{path} cannot be read ({_first_line(exc)})") from None
+        raise RunDirError(f"{path} cannot be read ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise RunDirError(f"{path} has no model data")
     return [k for k, v in data.items() if isinstance(v, dict) and SERIALIZED in v]
@@ -66,7 +67,7 @@ def load_model(
             path, env=template.get_env(), custom_objects=custom, device=device, force_reset=False, **overrides
         )
     except Exception as exc:  # a truncated or edited zip fails in zipfile, torch or SB3, with many types
-        raise RunDirError(f"{path} cannot be loaded ({_first_line(exc)})") from None
+        raise RunDirError(f"{path} cannot be loaded ({first_line(exc)})") from None
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -77,4 +78,4 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise RunDirError(f"{path} is missing") from None
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise RunDirError(f"{path} cannot be read ({_first_line(exc)})") from None
+        raise RunDirError(f"{path} cannot be read ({first_line(exc)})") from None

@@ -55,8 +55,8 @@ from bess_rl.agents.fast_sac import COMPILE_MODES, FastSAC
 from bess_rl.agents.population import Population
 from bess_rl.agents.vec_env import FreshInfoVecEnv
 from bess_rl.experiment.build import make_model
-from bess_rl.experiment.config import ConfigError, compose_config, validate
-from bess_rl.experiment.errors import interrupted, one_line
+from bess_rl.experiment.config import ConfigError, compose_config, one_line, validate
+from bess_rl.experiment.errors import interrupted
 from bess_rl.experiment.hardware import describe_machine, keep_heap
 from bess_rl.experiment.run_dir import write_json
 from bess_rl.site.env import PvBessEvEnv

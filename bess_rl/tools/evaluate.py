@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bess_rl.experiment.build import build_eval_env, build_references
-from bess_rl.experiment.config import ConfigError, ScenarioConfig, compose_config, validate
+from bess_rl.experiment.config import ConfigError, ScenarioConfig, compose_config, one_line, validate
 from bess_rl.experiment.errors import USER_ERRORS, interrupted
 from bess_rl.experiment.evaluation import (
     NoEvalPartError,
@@ -58,7 +58,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         try:
             composed = compose_config(swaps)
         except Exception as exc:  # Hydra: no such group option
-            raise ConfigError(f"override {' '.join(swaps)!r}: {_first_line(exc)}") from None
+            raise ConfigError(f"override {' '.join(swaps)!r}: {one_line(exc)}") from None
         swapped = set(GROUPS) if any(o.startswith("scenario=") for o in swaps) else {"site"}
         for group in swapped:
             cfg[group] = composed[group]
@@ -66,14 +66,14 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         try:
             cfg[group] = OmegaConf.merge(OmegaConf.structured(GROUP_SCHEMAS[group]), cfg[group])
         except Exception as exc:  # OmegaConf: a key or type this version's schema does not have
-            raise ConfigError(f"the run's saved {group} does not fit the {group} schema: {_first_line(exc)}") from None
+            raise ConfigError(f"the run's saved {group} does not fit the {group} schema: {one_line(exc)}") from None
     for override in overrides:
         if override in swaps:
             continue
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
         except Exception as exc:  # OmegaConf: unknown key or a value of the wrong type
-            raise ConfigError(f"override {override!r}: {_first_line(exc)}") from None
+            raise ConfigError(f"override {override!r}: {one_line(exc)}") from None
     return cfg
 
 
@@ -98,10 +98,6 @@ def site_sizes(site: DictConfig) -> str:
     """The sizes that tell a house from a mall, for the line naming the evaluated site."""
     cap = f", import cap {site.import_cap_kw:g} kW" if site.import_cap_kw is not None else ""
     return f"pv_kwp {site.pv_kwp:g}, bess {site.bess_capacity_kwh:g} kWh / {site.bess_power_kw:g} kW{cap}"
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def evaluate(run_dir: Path, overrides: list[str], best: bool = False) -> tuple[dict[str, Any], Path]:

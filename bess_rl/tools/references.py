@@ -11,8 +11,8 @@ from rich.console import Console
 
 from bess_rl.baselines.references import co2_table, compute_references
 from bess_rl.experiment.build import build_eval_env, build_mpc_settings
-from bess_rl.experiment.config import compose_config
-from bess_rl.experiment.errors import USER_ERRORS, interrupted, one_line
+from bess_rl.experiment.config import compose_config, one_line
+from bess_rl.experiment.errors import USER_ERRORS, interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
