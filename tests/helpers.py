@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import logging.config
 import os
@@ -9,8 +11,10 @@ import runpy
 import subprocess
 import sys
 import traceback
+import zipfile
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 import pytest
 import torch
@@ -162,3 +166,30 @@ def assert_same_steps(starts: list[torch.Tensor], mine: list[torch.Tensor], thei
     for i, (start, a, b) in enumerate(zip(starts, mine, theirs, strict=True)):
         delta = b - start
         assert float((a - start - delta).norm()) <= 0.05 * float(delta.norm()), f"tensor {i}"
+
+
+class _WritesAFile:
+    """Unpickling this writes a file: proof that code ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "code ran"))
+
+
+def code_writing(marker: Path) -> str:
+    """A ``:serialized:`` value of SB3's model data (base64 cloudpickle) that writes ``marker`` if unpickled."""
+    return base64.b64encode(cloudpickle.dumps(_WritesAFile(str(marker)))).decode()
+
+
+def rewrite_data(model_zip: Path, change) -> None:
+    """Edit the ``data`` JSON of a SB3 model zip in place."""
+    with zipfile.ZipFile(model_zip) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    data = json.loads(files["data"])
+    change(data)
+    files["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(model_zip, "w") as z:
+        for n, content in files.items():
+            z.writestr(n, content)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -13,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,7 +31,7 @@ from bess_rl.tools import evaluate as evaluate_tool
 from bess_rl.tools.evaluate import apply_overrides, site_label
 from bess_rl.tools.evaluate import main as evaluate_main
 from bess_rl.tools.export import main as export_main
-from tests.helpers import COMMON, TINY, compose_cfg, small_env
+from tests.helpers import COMMON, TINY, code_writing, compose_cfg, rewrite_data, small_env
 
 
 @pytest.fixture(scope="module")
@@ -251,11 +249,9 @@ def test_a_damaged_or_foreign_model_zip_is_one_line(ppo_run, sac_run, tmp_path, 
 
 def test_a_crafted_model_zip_runs_no_code_in_evaluate_or_export(ppo_run, tmp_path, capsys):
     """A run folder may come from anyone: the pickled fields of its model.zip are never unpickled."""
-    from tests.test_faults import _Evil, rewrite_data
-
     run_dir = run_copy(ppo_run[0], tmp_path / "run")
     marker = tmp_path / "pwned"
-    payload = base64.b64encode(cloudpickle.dumps(_Evil(str(marker)))).decode()
+    payload = code_writing(marker)
     rewrite_data(RunDir(run_dir).model, lambda d: d.update(policy_class={":serialized:": payload}))
     assert export_main([str(run_dir)]) == 0  # the config's own policy class stands in for the crafted one
     assert not marker.exists()

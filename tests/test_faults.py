@@ -7,16 +7,13 @@ table in ``tests/faults.py``.
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import os
 import shutil
 import signal
-import zipfile
 from pathlib import Path
 
-import cloudpickle
 import numpy as np
 import pytest
 
@@ -29,7 +26,7 @@ from bess_rl.experiment.run_dir import RunDir, RunDirError, unique_run_dir
 from bess_rl.experiment.train import resume_config, run
 from bess_rl.tools.replay import COMPARED
 from tests.faults import BAD_INPUTS
-from tests.helpers import COMMON, TINY, compose_cfg
+from tests.helpers import COMMON, TINY, code_writing, compose_cfg, rewrite_data
 
 PPO = [
     "agent=ppo",
@@ -145,22 +142,10 @@ def interrupted(killed_run: Path, where: Path) -> Path:
     return Path(shutil.copytree(killed_run, where / "run"))
 
 
-def rewrite_data(model_zip: Path, change) -> None:
-    """Edit the ``data`` JSON of a SB3 model zip in place."""
-    with zipfile.ZipFile(model_zip) as z:
-        files = {n: z.read(n) for n in z.namelist()}
-    data = json.loads(files["data"])
-    change(data)
-    files["data"] = json.dumps(data).encode()
-    with zipfile.ZipFile(model_zip, "w") as z:
-        for n, content in files.items():
-            z.writestr(n, content)
-
-
 def test_a_crafted_model_zip_runs_no_code(tmp_path, killed_run):
     run_dir = interrupted(killed_run, tmp_path)
     marker = tmp_path / "pwned"
-    payload = base64.b64encode(cloudpickle.dumps(_Evil(str(marker)))).decode()
+    payload = code_writing(marker)
     rewrite_data(run_dir / "checkpoint" / "model.zip", lambda d: d.update(policy_class={":serialized:": payload}))
     resume(run_dir)  # the serialized policy_class is replaced by the config's
     assert not marker.exists()
@@ -171,16 +156,6 @@ def test_a_crafted_model_zip_runs_no_code(tmp_path, killed_run):
         resume(run_dir)
     assert not marker.exists()
     assert not list(run_dir.glob("checkpoint/*.pkl"))  # env and buffer state are arrays + JSON
-
-
-class _Evil:
-    """Unpickling this writes a file: proof that code ran."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.write_text, (Path(self.path), "code ran"))
 
 
 def test_a_checkpoint_naming_another_class_is_refused(tmp_path, killed_run):
