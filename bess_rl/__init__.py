@@ -1,8 +1,12 @@
 """bess_rl: RL controllers for a PV + battery + EV-charging site that minimise grid CO2."""
 
-from gymnasium.envs.registration import register, registry
+from bess_rl import startup
 
-from bess_rl.site.env import ENV_ID
+startup.guard()  # before gymnasium: python -m bess_rl[.<tool>] imports this package first
+
+from gymnasium.envs.registration import register, registry  # noqa: E402
+
+from bess_rl.site.env import ENV_ID  # noqa: E402
 
 if ENV_ID not in registry:
     register(id=ENV_ID, entry_point="bess_rl.site.env:PvBessEvEnv")

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from bess_rl import startup
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.config import ConfigError, one_line, register_configs
 from bess_rl.experiment.run_dir import HYDRA, LOCK, register_resolvers
@@ -131,6 +132,7 @@ def cli() -> None:
     asked = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        startup.hand_over()  # a Ctrl-C before this (the imports above) was bess_rl.startup's
         main()
     except (HydraException, OmegaConfBaseException) as exc:
         if _Job.started or asked == "1":
@@ -138,6 +140,11 @@ def cli() -> None:
         print(f"error: {composition_error(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # outside training's own Ctrl-C handling (while torch imports, between jobs)
+        # Cut while torch imported, before it set its loggers to WARNING: its exit hooks would log INFO lines
+        # (FakeTensor cache stats) at the root's level, Hydra's INFO. bess_rl's own loggers keep theirs.
+        torch_log = logging.getLogger("torch")
+        if torch_log.level == logging.NOTSET:
+            torch_log.setLevel(logging.WARNING)
         print("interrupted: finished runs and checkpoints are kept", file=sys.stderr)
         sys.exit(130)
     except OSError as exc:

@@ -6,14 +6,17 @@ import importlib
 import sys
 from typing import NoReturn
 
+from bess_rl import startup
+
 
 def forward(command: str) -> NoReturn:
     """Run ``bess_rl.tools.<command>.main`` for ``python -m bess_rl.<command>``.
 
     Why here: a Ctrl-C while the tool imports torch (seconds) would print Python's traceback; each tool says
-    an interruption in one line (exit 130) only once its ``main`` runs.
+    an interruption in one line (exit 130) only once its ``main`` runs (before this, ``bess_rl.startup`` says it).
     """
     try:
+        startup.hand_over()  # a Ctrl-C before this (the package's imports) was bess_rl.startup's
         module = importlib.import_module(f"{__name__}.{command}")
     except KeyboardInterrupt:
         print("interrupted: nothing done yet", file=sys.stderr)

@@ -1,0 +1,52 @@
+"""Ctrl-C while ``python -m bess_rl`` or ``python -m bess_rl.<tool>`` starts: one line, exit 130.
+
+Why here, imported first by the package: ``python -m`` imports ``bess_rl`` (gymnasium, numpy) and then the
+command's module (Hydra, the tools' imports) before any of the project's ``except KeyboardInterrupt`` can run,
+so a Ctrl-C in that time would print the traceback of whichever import it landed in. Nothing here imports
+more than ``signal``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+TYPE_CHECKING = False  # typing itself is not imported: each millisecond before guard() is a Ctrl-C unguarded
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import NoReturn
+
+# The modules ``python -m`` runs whose start hands Ctrl-C back (``bess_rl.__main__.cli``, ``bess_rl.tools.forward``).
+TOOLS = ("bench", "doctor", "evaluate", "export", "references", "replay", "report")
+COMMANDS = frozenset({"bess_rl", *(f"bess_rl.{tool}" for tool in TOOLS)})
+
+
+def interrupted_at_start(_signum: int, _frame: FrameType | None) -> NoReturn:
+    """The SIGINT handler until a command takes over: nothing is done yet, so no traceback, only the exit code.
+
+    A second Ctrl-C while Python shuts down ends the process at once, silently (the default action).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    print("interrupted: nothing done yet", file=sys.stderr)
+    raise SystemExit(130)
+
+
+def starting_module() -> str | None:
+    """The module ``python -m`` is starting, while it imports that module's packages (``sys.argv[0]`` is
+    ``"-m"`` only then); None for an import from a script or a test, or once the module runs."""
+    args = sys.orig_argv
+    if sys.argv[:1] != ["-m"] or "-m" not in args[:-1]:
+        return None
+    return args[args.index("-m") + 1]
+
+
+def guard() -> None:
+    """Say a Ctrl-C in one line from here on, when this process is one of the commands starting."""
+    if starting_module() in COMMANDS:
+        signal.signal(signal.SIGINT, interrupted_at_start)
+
+
+def hand_over() -> None:
+    """Give Ctrl-C back to Python (KeyboardInterrupt), for the command's own handling of it from here on."""
+    if signal.getsignal(signal.SIGINT) is interrupted_at_start:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
