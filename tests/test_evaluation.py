@@ -104,6 +104,13 @@ def sac_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def a2c_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("a2c")
+    run(compose_cfg(["agent=a2c", *TINY["a2c"], *COMMON, "eval_every_steps=null"]), out)
+    return out
+
+
 def held_out_observations(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Observations of the held-out episode the model's own ``predict(deterministic=True)`` drives, and its actions."""
     model, cfg = load_trained(run_dir)
@@ -245,6 +252,25 @@ def test_a_damaged_or_foreign_model_zip_is_one_line(ppo_run, sac_run, tmp_path, 
     err = capsys.readouterr().err.splitlines()
     assert all(line.startswith(f"error: {model} is not a bess_rl.agents.fast_onpolicy.FastPPO model") for line in err)
     assert len(err) == 2 and not (run_dir / "export").exists(), err
+
+
+def test_an_a2c_and_a_ppo_model_zip_are_told_apart(ppo_run, a2c_run, tmp_path, capsys):
+    """One policy class loads either: SB3 took an A2C zip in a PPO run folder as PPO, without a word."""
+    cases = [
+        (ppo_run[0], a2c_run, "FastPPO", "lacks FastPPO's batch_size"),
+        (a2c_run, ppo_run[0], "FastA2C", "clip_range"),
+    ]
+    for run_dir, other, algo, why in cases:
+        copied = run_copy(run_dir, tmp_path / algo)
+        model = RunDir(copied).model
+        shutil.copy(RunDir(other).model, model)
+        assert evaluate_main([str(copied)]) == 2 and export_main([str(copied)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2 and not (copied / "export").exists(), err
+        assert all(
+            line.startswith(f"error: {model} is not a bess_rl.agents.fast_onpolicy.{algo} model") for line in err
+        )
+        assert all(why in line for line in err), err
 
 
 def test_a_crafted_model_zip_runs_no_code_in_evaluate_or_export(ppo_run, tmp_path, capsys):

@@ -9,6 +9,7 @@ optimiser states are ``.pth`` files that SB3 2.x loads with ``torch.load(weights
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -28,8 +29,8 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def serialized_fields(path: Path) -> list[str]:
-    """The ``data`` fields of a model zip that SB3 would unpickle."""
+def model_data(path: Path) -> dict[str, Any]:
+    """The ``data`` JSON of a model zip, read as JSON: none of its serialized fields is unpickled."""
     try:
         with zipfile.ZipFile(path) as archive:
             data = json.loads(archive.read("data"))
@@ -39,7 +40,31 @@ def serialized_fields(path: Path) -> list[str]:
         raise RunDirError(f"{path} cannot be read ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise RunDirError(f"{path} has no model data")
-    return [k for k, v in data.items() if isinstance(v, dict) and SERIALIZED in v]
+    return data
+
+
+def check_algorithm(path: Path, data: dict[str, Any], template: BaseAlgorithm) -> None:
+    """Refuse a zip whose fields are not those ``template``'s algorithm saves.
+
+    Why: the zip names no algorithm, and A2C and PPO share their policy class, so SB3 loads an A2C zip as
+    PPO without a word (PPO's clip range and epochs then come from the defaults). Its fields are its
+    algorithm's attributes, though: PPO saves ``clip_range``, ``n_epochs``, ..., A2C does not.
+    """
+    buffer = io.BytesIO()
+    template.save(buffer)  # what SB3 writes for this config (pickled, never unpickled)
+    with zipfile.ZipFile(buffer) as archive:
+        expected = json.loads(archive.read("data")).keys()
+    extra, missing = sorted(data.keys() - expected), sorted(expected - data.keys())
+    name = type(template).__name__
+    why = [f"has {listed(extra)}, which {name} does not save"] if extra else []
+    why += [f"lacks {name}'s {listed(missing)}"] if missing else []
+    if why:
+        raise RunDirError(f"{path} was saved by another algorithm: it {' and '.join(why)}")
+
+
+def listed(names: list[str], most: int = 4) -> str:
+    """The first ``most`` names, comma-separated: enough to recognise an algorithm, in one line."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
 def load_model(
@@ -50,18 +75,20 @@ def load_model(
     device: str,
     **overrides: Any,
 ) -> BaseAlgorithm:
-    """``algo.load(path)`` on ``template``'s env with no field unpickled.
+    """``algo.load(path)`` on ``template``'s env with no field unpickled, refused if another algorithm saved it.
 
     :param template: a fresh model of the same config; gives the classes, schedules and spaces.
     :param state: training state saved beside the zip (last observation, episode buffers); wins over the zip.
     :param overrides: attributes to set on the loaded model (the hardware switches of this machine).
     """
+    data = model_data(path)
     custom = dict(state)
-    for key in serialized_fields(path):
+    for key in (k for k, v in data.items() if isinstance(v, dict) and SERIALIZED in v):
         if key not in custom:
             if not hasattr(template, key):
                 raise RunDirError(f"{path}: serialized field {key!r} is not one this config defines; not loaded")
             custom[key] = getattr(template, key)
+    check_algorithm(path, data, template)
     try:
         return algo.load(
             path, env=template.get_env(), custom_objects=custom, device=device, force_reset=False, **overrides
