@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bess_rl.baselines.kpis import KPI_KEYS, kpis
+from bess_rl.baselines.kpis import KPI_KEYS, curtailed_pv_kw, kpis
 from bess_rl.site.env import PvBessEvEnv
 
 Policy = Callable[[PvBessEvEnv, np.ndarray], np.ndarray]
@@ -72,7 +72,7 @@ def run_episode(env: PvBessEvEnv, policy: Policy, seed: int | None = 0, options:
         **kpis(
             trace["grid_import_kw"],
             trace["bess_kw"],
-            trace["surplus_kw"],
+            curtailed_pv_kw(trace["pv_kw"], trace["load_kw"] + trace["ev_kw"], trace["bess_kw"], trace["surplus_kw"]),
             trace["pv_kw"],
             price,
             env.site.bess_capacity_kwh,

@@ -19,6 +19,16 @@ KPI_KEYS = (
 )
 
 
+def curtailed_pv_kw(
+    pv_kw: np.ndarray, demand_kw: np.ndarray, bess_kw: np.ndarray, surplus_kw: np.ndarray
+) -> np.ndarray:
+    """The PV part of each hour's surplus: PV beyond the load, EVs and battery charging (``demand_kw`` is
+    load plus EVs), never more than the surplus. A battery discharging into a surplus adds to the surplus
+    (energy sent off for nothing), not to the PV curtailed: counted as PV, it pushed the self-consumption
+    of a policy that does so below zero."""
+    return np.clip(pv_kw - demand_kw - np.maximum(bess_kw, 0.0), 0.0, surplus_kw)
+
+
 def kpis(
     grid_import_kw: np.ndarray,
     bess_kw: np.ndarray,
@@ -29,9 +39,10 @@ def kpis(
 ) -> dict[str, float]:
     """KPIs of one run of hourly steps (kW over an hour = kWh), arrays of the same hours.
 
-    Self-consumption is the share of PV used on site (load, EVs or battery), i.e. not curtailed;
-    throughput is the battery's charged plus discharged energy at its AC side, and an equivalent
-    full cycle is one capacity charged and one discharged.
+    Self-consumption is the share of PV used on site (load, EVs or battery), i.e. not curtailed
+    (``curtailed_kw``: PV only, ``curtailed_pv_kw``); throughput is the battery's charged plus
+    discharged energy at its AC side, and an equivalent full cycle is one capacity charged and one
+    discharged.
     """
     pv = float(np.sum(pv_kw))
     curtailed = float(np.sum(curtailed_kw))

@@ -24,6 +24,9 @@ Model, hours t = 0..T-1 of one hour each (kWh = kW):
 
 G_t is ``site.import_cap_kw`` (infinite without a cap), raised to load_t - pv_t where the load alone
 exceeds it: the env serves the load regardless and counts that as a cap violation, so the LP must too.
+In those hours the LP may also give the battery's discharge to EVs (or to charging), where the env gives
+flexible demand only what the discharge brings the import below the cap: a third relaxation, worth 0.01 kg
+of the bound on citylearn_district_cap's evaluation part (experiments/correctness_2026-12-04/).
 
 The unmet energy is not a variable: the penalty term is the constant ``penalty * sum(energy)``
 minus ``penalty`` times each p_{s,t}. Session-hours are expanded with numpy index arithmetic, and

@@ -30,7 +30,7 @@ from rich.table import Table
 
 import bess_rl.site
 from bess_rl.baselines.episode import EpisodeResult, run_episode
-from bess_rl.baselines.kpis import kpis
+from bess_rl.baselines.kpis import curtailed_pv_kw, kpis
 from bess_rl.baselines.mpc import MpcSettings, lp_achievable, run_mpc
 from bess_rl.baselines.optimum import OptimumResult, solve_optimum
 from bess_rl.baselines.rules import RuleBased, uncontrolled
@@ -107,8 +107,9 @@ class References:
 
 def _plan_kpis(env: PvBessEvEnv, opt: OptimumResult) -> dict[str, float]:
     """KPIs of the LP plan itself (it curtails what its balance leaves over)."""
-    net = env.load_kw + opt.ev_power_kw + opt.bess_power_kw - env.pv_kw
-    curtailed = np.maximum(opt.grid_import_kw - net, 0.0)
+    demand = env.load_kw + opt.ev_power_kw
+    surplus = np.maximum(opt.grid_import_kw - (demand + opt.bess_power_kw - env.pv_kw), 0.0)
+    curtailed = curtailed_pv_kw(env.pv_kw, demand, opt.bess_power_kw, surplus)
     price = env.scenario.price_per_kwh
     return kpis(opt.grid_import_kw, opt.bess_power_kw, curtailed, env.pv_kw, price, env.site.bess_capacity_kwh)
 

@@ -27,7 +27,8 @@ Observation (float32), k = ``forecast_hours``; index: meaning [unit before scali
     7+4k          EV energy still needed by vehicles present [kWh] / ev_scale_kw
     8+4k          EV power the present vehicles can take [kW] / ev_scale_kw
     9+4k          EV energy needed by vehicles leaving after this hour [kWh] / ev_scale_kw
-(peaks and ev_scale_kw, the largest socket power ever plugged in at once, come from the scenario.)
+(peaks and ev_scale_kw, the largest socket power ever plugged in at once, are those of the data set the
+scenario was cut from, ``Scenario.peaks``: the training and the held-out part of a year scale alike.)
 Forecasts (``forecast_error``): ``exact`` (default: the future values, an oracle over k hours, as the
 perfect-forecast references see them), ``persistence`` (the same hour on the last day already seen:
 yesterday for leads up to 24 h) or ``noise`` (exact x (1 + forecast_noise x sqrt(lead) x N(0, 1)),
@@ -52,7 +53,7 @@ import gymnasium as gym
 import numpy as np
 
 from bess_rl.site.params import SiteParams, penalised_kg
-from bess_rl.site.scenario import Scenario, default_scenario, session_hours
+from bess_rl.site.scenario import Scenario, default_scenario
 
 ENV_ID = "bess_rl/PvBessEv-v1"
 FORECAST_ERRORS = ("exact", "persistence", "noise")
@@ -117,15 +118,16 @@ class PvBessEvEnv(gym.Env):
         self._energy = ses.energy_kwh
         self._power = ses.max_power_kw
         ns = len(ses)
-        pair_session, pair_hour = session_hours(ses.arrival, ses.departure)
         self._active, self._departing = sc.sessions_by_hour  # read only: shared by every env of the scenario
-        plugged_kw = np.bincount(pair_hour, weights=self._power[pair_session], minlength=n)
-        self.ev_scale_kw = float(max(plugged_kw.max(initial=0.0), 1.0))
+        peaks = sc.peaks  # of the whole data set: every part of it scaled alike (``Scenario``)
+        self.ev_scale_kw = max(peaks.plugged_kw, 1.0)
 
         self.price = sc.price_per_kwh
         hod = np.arange(n) % 24
         # Each exogenous series over its peak, so every feature lies in [0, 1].
-        scaled = [x / max(float(x.max(initial=0.0)), 1e-6) for x in (self.pv_kw, self.load_kw, self.co2, self.price)]
+        series = (self.pv_kw, self.load_kw, self.co2, self.price)
+        tops = (st.pv_kwp * peaks.pv_kw_per_kwp, peaks.load_kw, peaks.co2_kg_per_kwh, peaks.price_per_kwh)
+        scaled = [x / max(top, 1e-6) for x, top in zip(series, tops, strict=True)]
         rng = np.random.default_rng(forecast_seed)
         k = forecast_hours
         self._exog = np.column_stack(
@@ -231,7 +233,7 @@ class PvBessEvEnv(gym.Env):
         arrays = (sc.pv_kw_per_kwp, sc.load_kw, sc.co2_kg_per_kwh, sc.price_per_kwh, self._exog)
         for array in (*arrays, *dataclasses.astuple(sc.sessions)):
             digest.update(np.ascontiguousarray(array).tobytes())
-        digest.update(repr((self.site, self.episode_hours, self.random_start)).encode())
+        digest.update(repr((self.site, self.episode_hours, self.random_start, sc.peaks)).encode())
         return digest.hexdigest()
 
     # --- gymnasium API --------------------------------------------------------------------------

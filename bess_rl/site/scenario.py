@@ -25,6 +25,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -54,9 +55,25 @@ class EvSessions:
         return int(self.arrival.shape[0])
 
 
+class Peaks(NamedTuple):
+    """Largest value of each exogenous series and the most socket power plugged in at once: the scales the
+    env divides its observation by."""
+
+    pv_kw_per_kwp: float
+    load_kw: float
+    co2_kg_per_kwh: float
+    price_per_kwh: float
+    plugged_kw: float
+
+
 @dataclass(frozen=True)
 class Scenario:
-    """One site-year of exogenous data; ``price_per_kwh`` defaults to the flat tariff every hour."""
+    """One site-year of exogenous data; ``price_per_kwh`` defaults to the flat tariff every hour.
+
+    ``peaks`` are those of the data set the scenario was cut from (``window`` keeps them; its own data's
+    otherwise), so the training and the held-out part of one year show a policy the same kW as the same
+    number: both are scaled by the year's peaks, the held-out part's among them (one number per feature).
+    """
 
     name: str
     pv_kw_per_kwp: np.ndarray
@@ -65,10 +82,17 @@ class Scenario:
     sessions: EvSessions
     price_per_kwh: np.ndarray = field(default=None)  # type: ignore[assignment]
     timestamps: np.ndarray | None = None  # datetime64 start of each hour (local), when the data has them
+    peaks: Peaks = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.price_per_kwh is None:
             object.__setattr__(self, "price_per_kwh", np.full(self.hours, FLAT_TARIFF_PER_KWH))
+        if self.peaks is None:
+            ses = self.sessions
+            pair_session, pair_hour = session_hours(ses.arrival, ses.departure)
+            plugged = np.bincount(pair_hour, weights=ses.max_power_kw[pair_session], minlength=self.hours)
+            series = (self.pv_kw_per_kwp, self.load_kw, self.co2_kg_per_kwh, self.price_per_kwh, plugged)
+            object.__setattr__(self, "peaks", Peaks(*(float(np.max(x, initial=0.0)) for x in series)))
 
     @property
     def hours(self) -> int:
@@ -85,7 +109,8 @@ class Scenario:
         return active, _group_by_hour(ses.departure - 1, np.arange(len(ses)), ses.departure, n)
 
     def window(self, start: int, hours: int) -> Scenario:
-        """A shorter scenario (tests, quick runs): sessions are kept if they lie fully inside."""
+        """A shorter scenario (tests, quick runs, the parts of a year): sessions are kept if they lie fully
+        inside; the peaks stay those of the whole."""
         if not 0 <= start < start + hours <= self.hours:
             raise ScenarioError(f"window [{start}, {start + hours}) outside the {self.hours}-hour scenario")
         s = self.sessions
@@ -105,6 +130,7 @@ class Scenario:
             sessions=sessions,
             price_per_kwh=self.price_per_kwh[sl],
             timestamps=None if self.timestamps is None else self.timestamps[sl],
+            peaks=self.peaks,
         )
 
 
