@@ -273,6 +273,14 @@ def test_an_a2c_and_a_ppo_model_zip_are_told_apart(ppo_run, a2c_run, tmp_path, c
         assert all(why in line for line in err), err
 
 
+def test_a_zip_from_before_a_fast_class_attribute_still_loads(ppo_run, tmp_path, capsys):
+    """Only SB3's own parameters tell algorithms apart: a zip without an attribute this project's fast class
+    added later (``cuda_graphs``), or with one it has since dropped, is still its run's model."""
+    copied = run_copy(ppo_run[0], tmp_path / "old")
+    rewrite_data(RunDir(copied).model, lambda data: (data.pop("cuda_graphs"), data.update(dropped_flag=True)))
+    assert evaluate_main([str(copied)]) == 0, capsys.readouterr().err
+
+
 def test_a_crafted_model_zip_runs_no_code_in_evaluate_or_export(ppo_run, tmp_path, capsys):
     """A run folder may come from anyone: the pickled fields of its model.zip are never unpickled."""
     run_dir = run_copy(ppo_run[0], tmp_path / "run")

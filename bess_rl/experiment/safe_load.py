@@ -9,6 +9,7 @@ optimiser states are ``.pth`` files that SB3 2.x loads with ``torch.load(weights
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import zipfile
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from bess_rl.experiment.run_dir import RunDirError
 
 SERIALIZED = ":serialized:"
+SB3_ALGORITHMS = (A2C, DDPG, DQN, PPO, SAC, TD3)
 
 
 def first_line(exc: BaseException) -> str:
@@ -44,22 +47,36 @@ def model_data(path: Path) -> dict[str, Any]:
 
 
 def check_algorithm(path: Path, data: dict[str, Any], template: BaseAlgorithm) -> None:
-    """Refuse a zip whose fields are not those ``template``'s algorithm saves.
+    """Refuse a zip whose fields are not those ``template``'s SB3 algorithm saves.
 
     Why: the zip names no algorithm, and A2C and PPO share their policy class, so SB3 loads an A2C zip as
     PPO without a word (PPO's clip range and epochs then come from the defaults). Its fields are its
-    algorithm's attributes, though: PPO saves ``clip_range``, ``n_epochs``, ..., A2C does not.
+    algorithm's attributes, though: PPO saves ``clip_range``, ``n_epochs``, ..., A2C does not. Only SB3's
+    own constructor parameters are compared, so a zip from before this project added an attribute to its
+    fast classes (or after it removed one) still loads.
     """
     buffer = io.BytesIO()
     template.save(buffer)  # what SB3 writes for this config (pickled, never unpickled)
     with zipfile.ZipFile(buffer) as archive:
         expected = json.loads(archive.read("data")).keys()
-    extra, missing = sorted(data.keys() - expected), sorted(expected - data.keys())
+    own = sb3_parameters(sb3_algorithm(type(template)))
+    known = set().union(*(sb3_parameters(cls) for cls in SB3_ALGORITHMS))
+    extra, missing = sorted((data.keys() - expected) & known), sorted((expected - data.keys()) & own)
     name = type(template).__name__
     why = [f"has {listed(extra)}, which {name} does not save"] if extra else []
     why += [f"lacks {name}'s {listed(missing)}"] if missing else []
     if why:
         raise RunDirError(f"{path} was saved by another algorithm: it {' and '.join(why)}")
+
+
+def sb3_algorithm(cls: type[BaseAlgorithm]) -> type[BaseAlgorithm]:
+    """The SB3 algorithm a class derives from (``FastPPO`` -> ``PPO``): the first of SB3's algorithms in its MRO."""
+    return next((base for base in cls.__mro__ if base in SB3_ALGORITHMS), cls)
+
+
+def sb3_parameters(cls: type[BaseAlgorithm]) -> set[str]:
+    """The constructor parameters of an algorithm: SB3 keeps each as the attribute ``save`` writes."""
+    return set(inspect.signature(cls.__init__).parameters)
 
 
 def listed(names: list[str], most: int = 4) -> str:
