@@ -136,8 +136,8 @@ def run_cli(*args: str, cwd: Path, capfd: pytest.CaptureFixture[str]) -> subproc
     return subprocess.CompletedProcess(list(args), code, out, err)
 
 
-def small_env(episode_hours: int = 48, random_start: bool = False) -> PvBessEvEnv:
-    """The tiny scenario at the small site, ``episode_hours`` long."""
+def small_env(episode_hours: int | None = 48, random_start: bool = False) -> PvBessEvEnv:
+    """The tiny scenario at the small site, ``episode_hours`` long (None: all of it, as references need)."""
     return PvBessEvEnv(make_scenario(), SMALL_SITE, episode_hours=episode_hours, random_start=random_start)
 
 

@@ -27,11 +27,32 @@ from bess_rl.experiment.evaluation import EVAL_KEYS, has_eval_part, load_trained
 from bess_rl.experiment.run_dir import RunDir
 from bess_rl.experiment.train import run
 from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import penalised_kg
 from bess_rl.tools import evaluate as evaluate_tool
 from bess_rl.tools.evaluate import apply_overrides, site_label
 from bess_rl.tools.evaluate import main as evaluate_main
 from bess_rl.tools.export import main as export_main
 from tests.helpers import COMMON, TINY, code_writing, compose_cfg, rewrite_data, small_env
+
+
+def test_the_lp_gap_closed_is_on_what_the_lp_minimises_so_never_above_100_pct():
+    """On CO2 alone, a policy that leaves the EVs empty closed more than all of the LP's gap (the LP charges them)."""
+    env = small_env(episode_hours=None)
+    refs = compute_references(env)
+    pen = env.site.unmet_penalty_kg_per_kwh
+    rule = RuleBased()
+    no_ev = run_episode(env, lambda e, obs: np.array([rule(e, obs)[0], -1.0], np.float32))  # the rule's battery only
+    idle = score(no_ev, refs, pen)
+    assert idle["co2_kg"] < refs.optimum_co2_kg and idle["ev_unmet_kwh"] > 0  # what made the CO2 share pass 100 %
+    assert 0.0 < score(refs.mpc_perfect, refs, pen)["lp_gap_closed_pct"] <= 100.0
+    assert idle["lp_gap_closed_pct"] < 0.0  # worse than uncontrolled once its unmet energy counts
+    lp = penalised_kg(refs.optimum_co2_kg, refs.optimum_unmet_kwh, pen)
+    assert score(refs.uncontrolled, refs, pen)["lp_gap_closed_pct"] == 0.0
+    assert idle["lp_gap_closed_pct"] == pytest.approx(
+        100
+        * (refs.table()["uncontrolled"]["penalised_kg"] - idle["penalised_kg"])
+        / (refs.table()["uncontrolled"]["penalised_kg"] - lp)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +92,7 @@ def test_the_default_scenario_declares_a_different_evaluation_year():
 
 
 def test_uncontrolled_charging_is_flagged_degenerate():
-    env = small_env()
+    env = small_env(episode_hours=None)
     refs = compute_references(env)
     base, pen = refs.table()["uncontrolled"], env.site.unmet_penalty_kg_per_kwh
     flags = degenerate(score(run_episode(env, uncontrolled), refs, pen), base, env.episode_hours)
@@ -84,7 +105,7 @@ def test_uncontrolled_charging_is_flagged_degenerate():
 
 def test_penalised_reduction_is_against_uncontrolled_charging_s_own_penalised_kg():
     """Uncontrolled charging that leaves EV energy unmet scores 0 % on both figures, not minus its penalty."""
-    env = small_env()
+    env = small_env(episode_hours=None)
     refs = compute_references(env)
     pen = env.site.unmet_penalty_kg_per_kwh
     short = dataclasses.replace(refs.uncontrolled, ev_unmet_kwh=refs.uncontrolled.ev_unmet_kwh + 50.0)

@@ -19,7 +19,7 @@ from bess_rl.experiment.build import build_eval_env, build_references
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import penalised_kg
 from bess_rl.tools import references as command
-from tests.helpers import compose_cfg, make_scenario
+from tests.helpers import SMALL_SITE, compose_cfg, make_scenario
 
 
 @pytest.mark.slow  # every reference on the whole default year
@@ -205,3 +205,10 @@ def test_ctrl_c_in_the_references_command_is_one_line_and_exit_130(monkeypatch, 
         pytest.fail("Ctrl-C escaped main as a traceback")
     assert code == 130
     assert capsys.readouterr().err.strip() == "interrupted: nothing written (this command only prints)"
+
+
+@pytest.mark.parametrize("episode", [{"episode_hours": 48}, {"episode_hours": 48, "random_start": True}])
+def test_references_refuse_an_env_whose_episode_is_part_of_its_scenario(episode):
+    """The LP bound plans every hour of the scenario: beside a 48-hour episode it was 1.4x uncontrolled's CO2."""
+    with pytest.raises(ValueError, match="whole scenario from hour 0"):
+        compute_references(PvBessEvEnv(make_scenario(days=3), SMALL_SITE, **episode))

@@ -119,6 +119,13 @@ def compute_references(env: PvBessEvEnv, mpc: MpcSettings | None = None, cache_d
     An env with the same fingerprint and settings gets the references computed before in this process,
     or with ``cache_dir`` in any process by the same code (they are deterministic; ``seconds`` are those
     of the computation)."""
+    if env.random_start or env.episode_hours != env.scenario.hours:
+        # The LP plans the whole scenario: an episode of part of it would be compared with a bound of more hours.
+        raise ValueError(
+            f"references need an env that runs its whole scenario from hour 0 (episode_hours=None, "
+            f"random_start=False), not {env.episode_hours} of its {env.scenario.hours} hours"
+            + (" from a random start" if env.random_start else "")
+        )
     mpc = mpc or MpcSettings()
     key = (env.fingerprint(), *astuple(mpc))
     on_disk = None if cache_dir is None else cache_file(cache_dir, key)

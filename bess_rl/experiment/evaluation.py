@@ -54,23 +54,24 @@ def require_eval_part(scenario_cfg: DictConfig) -> None:
 
 
 def score(result: EpisodeResult, refs: References, penalty: float) -> dict[str, float]:
-    """CO2 reduction vs uncontrolled, the share of the LP's possible reduction achieved, and the KPIs.
+    """CO2 reduction vs uncontrolled, the share of the LP's possible (penalised) reduction achieved, the KPIs.
 
     CO2 alone rewards leaving EVs uncharged, so the penalised figure (CO2 + penalty x unmet EV
     kWh, what the reward and the LP minimise) is reported beside it and is the default objective. It is
     measured against uncontrolled charging's own penalised kg, so uncontrolled scores 0 % on both.
     """
     base = refs.uncontrolled.co2_kg
-    possible = base - refs.optimum_co2_kg
+    penalised_base = penalised_kg(base, refs.uncontrolled.ev_unmet_kwh, penalty)
+    # The LP minimises penalised kg, so only that is bounded by it: on CO2 alone an agent that leaves EVs
+    # uncharged closed "more than 100 %" of the gap.
+    possible = penalised_base - penalised_kg(refs.optimum_co2_kg, refs.optimum_unmet_kwh, penalty)
     penalised = penalised_kg(result.co2_kg, result.ev_unmet_kwh, penalty)
     return {
         "co2_kg": result.co2_kg,
         "co2_reduction_pct": reduction_pct(base, result.co2_kg),
         "penalised_kg": penalised,
-        "penalised_reduction_pct": reduction_pct(
-            penalised_kg(base, refs.uncontrolled.ev_unmet_kwh, penalty), penalised
-        ),
-        "lp_gap_closed_pct": 100.0 * (base - result.co2_kg) / possible if possible > 0 else 0.0,
+        "penalised_reduction_pct": reduction_pct(penalised_base, penalised),
+        "lp_gap_closed_pct": 100.0 * (penalised_base - penalised) / possible if possible > 0 else 0.0,
         "ev_unmet_kwh": result.ev_unmet_kwh,
         "ev_served_kwh": result.ev_served_kwh,
         "grid_import_kwh": result.grid_import_kwh,

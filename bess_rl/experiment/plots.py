@@ -7,6 +7,8 @@ from types import ModuleType
 
 import numpy as np
 
+from bess_rl.baselines.kpis import curtailed_pv_kw
+
 
 def _pyplot() -> ModuleType:
     """matplotlib's pyplot on the headless Agg backend, imported at the first figure: importing it costs
@@ -48,7 +50,9 @@ def dispatch_week(
     plt = _pyplot()
     fig, (ax, ax_grid, ax_soc) = plt.subplots(3, 1, figsize=(11, 8), sharex=True, height_ratios=[3, 2, 1])
     ax.fill_between(x, trace["pv_kw"][sl], color="gold", alpha=0.5, label="PV")
-    ax.fill_between(x, trace["surplus_kw"][sl], color="tab:red", alpha=0.35, hatch="//", label="PV curtailed")
+    demand = trace["load_kw"][sl] + trace["ev_kw"][sl]
+    curtailed = curtailed_pv_kw(trace["pv_kw"][sl], demand, trace["bess_kw"][sl], trace["surplus_kw"][sl])
+    ax.fill_between(x, curtailed, color="tab:red", alpha=0.35, hatch="//", label="PV curtailed")
     ax.plot(x, trace["load_kw"][sl], color="black", lw=1, label="site load")
     ax.plot(x, trace["load_kw"][sl] + trace["ev_kw"][sl], color="tab:blue", lw=1, label="load + EV")
     ax.plot(x, trace["grid_import_kw"][sl], color="tab:red", lw=1.2, label="grid import")

@@ -40,6 +40,8 @@ Reward: -(CO2 of grid import [kg] + unmet_penalty_kg_per_kwh x EV energy missing
 Versions (``ENV_ID``; a model saved under one layout cannot be used with another):
     v0  4 + 2k exogenous features (hour, PV, load, intensity now; PV and load forecasts, exact) + 4 state
     v1  price now; intensity and price forecasts; ``forecast_error``; ``site.import_cap_kw``
+        (2026-12-04, same layout and id: features over the peaks of the data set a scenario was cut from,
+        ``Scenario.peaks``, no longer each part's own, so a year's training and held-out parts scale alike)
 """
 
 from __future__ import annotations
