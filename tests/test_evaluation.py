@@ -167,11 +167,12 @@ def test_evaluate_scores_the_model_on_another_scenario_and_writes_a_folder(ppo_r
     out, trained = ppo_run
     assert evaluate_main([str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "held-out evaluation part" in printed and "ppo (after)" in printed
+    assert "held-out evaluation part" in printed and "ppo (after)" in printed and "model: model.zip;" in printed
     (folder,) = RunDir(out).evaluations.iterdir()
     same = json.loads((folder / "metrics.json").read_text())
     assert same["co2_kg"] == pytest.approx(trained["co2_kg"], rel=1e-12)  # model.zip reproduces the run's score
     assert evaluate_main([str(out), "--best", "scenario.window_start=168"]) == 0
+    assert "model: best_model.zip;" in capsys.readouterr().out
     other = json.loads(max(RunDir(out).evaluations.iterdir()).joinpath("metrics.json").read_text())
     assert other["model"] == "best_model.zip" and other["co2_kg"] != same["co2_kg"]
     shutil.rmtree(RunDir(out).evaluations)

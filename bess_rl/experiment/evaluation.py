@@ -242,7 +242,7 @@ def load_trained(run_dir: Path, best: bool = False) -> tuple[BaseAlgorithm, Dict
                 f"{run_dir} is unfinished (interrupted, no {path.name} yet): "
                 f"resume with: python -m bess_rl resume={run_dir}"
             )
-        why = "no periodic evaluation kept one (eval_every_steps)" if best else "trained with save_model=false?"
+        why = "no periodic evaluation kept one: see eval_every_steps" if best else "trained with save_model=false?"
         raise RunDirError(f"{run_dir} has no {path.name} ({why})")
     check_model_zip(path)
     cfg.hardware.device = cfg.agent.device = "cpu"

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return interrupted(f"no evaluation written ({RunDir(args.run_dir).evaluations} is as it was)")
     print_table(metrics)
-    print(f"site: {metrics['site']}")
+    print(f"model: {metrics['model']}; site: {metrics['site']}")  # --best: which zip was scored, on the console too
     print(f"written to {out}")
     return 0
 
