@@ -116,6 +116,9 @@ def composition_error(exc: HydraException | OmegaConfBaseException) -> str:
     text = one_line(exc)
     if isinstance(exc, OverrideParseException):
         text = f"cannot parse the override {exc.override!r}: {text}"
+        key, _, value = str(exc.override).partition("=")
+        if "[" in value and not value.startswith("["):  # KEY[start:end] is a string to us, a list to Hydra's parser
+            text += f""" (quote a value with brackets: '{key}="{value}"')"""
     if isinstance(exc, MissingConfigException) and exc.options:
         text += f" (options: {', '.join(exc.options)})"
     return text

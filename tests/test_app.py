@@ -189,6 +189,7 @@ def test_minibatch_larger_than_rollout_is_refused():
     [
         (["agent=sacc"], "Could not find 'agent/sacc'"),
         (["agent.hparams.batch_size=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+        (["scenario.eval_data=citylearn_building_1[0:9]"], """quote a value with brackets: 'scenario.eval_data="c"""),
     ],
 )
 def test_cli_errors_are_one_clear_line(tmp_path, args, message):
