@@ -140,6 +140,7 @@ def test_run_folder_has_plot_and_metrics(tmp_path):
                 "peak_memory_mb"):  # fmt: skip
         assert saved[key] == pytest.approx(metrics[key])
     assert saved["peak_memory_mb"] > 50 and saved["timesteps_per_hour"] > 0
+    assert saved["gradient_updates"] == 2  # gradient steps: 1 rollout of 64 x 1 epoch in minibatches of 32
 
 
 @pytest.mark.parametrize("agent", ["ppo", "sac"])

@@ -55,3 +55,7 @@ def test_counted_ppo_updates(n_envs):
                 policy_kwargs={"net_arch": [8]})  # fmt: skip
     planned = eta.work(model, 16 * n_envs * 3, eval_every=16, eval_hours=48)
     assert planned.updates == 3 * 2 * 2 * n_envs and planned.eval_steps == 3 * n_envs * 48
+    steps, step = [], model.policy.optimizer.step
+    model.policy.optimizer.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]  # counts gradient steps
+    model.learn(16 * n_envs * 3)
+    assert eta.gradient_steps(model) == len(steps) == planned.updates  # metrics.json's gradient_updates

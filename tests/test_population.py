@@ -133,3 +133,21 @@ def test_population_trains_on_cuda():
     assert pop.n_updates == 20
     assert all(torch.isfinite(p).all() for p in pop.nets.actor_params() + pop.nets.critic_params())
     assert pop.member_model(0).device.type == "cuda"
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_timing_the_stacked_step_changes_nothing_and_the_counts_are_the_ones_learn_performs(amp):
+    from bess_rl.experiment import eta
+
+    kwargs = {**TINY, "learning_starts": 10, "train_freq": 3, "gradient_steps": 2, "amp": amp}
+    timed, plain = (Population(site_env, size=3, seeds=SEEDS, **HPARAMS, **kwargs) for _ in range(2))
+    assert all(s > 0 for s in timed.step_seconds(2))
+    for pop in (timed, plain):
+        for steps in (25, 20):  # a second learn starts past learning_starts
+            planned = eta.population_work(pop, steps)
+            before = pop.n_updates
+            pop.learn(steps)
+            assert (planned.updates, planned.env_steps) == (pop.n_updates - before, 3 * steps)
+    for i in range(3):
+        for key, value in plain.member_model(i).policy.state_dict().items():
+            assert torch.equal(timed.member_model(i).policy.state_dict()[key], value), key

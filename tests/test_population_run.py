@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -86,3 +87,29 @@ def test_planner_counts_every_member_and_refuses_what_does_not_fit():
     planner.check(one, budget, "test")
     with pytest.raises(planner.MemoryBudgetError, match="fewer than population.size=4"):
         planner.check(four, budget, "test")
+
+
+def test_a_population_is_estimated_warned_about_and_shows_its_progress(tmp_path, caplog, monkeypatch):
+    bars = []
+
+    class Bar:  # tqdm.rich's bar, recording its total and updates
+        def __init__(self, total: int) -> None:
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(population_run, "tqdm", Bar)
+    cfg = compose_cfg([*POP, *COMMON, *TINY["sac"], "progress_bar=true", "warn_hours=1e-9"])
+    with caplog.at_level(logging.INFO, logger="bess_rl.experiment.eta"):
+        members = population_run.run(cfg, tmp_path / "pop")
+    (estimate,) = [r.getMessage() for r in caplog.records if "estimated wall time" in r.getMessage()]
+    updates = members[0]["gradient_updates"]
+    assert "120 env steps at" in estimate and f" {updates} stacked updates at" in estimate and updates > 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.endswith("eta")]
+    assert "over warn_hours=1e-09" in warning and "agent.total_timesteps=" in warning
+    assert [(b.total, b.n) for b in bars] == [(60, 60)]

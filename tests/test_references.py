@@ -116,6 +116,14 @@ def test_another_process_reads_the_references_from_the_cache(tmp_path, site, fre
         assert all(info.filename.endswith(".npy") for info in z.infolist())
 
 
+def test_solving_the_references_is_announced_before_and_timed_after(site, fresh_process, caplog):
+    with caplog.at_level(logging.INFO, logger=references.__name__):
+        refs = compute_references(PvBessEvEnv(make_scenario(days=2, seed=7), site))
+    before, after = (r.getMessage() for r in caplog.records)
+    assert before.startswith("solving the references on synthetic (48 hours)") and "LP optimum" in before
+    assert after == f"references solved in {sum(refs.seconds.values()):.1f} s"
+
+
 def test_references_computed_here_are_written_to_a_cache_asked_for_later(tmp_path, site, fresh_process):
     env = PvBessEvEnv(make_scenario(days=2, seed=7), site)
     first = compute_references(env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -74,3 +75,24 @@ def test_ctrl_c_of_a_replay_process_exits_130_without_a_traceback(tmp_path):
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err and err.splitlines()[-1].startswith("interrupted: no replay kept"), err
     assert replay_folders(run_dir) == []
+
+
+def test_a_replay_says_what_it_retrains_and_how_long_it_should_take(tmp_path, monkeypatch, capsys):
+    run_dir = run_folder(tmp_path, ["agent=ppo", *TINY["ppo"], *COMMON])
+    write_json(RunDir(run_dir).metrics, dict.fromkeys(replay.COMPARED, 0.0))
+    root, level = logging.getLogger(), logging.getLogger().level
+    monkeypatch.setattr(root, "handlers", [])  # as in a process of its own: no handler until main adds one
+    try:
+        assert replay.main([str(run_dir)]) == 1  # differs from the made-up original
+    finally:
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert f"replaying {run_dir}: retraining ppo (after preset, seed 42) for 64 steps on cpu" in err
+    assert "estimated wall time" in err
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_a_replay_shows_its_progress_bar_on_a_terminal_only(tmp_path, monkeypatch, terminal):
+    run_dir = run_folder(tmp_path, ["agent=ppo", *TINY["ppo"], *COMMON])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    assert replay.load_run_config(run_dir).progress_bar is terminal

@@ -17,6 +17,7 @@ stacked products are single batched matmuls; that path is written but not yet me
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
@@ -276,6 +277,53 @@ class Population:
         torch._foreach_mul_(target, [1 - tau for tau in taus])
         torch._foreach_add_(target, torch._foreach_mul(online, taus))
 
+    def _written(self) -> list[torch.Tensor]:
+        """Every tensor a stacked update writes in place: the weights (and their bf16 copies),
+        the entropy coefficient, the Adam moments and step counters."""
+        tensors = self.nets.params() + (self.low.params() if self.low is not None else [])
+        tensors += [self.log_ent_coef] if self.log_ent_coef is not None else []
+        for adam in (self.actor_adam, self.critic_adam, self.ent_adam):
+            if adam is not None:
+                tensors += adam.exp_avg + adam.exp_avg_sq + [c for cs in adam.counters.values() for c in cs]
+        return tensors
+
+    @torch.no_grad()
+    def step_seconds(self, repeats: int) -> tuple[float, float]:
+        """Seconds per stacked action call and per stacked (eager) update, timed on this population with
+        a synthetic batch (the buffers may still be empty), after which every tensor they wrote and the
+        members' random streams are put back: the wall-time estimate must not change the run."""
+        written, streams = self._written(), [g.get_state() for g in self.generators]
+        saved = [t.clone() for t in written]
+        first = self.members[0]
+        obs_dim, act_dim = first.observation_space.shape[0], first.action_space.shape[0]
+        gen = torch.Generator(device=self.device).manual_seed(0)
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.rand((self.size, *shape), device=self.device, generator=gen)
+
+        b = self.batch_size
+        batch = ReplayBufferSamples(
+            rand(b, obs_dim), rand(b, act_dim), rand(b, obs_dim), rand(b, 1).round(), rand(b, 1)
+        )
+        noise, obs = rand(b, act_dim), rand(obs_dim).cpu().numpy()
+        try:
+            self._update(batch, noise, noise, True)  # the first one allocates
+            seconds = []
+            for job in (lambda: self.actions(obs), lambda: self._update(batch, noise, noise, True)):
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    job()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds.append((time.perf_counter() - t0) / repeats)
+        finally:
+            torch._foreach_copy_(written, saved)
+            for g, state in zip(self.generators, streams, strict=True):
+                g.set_state(state)
+        return seconds[0], seconds[1]
+
     # --- collection ----------------------------------------------------------------------------
     @torch.no_grad()
     def actions(self, obs: np.ndarray) -> np.ndarray:
@@ -287,9 +335,10 @@ class Population:
         noise = torch.stack([torch.randn(mean.shape[1:], device=self.device, generator=g) for g in self.generators])
         return torch.tanh(mean + noise * std).reshape(self.size, -1).cpu().numpy()
 
-    def learn(self, total_timesteps: int) -> Population:
+    def learn(self, total_timesteps: int, on_step: Callable[[], None] | None = None) -> Population:
         """SB3's off-policy loop for every member in lockstep: random actions until ``learning_starts``,
-        one env step each, ``gradient_steps`` stacked updates every ``train_freq`` steps."""
+        one env step each, ``gradient_steps`` stacked updates every ``train_freq`` steps; ``on_step`` is
+        called after each step (a progress bar)."""
         envs = [m.env for m in self.members]
         if self._obs is None:
             self._obs = np.concatenate([env.reset() for env in envs])
@@ -313,6 +362,8 @@ class Population:
             due = self.num_timesteps % self.train_freq == 0
             if due and self.num_timesteps > self.learning_starts and self.gradient_steps > 0:
                 self.train(self.gradient_steps)
+            if on_step is not None:
+                on_step()
         return self
 
     # --- export --------------------------------------------------------------------------------

@@ -213,6 +213,15 @@ def load_references(path: Path) -> References:
 
 
 def _compute(env: PvBessEvEnv, mpc: MpcSettings) -> References:
+    # Solving takes tens of seconds on a year: say so before, and how long it took after.
+    scenario = env.scenario
+    since = "" if scenario.timestamps is None else f" from {np.datetime_as_string(scenario.timestamps[0], unit='D')}"
+    log.info(
+        "solving the references on %s (%d hours%s): LP optimum, rules, MPC (perfect, persistence), the LP plan",
+        scenario.name,
+        scenario.hours,
+        since,
+    )
     seconds: dict[str, float] = {}
     cpu_seconds: dict[str, float] = {}
 
@@ -223,7 +232,7 @@ def _compute(env: PvBessEvEnv, mpc: MpcSettings) -> References:
         return out
 
     opt = timed("lp_optimum", lambda: solve_optimum(env.scenario, env.site))
-    return References(
+    refs = References(
         uncontrolled=timed("uncontrolled", lambda: run_episode(env, uncontrolled)),
         rule_based=timed("rule_based", lambda: run_episode(env, RuleBased())),
         smart_rule=timed("smart_rule", lambda: run_episode(env, SmartCharging())),
@@ -236,6 +245,8 @@ def _compute(env: PvBessEvEnv, mpc: MpcSettings) -> References:
         seconds=seconds,
         cpu_seconds=cpu_seconds,
     )
+    log.info("references solved in %.1f s", sum(seconds.values()))
+    return refs
 
 
 def degenerate(row: Mapping[str, Any], base: Mapping[str, Any], hours: int) -> list[str]:

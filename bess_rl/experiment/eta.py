@@ -7,7 +7,8 @@ size) are timed for about a second before training, the run's counts of each com
 and a run longer than ``warn_hours`` is warned about with budget overrides that would fit.
 
 The calibration leaves the run untouched: it steps a separate env, updates a copy of the policy and
-restores the global random states, so a run with and without it trains identically.
+restores the global random states, so a run with and without it trains identically; a population's
+stacked update is timed on the population itself, every tensor it writes put back after.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
+from bess_rl.agents.population import Population
 from bess_rl.site.env import PvBessEvEnv
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,20 @@ class Work:
         )
 
 
+def minibatches(model: OnPolicyAlgorithm) -> int:
+    """Gradient steps per PPO epoch (SB3 cuts the rollout into ``batch_size`` slices); A2C's one."""
+    rollout = model.n_steps * model.n_envs
+    return -(-rollout // (getattr(model, "batch_size", None) or rollout))
+
+
+def gradient_steps(model: BaseAlgorithm) -> int:
+    """The gradient steps ``model`` took: SB3's ``_n_updates`` counts PPO's epochs, each of them
+    ``minibatches`` steps (a ``target_kl`` stop counts its last epoch whole); A2C's and SAC's count steps."""
+    if isinstance(model, OnPolicyAlgorithm):
+        return int(model._n_updates) * minibatches(model)
+    return int(model._n_updates)
+
+
 def work(model: BaseAlgorithm, steps: int, eval_every: int | None, eval_hours: int) -> Work:
     """The counts SB3's learn loop performs for ``steps`` more env steps of ``model``."""
     n_envs = model.n_envs
@@ -73,13 +89,22 @@ def work(model: BaseAlgorithm, steps: int, eval_every: int | None, eval_hours: i
         gradient_steps = model.gradient_steps if model.gradient_steps > 0 else model.train_freq.frequency
         updates = max(collections - warm_up, 0) * gradient_steps
     elif isinstance(model, OnPolicyAlgorithm):
-        rollout = model.n_steps * n_envs
-        batch = getattr(model, "batch_size", None) or rollout
-        updates = -(-steps // rollout) * getattr(model, "n_epochs", 1) * -(-rollout // batch)
+        rollouts = -(-steps // (model.n_steps * n_envs))
+        updates = rollouts * getattr(model, "n_epochs", 1) * minibatches(model)
     else:
         updates = 0
     evals = steps // eval_every if eval_every else 0
     return Work(steps, calls, updates, evals * eval_hours)
+
+
+def population_work(pop: Population, steps: int) -> Work:
+    """The counts ``Population.learn(steps)`` performs: one env step per member and one stacked action call
+    per step after ``learning_starts``, ``gradient_steps`` stacked updates every ``train_freq`` steps past it."""
+    start, end = pop.num_timesteps, pop.num_timesteps + steps
+    first = max(start, pop.learning_starts)
+    calls = max(end - first, 0)
+    trained = max(end // pop.train_freq - first // pop.train_freq, 0) if pop.gradient_steps > 0 else 0
+    return Work(steps * pop.size, calls, trained * pop.gradient_steps, 0)
 
 
 def _batch_size(model: BaseAlgorithm) -> int:
@@ -115,18 +140,23 @@ def _update_step(model: BaseAlgorithm) -> Callable[[], None]:
     return step
 
 
+def _env_step_seconds(env: PvBessEvEnv) -> float:
+    """Seconds per step of ``env`` under random actions."""
+    obs, _ = env.reset(seed=0)
+    t0 = time.perf_counter()
+    for _ in range(CALIBRATION_STEPS):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            obs, _ = env.reset()
+    return (time.perf_counter() - t0) / CALIBRATION_STEPS
+
+
 def calibrate(model: BaseAlgorithm, env: PvBessEvEnv) -> Rates:
     """Time env steps, policy calls and updates here, for about a second; global random states restored."""
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
-        obs, _ = env.reset(seed=0)
-        batch = np.repeat(obs[None], model.n_envs, axis=0)
-        t0 = time.perf_counter()
-        for _ in range(CALIBRATION_STEPS):
-            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:
-                obs, _ = env.reset()
-        env_s = (time.perf_counter() - t0) / CALIBRATION_STEPS
+        env_s = _env_step_seconds(env)
+        batch = np.repeat(env.reset(seed=0)[0][None], model.n_envs, axis=0)
         t0 = time.perf_counter()
         for _ in range(CALIBRATION_STEPS // 4):
             model.predict(batch, deterministic=True)
@@ -148,18 +178,32 @@ def calibrate(model: BaseAlgorithm, env: PvBessEvEnv) -> Rates:
     return Rates(env_s, call_s, update_s)
 
 
+def calibrate_population(pop: Population, env: PvBessEvEnv) -> Rates:
+    """``calibrate`` for a population: one member's env step, and the stacked action call and update,
+    which ``Population.step_seconds`` times on the population itself and then puts back as it was."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        env_s = _env_step_seconds(env)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+    return Rates(env_s, *pop.step_seconds(CALIBRATION_UPDATES))
+
+
 def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
-def fitting_budgets(cfg: DictConfig, model: BaseAlgorithm, todo: Work, rates: Rates, limit_s: float) -> list[str]:
-    """Overrides that bring the estimate under ``limit_s``: fewer timesteps, or fewer updates per step."""
+def fitting_budgets(cfg: DictConfig, gradient_steps: int | None, todo: Work, rates: Rates, limit_s: float) -> list[str]:
+    """Overrides that bring the estimate under ``limit_s``: fewer timesteps, or (off-policy: ``gradient_steps``
+    per collection, None on-policy) fewer updates per step."""
     total = todo.seconds(rates)
     options = [f"agent.total_timesteps={max(int(cfg.agent.total_timesteps * limit_s / total), 1)}"]
     update_s = todo.updates * rates.update_s
     rest = total - update_s
-    if isinstance(model, OffPolicyAlgorithm) and update_s > 0 and rest < limit_s:
-        fitting = math.floor(model.gradient_steps * (limit_s - rest) / update_s)
+    if gradient_steps is not None and update_s > 0 and rest < limit_s:
+        fitting = math.floor(gradient_steps * (limit_s - rest) / update_s)
         if fitting >= 1:
             options.append(f"agent.hparams.gradient_steps={fitting}")
     options.append("a faster hardware profile (python -m bess_rl.doctor lists this machine's)")
@@ -170,13 +214,27 @@ def announce(cfg: DictConfig, model: BaseAlgorithm, steps: int, env: PvBessEvEnv
     """Calibrate, log the estimated wall time and warn above ``warn_hours``; returns the estimate in seconds."""
     rates = calibrate(model, env)
     todo = work(model, steps, cfg.get("eval_every_steps"), eval_hours)
+    gradient = model.gradient_steps if isinstance(model, OffPolicyAlgorithm) else None
+    return _report(cfg, todo, rates, model.n_envs, gradient, "updates")
+
+
+def announce_population(cfg: DictConfig, pop: Population, steps: int, env: PvBessEvEnv) -> float:
+    """``announce`` for ``steps`` more steps of every member of ``pop``, at its stacked update's rate."""
+    rates = calibrate_population(pop, env)
+    return _report(cfg, population_work(pop, steps), rates, pop.size, pop.gradient_steps, "stacked updates")
+
+
+def _report(cfg: DictConfig, todo: Work, rates: Rates, per_call: int, gradient: int | None, updates: str) -> float:
+    """Log the estimate of ``todo`` at ``rates`` (``per_call`` env steps per policy call) and warn above
+    ``warn_hours``; returns the estimate in seconds."""
     estimate = todo.seconds(rates)
     log.info(
-        "estimated wall time %s: %d env steps at %.0f/s, %d updates at %.0f/s (calibrated here)",
+        "estimated wall time %s: %d env steps at %.0f/s, %d %s at %.0f/s (calibrated here)",
         hours(estimate),
         todo.env_steps,
-        1 / max(rates.env_step_s + rates.policy_call_s / model.n_envs, 1e-12),
+        1 / max(rates.env_step_s + rates.policy_call_s / per_call, 1e-12),
         todo.updates,
+        updates,
         1 / max(rates.update_s, 1e-12),
     )
     warn_hours = cfg.get("warn_hours")
@@ -185,6 +243,6 @@ def announce(cfg: DictConfig, model: BaseAlgorithm, steps: int, env: PvBessEvEnv
             "this run is estimated at %s, over warn_hours=%s; within it: %s",
             hours(estimate),
             warn_hours,
-            " or ".join(fitting_budgets(cfg, model, todo, rates, warn_hours * 3600)),
+            " or ".join(fitting_budgets(cfg, gradient, todo, rates, warn_hours * 3600)),
         )
     return estimate

@@ -18,10 +18,18 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from stable_baselines3.common.logger import Logger
+from tqdm.rich import tqdm
 
 from bess_rl.agents.population import Population
-from bess_rl.experiment import hardware, planner
-from bess_rl.experiment.build import algo_class, build_references, build_scenario, build_site, make_env
+from bess_rl.experiment import eta, hardware, planner
+from bess_rl.experiment.build import (
+    algo_class,
+    build_eval_env,
+    build_references,
+    build_scenario,
+    build_site,
+    make_env,
+)
 from bess_rl.experiment.config import POPULATION_LISTS, validate
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
@@ -90,19 +98,23 @@ def build_population(cfg: DictConfig, members: list[DictConfig], env_fn: Any, ru
     )
 
 
-def learn(pop: Population, steps: int) -> tuple[float, dict[str, Any]]:
-    """Train every member ``steps`` env steps; returns seconds and the resources sampled meanwhile."""
+def learn(pop: Population, steps: int, progress_bar: bool) -> tuple[float, dict[str, Any]]:
+    """Train every member ``steps`` env steps (with a progress bar of them, as a single run's);
+    returns seconds and the resources sampled meanwhile."""
     lead = pop.members[0]
     lead.set_logger(Logger(None, []))  # the monitor records into its model's logger
     monitor = ResourceMonitor()
     monitor.init_callback(lead)
     monitor.on_training_start({}, {})
+    bar = tqdm(total=steps) if progress_bar else None
     t0 = time.perf_counter()
     try:
-        pop.learn(steps)
+        pop.learn(steps, on_step=None if bar is None else bar.update)
         monitor.on_training_end()
     finally:
         monitor.stop()
+        if bar is not None:
+            bar.close()
     return time.perf_counter() - t0, monitor.summary()
 
 
@@ -131,7 +143,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     refs = build_references(cfg, eval_env)
     log.info("training %d %s members (%s preset) for %d steps each on %s", pop.size, cfg.agent.name,
              cfg.preset.name, cfg.agent.total_timesteps, runtime.device)  # fmt: skip
-    train_s, resources = learn(pop, cfg.agent.total_timesteps)
+    eta.announce_population(cfg, pop, cfg.agent.total_timesteps, build_eval_env(cfg))
+    train_s, resources = learn(pop, cfg.agent.total_timesteps, cfg.progress_bar)
     results = []
     for i, (member, rd) in enumerate(zip(members, folders, strict=True)):
         model = pop.member_model(i)

@@ -310,7 +310,7 @@ def final_metrics(
         "held_out": held_out,
         **scored,
         "total_timesteps": int(model.num_timesteps),
-        "gradient_updates": int(model._n_updates),
+        "gradient_updates": eta.gradient_steps(model),
         "train_seconds": train_s,
         "timesteps_per_hour": trained / train_s * 3600.0 if train_s > 0 else 0.0,
         "peak_memory_mb": peak_memory_mb(str(model.device.type)),

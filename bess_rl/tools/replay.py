@@ -7,6 +7,7 @@ resolved config and seed on the CPU and reports every outcome metric that differ
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 from datetime import datetime
@@ -19,16 +20,18 @@ from bess_rl.experiment.errors import USER_ERRORS, interrupted
 from bess_rl.experiment.run_dir import RunDir, read_json
 from bess_rl.experiment.train import run
 
+log = logging.getLogger(__name__)
+
 # Outcomes that must replay exactly; timings and memory are measurements, not outcomes.
 COMPARED = ("co2_kg", "co2_reduction_pct", "lp_gap_closed_pct", "ev_unmet_kwh", "ev_served_kwh", "grid_import_kwh")
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
-    """The run's saved config, moved to the CPU."""
+    """The run's saved config, moved to the CPU, with a progress bar where stderr is a terminal to show it."""
     cfg = RunDir(run_dir).load_config()
     cfg.hardware.device = "cpu"
     cfg.agent.device = "cpu"
-    cfg.progress_bar = False
+    cfg.progress_bar = sys.stderr.isatty()
     return cfg
 
 
@@ -46,6 +49,10 @@ def replay(run_dir: Path) -> tuple[dict, list[str]]:
     cfg = load_run_config(run_dir)
     original = read_json(RunDir(run_dir).metrics)
     out = RunDir(run_dir).replays / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    log.info(
+        "replaying %s: retraining %s (%s preset, seed %s) for %d steps on cpu into %s",
+        run_dir, cfg.agent.name, cfg.preset.name, cfg.seed, cfg.agent.total_timesteps, out,
+    )  # fmt: skip
     try:
         replayed = run(cfg, out)
     except (KeyboardInterrupt, TrainingInterrupted):
@@ -59,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bess_rl.replay", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
+    # No Hydra here to configure logging: without a handler the retraining's estimate and warnings are lost.
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", stream=sys.stderr
+    )
     try:
         replayed, diffs = replay(args.run_dir)
     except (*USER_ERRORS, FileNotFoundError) as exc:
