@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import pickle
 import subprocess
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -14,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.config import ConfigError
+from bess_rl.experiment.run_dir import launch_sweep, register_resolvers
 from bess_rl.experiment.storage import StorageError
 from bess_rl.experiment.sweeper import OptunaStudyGuard, check_directions
 from tests.helpers import COMMON, TINY, compose_cfg, run_cli
@@ -29,6 +32,11 @@ def trials(root: Path, study: str) -> list[FrozenTrial]:
     return optuna.load_study(study_name=study, storage=f"sqlite:///{root}/outputs/optuna.db").trials
 
 
+def study_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Optuna's lines on creating or loading a study (its handler writes to the stderr it was imported with)."""
+    return [m for m in caplog.messages if m.startswith(("A new study", "Using an existing study"))]
+
+
 def finished_runs(root: Path) -> list[Path]:
     return sorted((root / "outputs" / "sweeps").glob("*/*/metrics.json"))
 
@@ -37,14 +45,18 @@ PPO_SWEEP = ["hparams_search=ppo_optuna", "hydra.sweeper.n_trials=2", *COMMON, *
 
 
 @pytest.mark.slow
-def test_sweep_resumes_and_a_resumed_sweep_that_only_fails_exits_nonzero(tmp_path, capfd):
+def test_sweep_resumes_and_a_resumed_sweep_that_only_fails_exits_nonzero(tmp_path, capfd, caplog):
     first = multirun(tmp_path, capfd, *PPO_SWEEP)
     assert first.returncode == 0, first.stderr[-3000:]
+    # The guard creates the study; the sweeper's create_study does not then say it loads an existing one.
+    assert study_lines(caplog) == ["A new study created in RDB with name: ppo"]
+    caplog.clear()
     assert [t.state for t in trials(tmp_path, "ppo")] == [COMPLETE] * 2
     assert len(finished_runs(tmp_path)) == 2
 
     again = multirun(tmp_path, capfd, *PPO_SWEEP)  # the same command: the study in outputs/optuna.db goes on
     assert again.returncode == 0, again.stderr[-3000:]
+    assert study_lines(caplog) == ["Using an existing study with name 'ppo' instead of creating a new one."]
     study = trials(tmp_path, "ppo")
     assert [t.state for t in study] == [COMPLETE] * 4
     # The sampler seed is offset on resume, so the first sweep's trials are not replayed.
@@ -222,6 +234,46 @@ def test_every_experiment_sweep_gets_a_folder_of_its_own():
     for path in sorted((Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")):
         sweep = OmegaConf.to_container(OmegaConf.load(path)).get("hydra", {}).get("sweep", {})
         assert sweep.get("dir", "${unique_sweep_dir:").startswith("${unique_sweep_dir:"), path.name
+
+
+def test_only_the_launching_sweep_config_creates_its_folder(tmp_path):
+    """A job's config (the resolver cache Hydra copies in, or pickles to a worker) reads the launching config's
+    folder; any other config names one and creates nothing; a second sweep in the same second gets ``-1``."""
+    register_resolvers()
+    path = tmp_path / "sweeps" / "2026-01-01_00-00-00"
+    first, job, second = (OmegaConf.create({"dir": f"${{unique_sweep_dir:{path}}}"}) for _ in range(3))
+    assert second.dir == str(path) and not path.parent.exists()
+    launch_sweep(first)
+    assert first.dir == str(path) and path.is_dir()
+    OmegaConf.copy_cache(from_config=first, to_config=job)
+    launch_sweep(second)
+    assert second.dir == f"{path}-1" and pickle.loads(pickle.dumps(second)).dir == f"{path}-1"
+    assert first.dir == job.dir == str(path) and len(list(path.parent.iterdir())) == 2
+
+
+def test_a_compose_creates_no_sweep_folder(tmp_path, monkeypatch):
+    """experiment=seeds's hydra.sweep.dir over before_vs_after's over conf/hydra's: OmegaConf resolves the two
+    values it merges over, in every compose (the sweep's, each job's, each worker's, a test's)."""
+    register_resolvers()
+    monkeypatch.delenv("BESS_RL_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    compose_cfg(["experiment=seeds", f"paths.cache_dir={tmp_path}/cache"])  # an override of its own: composed anew
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_sweep_makes_one_folder_beside_one_that_took_its_name(tmp_path, capfd):
+    """Every name of the next minute taken (as by a sweep started in the same second): this one takes ``-1``."""
+    seeds = tmp_path / "outputs" / "sweeps" / "seeds"
+    now = datetime.now()
+    taken = {(now + timedelta(seconds=s)).strftime("%Y-%m-%d_%H-%M-%S") for s in range(60)}
+    for name in taken:
+        (seeds / name).mkdir(parents=True)
+    proc = multirun(tmp_path, capfd, "experiment=seeds", "agent=ppo", "seeds=1", *COMMON, *TINY["ppo"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (made,) = {p.name for p in seeds.iterdir()} - taken
+    assert made.endswith("-1") and (seeds / made / "ppo-after" / "seed_0" / "metrics.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "outputs" / "sweeps").iterdir()) == ["seeds"]
 
 
 @pytest.mark.parametrize("sweep", [["seed=0"], ["experiment=seeds"]])

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -269,12 +270,8 @@ def _unique_run_dir_or_exit(base: str, resume: str | None = None) -> str:
 
 
 def unique_sweep_dir(path: str) -> str:
-    """OmegaConf resolver of ``hydra.sweep.dir``: ``path`` or the first free ``path-N``, created here.
-
-    Two sweeps started in the same second would otherwise write their trials into one folder. Registered
-    with ``use_cache``, so every later read of ``hydra.sweep.dir`` in this process and in the job configs
-    copied from it (joblib, submitit) names the same folder.
-    """
+    """``path`` or the first free ``path-N``, created here (``mkdir`` is exclusive): two sweeps started in the
+    same second would otherwise write their trials into one folder."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     candidate, n = path, 0
     while True:
@@ -286,10 +283,38 @@ def unique_sweep_dir(path: str) -> str:
             candidate = f"{path}-{n}"
 
 
+_launching: weakref.ref[DictConfig] | None = None  # the sweep config whose hydra.sweep.dir creates the folder
+
+
+def launch_sweep(config: DictConfig) -> None:
+    """Make ``config`` (the launching process's sweep config) the one config whose ``hydra.sweep.dir``
+    creates its folder when first read (bess_rl.experiment.sweeper.SweepFolder calls this)."""
+    global _launching
+    _launching = weakref.ref(config)
+
+
+def _sweep_dir_resolver(path: str, _root_: DictConfig) -> str:
+    """``${unique_sweep_dir:<path>}``: the folder ``unique_sweep_dir`` creates, for the launching sweep's config
+    only; in any other config ``path`` itself, and nothing is created.
+
+    Why: OmegaConf resolves a value it merges another over (an experiment's ``hydra.sweep.dir`` over
+    conf/hydra's), in every compose: the sweep's, each job's (in the launching process and again in a
+    joblib or submitit worker) and a test's, each of which made an empty folder. The folder is kept in the
+    config's resolver cache, which Hydra copies into every job's config and pickles to the workers, so they
+    all read the same folder (OmegaConf's ``use_cache`` cannot be used: it excludes ``_root_``).
+    """
+    cache = OmegaConf.get_cache(_root_)["unique_sweep_dir"]
+    if path not in cache:
+        if _launching is None or _launching() is not _root_:
+            return path
+        cache[path] = unique_sweep_dir(path)
+    return cache[path]
+
+
 def register_resolvers() -> None:
     """Make ``${unique_run_dir:<base>,${resume}}`` and ``${unique_sweep_dir:<path>}`` available to the
     configs (``__main__`` calls it; idempotent)."""
     if not OmegaConf.has_resolver("unique_run_dir"):
         OmegaConf.register_new_resolver("unique_run_dir", _unique_run_dir_or_exit)
     if not OmegaConf.has_resolver("unique_sweep_dir"):
-        OmegaConf.register_new_resolver("unique_sweep_dir", unique_sweep_dir, use_cache=True)
+        OmegaConf.register_new_resolver("unique_sweep_dir", _sweep_dir_resolver)

@@ -62,9 +62,10 @@ class HeartbeatStorage(RDBStorage):
     """An RDBStorage that beats every ``heartbeat_interval`` s for the RUNNING trials this process created."""
 
     def __init__(self, url: str, heartbeat_interval: int = 60, grace_period: int | None = None,
-                 sweep_dir: str | None = None) -> None:  # fmt: skip
+                 sweep_dir: str | None = None, new_study: str | None = None) -> None:  # fmt: skip
         super().__init__(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         self.sweep_dir = sweep_dir
+        self.new_study = new_study
         self._mine: set[int] = set()
         self._lock = threading.Lock()
         self._beating = False
@@ -72,6 +73,14 @@ class HeartbeatStorage(RDBStorage):
 
     def __str__(self) -> str:  # the sweeper logs "Storage: <this>"
         return shown(self.url)
+
+    def create_new_study(self, study_name: str | None = None) -> int:
+        """``new_study``, which the guard has just created for this sweep, is the one the sweeper's own
+        ``create_study`` creates: Optuna said "A new study created" then, and would now add "Using an
+        existing study" to it."""
+        if study_name is not None and study_name == self.new_study:
+            return self.get_study_id_from_name(study_name)
+        return super().create_new_study(study_name)
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         trial = super()._create_new_trial(study_id, template_trial)

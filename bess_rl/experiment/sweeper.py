@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import InterpolationResolutionError
 
 from bess_rl.experiment.config import ConfigError
-from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json
+from bess_rl.experiment.run_dir import RunDir, RunDirError, launch_sweep, read_json
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -127,7 +127,9 @@ def resumed_seed(seed: int, n_trials: int) -> int:
 
 def sweep_dir(config: DictConfig) -> str:
     """``hydra.sweep.dir``, created: a file in its way ends the sweep in one line, where the sweeper (or the
-    launcher, for a plain path) would print a traceback. Its resolver, unique_sweep_dir, creates it too."""
+    launcher, for a plain path) would print a traceback. Its resolver, unique_sweep_dir, creates it too:
+    ``config`` is marked as the launching one here as well, whichever callback Hydra calls first."""
+    launch_sweep(config)
     try:
         path = str(config.hydra.sweep.dir)
     except InterpolationResolutionError as exc:
@@ -170,6 +172,15 @@ def record_trial(config: DictConfig, job_return: JobReturn) -> None:
             return
 
 
+class SweepFolder(Callback):
+    """Hydra callback of every sweep (conf/hydra/default.yaml): the sweep folder is created once, by the first
+    read of the launching process's ``hydra.sweep.dir`` (bess_rl.experiment.run_dir.unique_sweep_dir), not
+    by every compose of a job's config. Only marks the config: a sweep the guard refuses makes no folder."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launch_sweep(config)
+
+
 class OptunaStudyGuard(Callback):
     """Hydra callback for Optuna sweeps with a storage (``hydra.callbacks`` in conf/hparams_search).
 
@@ -179,6 +190,7 @@ class OptunaStudyGuard(Callback):
 
     def __init__(self, heartbeat_interval: int = 60, grace_period: int | None = None) -> None:
         self.first_trial = 0
+        self.new_study: str | None = None  # the study _check_study created (the sweeper's storage is told)
         self.heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
 
     def _open_study(self, url: str, sweeper: DictConfig, objective: Any) -> int:
@@ -207,6 +219,7 @@ class OptunaStudyGuard(Callback):
             if OBJECTIVE_ATTR not in study.user_attrs:
                 study.set_user_attr(OBJECTIVE_ATTR, objective)
             study_id = storage.get_study_id_from_name(sweeper.study_name)
+            self.new_study = sweeper.study_name
         have = [d.name.lower() for d in storage.get_study_directions(study_id)]
         if "not_set" not in have and have != want:  # not_set: another sweep is creating the study right now
             raise StorageError(
@@ -275,7 +288,7 @@ class OptunaStudyGuard(Callback):
             _abort(f"cannot open storage {shown(url)}: {exc}", 2)
         with read_write(sweeper):  # the sweeper instantiates this node after the callback: a beating storage
             sweeper.storage = {"_target_": "bess_rl.experiment.storage.HeartbeatStorage", "url": url, **self.heartbeat,
-                               "sweep_dir": sweep_dir(config)}  # fmt: skip
+                               "sweep_dir": sweep_dir(config), "new_study": self.new_study}  # fmt: skip
         seed = OmegaConf.select(sweeper, "sampler.seed")
         if self.first_trial and seed is not None:
             # Same seed on resume would replay the first sweep's start-up trials; mix it reproducibly.
