@@ -45,6 +45,11 @@ def test_a_run_over_warn_hours_is_warned_about_with_budgets_that_fit(caplog):
     assert "over warn_hours=0.001" in warning and "agent.total_timesteps=" in warning
     assert "agent.hparams.gradient_steps=" in warning or "agent.total_timesteps=" in warning
     assert any("estimated wall time" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bess_rl.experiment.eta"):
+        eta.announce(cfg, model, 26_280, small_env(), 168, resume=True)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "agent.total_timesteps=" not in warning and "a resume keeps the saved config; Ctrl-C" in warning
 
 
 @pytest.mark.parametrize("n_envs", [1, 4])

@@ -220,3 +220,17 @@ def test_references_refuse_an_env_whose_episode_is_part_of_its_scenario(episode)
     """The LP bound plans every hour of the scenario: beside a 48-hour episode it was 1.4x uncontrolled's CO2."""
     with pytest.raises(ValueError, match="whole scenario from hour 0"):
         compute_references(PvBessEvEnv(make_scenario(days=3), SMALL_SITE, **episode))
+
+
+def test_the_console_table_gives_reductions_with_the_sign_of_every_other_reduction():
+    """A controller worse than uncontrolled reads -7.08 %, as its penalised_reduction_pct does (it read +7.08 %)."""
+    from rich.console import Console
+
+    from bess_rl.baselines.references import co2_table
+
+    row = {"co2_kg": 100.0, "penalised_kg": 100.0, "ev_unmet_kwh": 0.0, "ev_served_kwh": 10.0}
+    rows = {"uncontrolled": row, "worse": row | {"co2_kg": 107.08, "penalised_kg": 107.08}}
+    console = Console(record=True, width=200)
+    console.print(co2_table(rows, 24))
+    text = console.export_text()
+    assert "reduction" in text and "-7.08%" in text and "+0.00%" in text and "+7.08%" not in text

@@ -272,13 +272,14 @@ def _fmt(value: float | None, spec: str, unit: str = "") -> str:
 
 
 def co2_table(rows: dict[str, dict[str, Any]], hours: int) -> Group:
-    """Controllers (name -> ``References.table`` row) ranked by penalised kg, % against "uncontrolled":
-    the CO2 table, then the KPI table in the same order (two, so each fits a terminal)."""
+    """Controllers (name -> ``References.table`` row) ranked by penalised kg, with their penalised reduction
+    against "uncontrolled" (positive: less, the sign of every reduction the run prints and writes): the CO2
+    table, then the KPI table in the same order (two, so each fits a terminal)."""
     base = rows["uncontrolled"]
     ref = base["penalised_kg"]
     ranked = sorted(rows.items(), key=lambda item: item[1]["penalised_kg"])
     co2 = Table(title=f"Grid CO2 over the {hours} h evaluated (deterministic policy), best first")
-    for col in ("controller", "penalised kg", "vs uncontrolled", "CO2 kg", "EV unmet kWh", "note"):
+    for col in ("controller", "penalised kg", "reduction", "CO2 kg", "EV unmet kWh", "note"):
         co2.add_column(col, justify="left" if col in ("controller", "note") else "right", no_wrap=col == "controller")
     kpi = Table(title="KPIs, same order")
     for col in ("controller", "cost", "peak import kW", "PV self-use", "PV curtailed kWh", "battery cycles"):
@@ -287,7 +288,7 @@ def co2_table(rows: dict[str, dict[str, Any]], hours: int) -> Group:
         co2.add_row(
             name,
             f"{row['penalised_kg']:,.0f}",
-            f"{100 * (row['penalised_kg'] - ref) / ref:+.2f}%" if ref else "n/a",  # a grid with no CO2 at all
+            f"{100 * (ref - row['penalised_kg']) / ref:+.2f}%" if ref else "n/a",  # a grid with no CO2 at all
             f"{row['co2_kg']:,.0f}",
             f"{row['ev_unmet_kwh']:,.1f}",
             "" if name == "uncontrolled" else ", ".join(degenerate(row, base, hours)),

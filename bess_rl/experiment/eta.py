@@ -210,12 +210,18 @@ def fitting_budgets(cfg: DictConfig, gradient_steps: int | None, todo: Work, rat
     return options
 
 
-def announce(cfg: DictConfig, model: BaseAlgorithm, steps: int, env: PvBessEvEnv, eval_hours: int) -> float:
-    """Calibrate, log the estimated wall time and warn above ``warn_hours``; returns the estimate in seconds."""
+def announce(
+    cfg: DictConfig, model: BaseAlgorithm, steps: int, env: PvBessEvEnv, eval_hours: int, resume: bool = False
+) -> float:
+    """Calibrate, log the estimated wall time and warn above ``warn_hours``; returns the estimate in seconds.
+
+    :param resume: the run continues a checkpoint, whose config no override may change: the warning then
+        says how to stop and go on later instead of naming budgets the resume would refuse.
+    """
     rates = calibrate(model, env)
     todo = work(model, steps, cfg.get("eval_every_steps"), eval_hours)
     gradient = model.gradient_steps if isinstance(model, OffPolicyAlgorithm) else None
-    return _report(cfg, todo, rates, model.n_envs, gradient, "updates")
+    return _report(cfg, todo, rates, model.n_envs, gradient, "updates", resume)
 
 
 def announce_population(cfg: DictConfig, pop: Population, steps: int, env: PvBessEvEnv) -> float:
@@ -224,9 +230,17 @@ def announce_population(cfg: DictConfig, pop: Population, steps: int, env: PvBes
     return _report(cfg, population_work(pop, steps), rates, pop.size, pop.gradient_steps, "stacked updates")
 
 
-def _report(cfg: DictConfig, todo: Work, rates: Rates, per_call: int, gradient: int | None, updates: str) -> float:
+def _report(
+    cfg: DictConfig,
+    todo: Work,
+    rates: Rates,
+    per_call: int,
+    gradient: int | None,
+    updates: str,
+    resume: bool = False,
+) -> float:
     """Log the estimate of ``todo`` at ``rates`` (``per_call`` env steps per policy call) and warn above
-    ``warn_hours``; returns the estimate in seconds."""
+    ``warn_hours`` (with budgets that fit, or for a ``resume`` how to stop); returns the estimate in seconds."""
     estimate = todo.seconds(rates)
     log.info(
         "estimated wall time %s: %d env steps at %.0f/s, %d %s at %.0f/s (calibrated here)",
@@ -239,10 +253,9 @@ def _report(cfg: DictConfig, todo: Work, rates: Rates, per_call: int, gradient: 
     )
     warn_hours = cfg.get("warn_hours")
     if warn_hours is not None and estimate > warn_hours * 3600:
-        log.warning(
-            "this run is estimated at %s, over warn_hours=%s; within it: %s",
-            hours(estimate),
-            warn_hours,
-            " or ".join(fitting_budgets(cfg, gradient, todo, rates, warn_hours * 3600)),
-        )
+        if resume:
+            advice = "a resume keeps the saved config; Ctrl-C stops it with a checkpoint to resume from later"
+        else:
+            advice = "within it: " + " or ".join(fitting_budgets(cfg, gradient, todo, rates, warn_hours * 3600))
+        log.warning("this run is estimated at %s, over warn_hours=%s; %s", hours(estimate), warn_hours, advice)
     return estimate

@@ -164,7 +164,7 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
         f", resuming at step {model.num_timesteps}" if resume else "",
     )
     env = build_eval_env(cfg)  # a separate env: the calibration leaves the training envs alone
-    eta.announce(cfg, model, steps, env, env.episode_hours)
+    eta.announce(cfg, model, steps, env, env.episode_hours, resume)
     every = cfg.get("log_every_steps")
     callbacks = [guard, monitor, *held_out_eval(cfg, run_dir), *([LogEverySteps(every)] if every else [])]
     callbacks += [Progress(steps)] if cfg.progress_bar else []
