@@ -94,6 +94,8 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, agent, si
 def test_resume_refusals(tmp_path, capfd):
     not_a_run = run_cli(f"resume={tmp_path}", cwd=tmp_path, capfd=capfd)
     assert not_a_run.returncode == 2 and "is not a bess_rl run folder" in not_a_run.stderr
+    missing = run_cli(f"resume={tmp_path / 'nope'}", cwd=tmp_path, capfd=capfd)
+    assert missing.returncode == 2 and f"{tmp_path / 'nope'} does not exist" in missing.stderr
 
     assert run_cli(*TINY["ppo"], "agent=ppo", *COMMON, cwd=tmp_path, capfd=capfd).returncode == 0
     finished = run_dirs(tmp_path)[0]

@@ -171,6 +171,8 @@ class RunDir:
 
     def load_config(self) -> DictConfig:
         """The resolved config this run was trained with."""
+        if not self.path.exists():
+            raise RunDirError(f"{self.path} does not exist")
         if not self.config.is_file():
             raise RunDirError(f"{self.path} is not a bess_rl run folder (no {CONFIG})")
         try:
