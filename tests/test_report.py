@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +14,7 @@ import pytest
 
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.train import run
-from bess_rl.tools.report import AGENTS, PRESETS, REWARD, STEPS, curve, main, read_progress, write_report
+from bess_rl.tools.report import AGENTS, PRESETS, REWARD, STEPS, curve, main, plot_co2, read_progress, write_report
 from tests.helpers import TINY, compose_cfg, table
 from tests.test_seeds import fake_run
 
@@ -141,3 +144,77 @@ def test_cli_refuses_an_empty_folder_and_an_out_that_is_a_file(tmp_path, capsys)
     assert taken.read_text() == "mine"
     assert main([str(tmp_path / "run"), "--out", str(taken / "report")]) == 2
     assert capsys.readouterr().err == f"error: cannot create the report folder {taken / 'report'} (Not a directory)\n"
+
+
+def _rewrite(folder: Path, change) -> None:
+    """Edit a fake run's metrics.json in place."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    change(metrics)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_runs_on_other_data_are_set_aside_not_compared(tmp_path):
+    for name, agent, penalised in (("ppo", "ppo", 3.0), ("sac", "sac", 2.0), ("z_a2c", "a2c", 1.0)):
+        for seed in (0, 1):
+            fake_run(tmp_path / name / str(seed), agent, seed, penalised + seed, scenario={"window_hours": None})
+    odd = tmp_path / "a2c_720h"  # first in sorted order: it used to give the references
+    fake_run(odd, "a2c", 0, 5.0, scenario={"window_hours": 720})
+
+    def other_data(m: dict) -> None:
+        m["eval_hours"] = 720
+        m["references"] = {"uncontrolled": {"co2_kg": 30.0, "ev_unmet_kwh": 0.0},
+                           "lp_optimum": {"co2_kg": 15.0, "ev_unmet_kwh": 0.0}}  # fmt: skip
+
+    _rewrite(odd, other_data)
+    md = write_report([tmp_path], tmp_path / "report").read_text()
+    assert "on the same evaluation data" not in md and "- Evaluation: 168 h" in md
+    aside = "Set aside, evaluated on other data (720 h, uncontrolled CO2 30 kg, not 168 h, 100 kg): A2C after seed 0"
+    assert f"- **Warning**: {aside} (`{odd}`)" in md
+    assert {r[0]: r[2] for r in table(md, "References")} == {"uncontrolled": "0.00%", "LP bound": "10.00%"}
+    seeds_rows = {r[0]: r[-1] for r in table(md, "Across seeds")}
+    assert seeds_rows["A2C after (scenario.window_hours=720)"] == "held out, **other data** (720 h): set aside"
+    assert seeds_rows["A2C after (scenario.window_hours=null)"] == "held out"
+    assert all("720" not in r[0] + r[1] for r in table(md, "Probability of improvement"))
+
+
+def test_a_population_parent_is_no_run_and_members_are_labelled_by_what_differs(tmp_path):
+    for parent, rate in (("pop_a", 0.001), ("pop_b", 0.0003)):
+        for i in range(2):
+            fake_run(tmp_path / parent / f"member_{i}", "sac", i, 1.0 + i + 10 * rate,
+                     hparams={"learning_rate": rate, "gamma": 0.99})  # fmt: skip
+        (tmp_path / parent / ".hydra").mkdir()
+        (tmp_path / parent / ".hydra" / "config.yaml").write_text("agent: {name: sac}\npreset: {name: after}\n")
+    md = write_report([tmp_path], tmp_path / "report").read_text()
+    assert "from 4 run folder(s)" in md and "failed:" not in md
+    labels = ["SAC after (learning_rate=0.001)", "SAC after (learning_rate=0.0003)"]
+    assert [r[0] for r in table(md, "Across seeds")] == labels
+
+
+def test_what_the_report_says_was_evaluated_and_what_is_missing(tmp_path):
+    scenario = {"name": "citylearn_district_cap", "data": "citylearn_district[0:6552]",
+                "eval_data": "citylearn_district[6552:8760]", "window_start": 0, "window_hours": None}  # fmt: skip
+    fake_run(tmp_path / "old", "ppo", 0, 1.0, scenario=scenario)
+    fake_run(tmp_path / "new", "ppo", 0, 2.0, scenario=scenario)
+    for folder in ("old", "new"):
+        (tmp_path / folder / "run_info.json").write_text(json.dumps({"scenario": "citylearn_district_cap[0:6552]"}))
+    os.utime(tmp_path / "old" / "metrics.json", (1, 1))
+    md = write_report([tmp_path], tmp_path / "report").read_text()
+    evaluation = next(line for line in md.splitlines() if line.startswith("- Evaluation:"))
+    assert evaluation == ("- Evaluation: 168 h of scenario citylearn_district_cap, its held-out part"
+                          " (citylearn_district[6552:8760], never trained on)")  # fmt: skip
+    assert [r[0] for r in table(md, "Speed and memory")] == ["PPO"]  # no SAC, A2C rows of "—" in a PPO-only report
+    missing = md.split("## Missing or failed")[1].split("\n## ")[0].strip().splitlines()
+    assert missing == ["None: every config and seed found finished.", "",
+                       "Not used (older, or unfinished where a finished run of its agent and preset exists):",
+                       f"- `{tmp_path / 'old'}`: ok"]  # fmt: skip
+    assert "| CO2 reduction | penalised reduction |" in md and "vs uncontrolled" not in md  # one sign: less is +
+
+
+def test_a_long_config_label_fits_the_co2_figure(tmp_path):
+    row = {"config": "SAC after (" + ", ".join(f"hparam_{i}=0.000{i}" for i in range(12)) + ")", "seeds": 1,
+           "co2_kg_mean": 90.0, "co2_kg_mean_low": math.nan, "co2_kg_mean_high": math.nan,
+           "preset": "after"}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Tight layout not applied" reached the console
+        plot_co2([row], {"uncontrolled": {"co2_kg": 100.0, "ev_unmet_kwh": 0.0}}, tmp_path / "co2.png", 168)
+    assert (tmp_path / "co2.png").stat().st_size > 5_000

@@ -36,7 +36,7 @@ def test_intervals_hold_the_estimate_and_one_seed_has_none():
     assert better.value == 1.0 and better.low == 1.0
 
 
-def fake_run(folder: Path, agent: str, seed: int, penalised: float, **config) -> None:
+def fake_run(folder: Path, agent: str, seed: int, penalised: float, hparams: dict | None = None, **config) -> None:
     """A finished run folder as ``train.run`` writes it, without training."""
     folder.mkdir(parents=True)
     refs = {"uncontrolled": {"co2_kg": 100.0, "ev_unmet_kwh": 0.0}, "lp_optimum": {"co2_kg": 90.0, "ev_unmet_kwh": 0.0}}
@@ -45,8 +45,8 @@ def fake_run(folder: Path, agent: str, seed: int, penalised: float, **config) ->
                "ev_unmet_kwh": 0.0, "references": refs, "eval_hours": 168, "flags": [], "total_timesteps": 64,
                "train_part": {"penalised_reduction_pct": penalised + 1}}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    cfg = {"seed": seed, "agent": {"name": agent}, "preset": {"name": "after"}, "overrides": [f"seed={seed}"],
-           "site": {"unmet_penalty_kg_per_kwh": 2.0}, **config}  # fmt: skip
+    cfg = {"seed": seed, "agent": {"name": agent, "hparams": hparams or {}}, "preset": {"name": "after"},
+           "overrides": [f"seed={seed}"], "site": {"unmet_penalty_kg_per_kwh": 2.0}, **config}  # fmt: skip
     (folder / "resolved_config.yaml").write_text(yaml.safe_dump(cfg))
 
 

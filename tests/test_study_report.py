@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
+
 import optuna
 import pytest
+import yaml
+from optuna.distributions import LogUniformDistribution
+from optuna.visualization import matplotlib as ovm
 
 from bess_rl.tools.report import write_report
 from tests.helpers import COMMON, TINY, run_cli, table
+from tests.test_seeds import fake_run
+
+RATE = "agent.hparams.learning_rate"
 
 
 @pytest.mark.slow
@@ -40,3 +50,46 @@ def test_a_trial_that_died_before_its_config_was_written_is_listed_not_a_traceba
     md = write_report([tmp_path / "outputs" / "sweeps"], tmp_path / "report").read_text()
     assert "No finished trial." in md.split("## Optuna study 'ppo': 1 trial(s)")[1]
     assert f"- PPO after: failed: no metrics.json (the sweep's console output has the error) (`{trial}`)" in md
+
+
+def fake_sweep(root: Path, objectives: list[str], values: list[tuple[float, ...]]) -> Path:
+    """An Optuna study in SQLite and its trials' run folders as the sweeper writes them, without training."""
+    storage, directions = f"sqlite:///{root}/optuna.db", ["maximize"] * len(objectives)
+    study = optuna.create_study(study_name="s", storage=storage, directions=directions)
+    for number, value in enumerate(values):
+        rate = 10 ** -(number + 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # add_trial, create_trial
+            distributions = {RATE: LogUniformDistribution(1e-5, 1e-1)}
+            frozen = optuna.trial.create_trial(params={RATE: rate}, values=list(value), distributions=distributions)
+            study.add_trial(frozen)
+        trial = root / "sweep" / str(number)
+        fake_run(trial, "sac", 0, value[0], hparams={"learning_rate": rate}, objective=objectives)
+        metrics = json.loads((trial / "metrics.json").read_text())
+        (trial / "metrics.json").write_text(json.dumps({**metrics, "timesteps_per_hour": value[-1]}))
+        (trial / "run_info.json").write_text(json.dumps({"overrides": [f"{RATE}={rate}"]}))
+        sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "storage": storage,
+                   "study_name": "s", "direction": directions, "params": {RATE: "interval(1e-5, 0.1)"}}  # fmt: skip
+        (trial / ".hydra").mkdir()
+        (trial / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
+    return root / "sweep"
+
+
+def test_parameter_importances_are_drawn(tmp_path):
+    md = write_report([fake_sweep(tmp_path, ["penalised_reduction_pct"], [(1.0,), (3.0,), (2.0,)])], tmp_path / "r")
+    assert "not drawn" not in md.read_text()
+    assert (tmp_path / "r" / "param_importances.png").stat().st_size > 5_000
+
+
+def test_a_multi_objective_study_names_its_objectives_and_pareto_front(tmp_path, monkeypatch):
+    axes = []
+    pareto = ovm.plot_pareto_front
+    monkeypatch.setattr(ovm, "plot_pareto_front", lambda *a, **kw: axes.append(pareto(*a, **kw)) or axes[-1])
+    objectives = ["penalised_reduction_pct", "timesteps_per_hour"]
+    sweep = fake_sweep(tmp_path, objectives, [(1.0, 900.0), (3.0, 500.0), (2.0, 400.0), (0.5, 1000.0)])
+    md = write_report([sweep], tmp_path / "r").read_text()
+    assert "## Optuna study 's': 4 trial(s), penalised_reduction_pct maximised, timesteps_per_hour maximised" in md
+    assert "Pareto front (3 of 4 trials): 1 (penalised_reduction_pct 3.00, timesteps_per_hour 500.00), " in md
+    assert "Best trial" not in md and "2 (" not in md.split("Pareto front")[1].splitlines()[0]
+    assert (axes[0].get_xlabel(), axes[0].get_ylabel()) == tuple(objectives)
+    assert (tmp_path / "r" / "pareto_front.png").stat().st_size > 5_000

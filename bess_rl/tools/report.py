@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,8 @@ NA = "—"
 # Config keys that do not make another config: a run's seed, how it was launched and what it printed.
 NOT_CONFIG = {"seed", "overrides", "progress_bar", "resume", "plot", "save_model", "paths", "seeds"}
 PENALISED = "penalised_reduction_pct"
+LABEL_WIDTH = 60  # characters per line of a bar's label in co2.png
+HPARAMS = "agent.hparams."  # left out of config labels: "learning_rate=0.001"
 # What reading a truncated or hand-edited run folder file raises: that folder is skipped with a warning.
 UNREADABLE = (RunDirError, ValueError, yaml.YAMLError, OmegaConfBaseException)
 
@@ -96,12 +99,17 @@ class Run:
         return next(p.stat().st_mtime for p in files if p.exists())
 
     @property
-    def config_key(self) -> str:
-        """The run's config without its seed: runs with the same key are seeds of one config."""
+    def settings(self) -> dict[str, Any]:
+        """The run's config without its seed and what launched it: what makes it a config of its own."""
         kept = {k: v for k, v in self.config.items() if k not in NOT_CONFIG}
         if "budget" in kept:  # the budget's menu of options is not what ran; what it changed is
             kept["budget"] = self.changes
-        return json.dumps([self.agent, self.preset, kept], sort_keys=True, default=str)
+        return kept
+
+    @property
+    def config_key(self) -> str:
+        """The run's config without its seed: runs with the same key are seeds of one config."""
+        return json.dumps([self.agent, self.preset, self.settings], sort_keys=True, default=str)
 
     @property
     def changes(self) -> list[dict[str, Any]]:
@@ -155,15 +163,22 @@ def load_run(path: Path) -> Run:
                study.sweeper_config(path))  # fmt: skip
 
 
+def is_population(folder: Path) -> bool:
+    """A ``population.size=N`` run's folder: Hydra's files and one ``member_<i>/`` run folder per member, which
+    are the runs (bess_rl.experiment.population_run), as ``python -m bess_rl.evaluate`` tells it."""
+    return not RunDir(folder).config.is_file() and any(folder.glob(f"member_*/{run_dir.CONFIG}"))
+
+
 def find_runs(paths: Sequence[Path]) -> list[Run]:
-    """Every folder under ``paths`` that a run started in, finished or not."""
+    """Every folder under ``paths`` that a run started in, finished or not (a population's folder is none)."""
     found = []
     for root in paths:
         if not root.is_dir():
             raise ReportError(f"no such folder: {root}")
         for folder in sorted([root, *root.rglob("*")]):
             skipped = SKIPPED_DIRS & set(folder.relative_to(root).parts)
-            if folder.is_dir() and not skipped and any((folder / f).is_file() for f in RUN_FILES):
+            is_run = folder.is_dir() and any((folder / f).is_file() for f in RUN_FILES) and not is_population(folder)
+            if is_run and not skipped:
                 try:
                     found.append(load_run(folder))
                 except UNREADABLE as exc:
@@ -250,7 +265,7 @@ def _result_row(agent: str, preset: str, run: Run | None) -> dict[str, Any]:
         "gpu_util_pct_mean": _resource_mean(m, "gpu_util_pct"),
         "resource_warnings": "; ".join((m.get("resources") or {}).get("warnings") or []) or None,
         "co2_kg": m.get("co2_kg"),
-        "co2_vs_uncontrolled_pct": 0.0 - m["co2_reduction_pct"] + 0.0 if "co2_reduction_pct" in m else None,
+        "co2_reduction_pct": m.get("co2_reduction_pct"),
         "penalised_reduction_pct": m.get("penalised_reduction_pct"),
         "lp_gap_closed_pct": m.get("lp_gap_closed_pct"),
         "ev_unmet_kwh": m.get("ev_unmet_kwh"),
@@ -270,10 +285,13 @@ def _median(run: Run | None, used: Sequence[Run], key: str) -> float | None:
     return float(np.median(values)) if values else _metric(run, key)
 
 
-def speed_rows(chosen: dict[tuple[str, str], Run], used: Sequence[Run] = ()) -> list[dict[str, Any]]:
-    """The presets' speed table per agent: old (before) vs new (after), measured (median over seeds)."""
+def speed_rows(
+    chosen: dict[tuple[str, str], Run], used: Sequence[Run] = (), preset_grid: bool = True
+) -> list[dict[str, Any]]:
+    """The presets' speed table per agent: old (before) vs new (after), measured (median over seeds); without
+    ``preset_grid`` only the agents that ran (a PPO sweep has no SAC row to leave blank)."""
     rows = []
-    for agent in AGENTS:
+    for agent in [a for a in AGENTS if preset_grid or any(k[0] == a for k in chosen)]:
         before, after = chosen.get((agent, "before")), chosen.get((agent, "after"))
         old, new = _median(before, used, "timesteps_per_hour"), _median(after, used, "timesteps_per_hour")
         mem_old, mem_new = _median(before, used, "peak_memory_mb"), _median(after, used, "peak_memory_mb")
@@ -293,22 +311,41 @@ def speed_rows(chosen: dict[tuple[str, str], Run], used: Sequence[Run] = ()) -> 
     return rows
 
 
-def references(used: Sequence[Run]) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """The references of the finished runs, and a warning when runs were evaluated on different data."""
-    finished = [r for r in used if r.metrics is not None]
-    if not finished:
-        return {}, []
-    refs = finished[0].metrics["references"]
-    base = refs["uncontrolled"]["co2_kg"]
-    differing = [r for r in finished if abs(r.metrics["references"]["uncontrolled"]["co2_kg"] - base) > 1e-9 * base]
-    warnings = []
-    if differing:
-        names = ", ".join(sorted({f"{r.agent}/{r.preset}" for r in differing}))
-        warnings.append(
-            f"{names} evaluated on other data (uncontrolled CO2 differs from {finished[0].agent}/"
-            f"{finished[0].preset}'s): their CO2 figures are not comparable with the others"
-        )
-    return refs, warnings
+def _uncontrolled_kg(run: Run) -> float:
+    return float(run.metrics["references"]["uncontrolled"]["co2_kg"])
+
+
+def same_data(a: Run, b: Run) -> bool:
+    """Evaluated on the same data: as many hours, and uncontrolled charging (deterministic) emitting the same CO2."""
+    x, y = _uncontrolled_kg(a), _uncontrolled_kg(b)
+    return a.metrics.get("eval_hours") == b.metrics.get("eval_hours") and abs(x - y) <= 1e-9 * max(abs(x), abs(y))
+
+
+def evaluation_bases(used: Sequence[Run]) -> list[list[Run]]:
+    """The finished runs by the data they were evaluated on, the base most runs share first (ties: the one of the
+    first run in path order): the report compares runs with that base's references, never with another's."""
+    bases: list[list[Run]] = []
+    for run in sorted((r for r in used if r.metrics is not None), key=lambda r: str(r.path)):
+        base = next((b for b in bases if same_data(b[0], run)), None)
+        if base is None:
+            bases.append([run])
+        else:
+            base.append(run)
+    return sorted(bases, key=len, reverse=True)  # stable: a tie keeps path order
+
+
+def set_aside_warnings(bases: Sequence[Sequence[Run]]) -> list[str]:
+    """One line per other evaluation base, naming its runs: the references and co2.png leave them out."""
+    if len(bases) < 2:
+        return []
+    main = bases[0][0]
+    here = f"{_num(main.metrics.get('eval_hours'))} h, {_num(_uncontrolled_kg(main))} kg"
+    return [
+        f"Set aside, evaluated on other data ({_num(b[0].metrics.get('eval_hours'))} h, uncontrolled CO2 "
+        f"{_num(_uncontrolled_kg(b[0]))} kg, not {here}): "
+        + ", ".join(f"{r.agent.upper()} {r.preset} seed {r.seed} (`{r.path}`)" for r in b)
+        for b in bases[1:]
+    ]
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -337,7 +374,7 @@ def _speed_table(speeds: Sequence[dict[str, Any]]) -> str:
 
 def _results_table(results: Sequence[dict[str, Any]]) -> str:
     header = ["agent", "preset", "status", "timesteps trained", "budget changes", "log_interval", "timesteps/h",
-              "peak MB", "RSS max MB", "mean utilisation", "CO2 kg", "CO2 vs uncontrolled", "penalised reduction",
+              "peak MB", "RSS max MB", "mean utilisation", "CO2 kg", "CO2 reduction", "penalised reduction",
               "LP gap closed", "EV unmet kWh", "seed", "training part penalised", "degenerate"]  # fmt: skip
     rows = [
         [
@@ -352,7 +389,7 @@ def _results_table(results: Sequence[dict[str, Any]]) -> str:
             _num(r["rss_max_mb"]),
             _utilisation(r),
             _num(r["co2_kg"]),
-            _num(r["co2_vs_uncontrolled_pct"], 2, "%"),
+            _num(r["co2_reduction_pct"], 2, "%"),
             _num(r["penalised_reduction_pct"], 2, "%"),
             _num(r["lp_gap_closed_pct"], 1, "%"),
             _num(r["ev_unmet_kwh"], 1),
@@ -397,48 +434,67 @@ def _references_table(refs: dict[str, dict[str, float]], penalty: float | None) 
         [
             name,
             _num(refs[key]["co2_kg"]),
-            _num(100 * (refs[key]["co2_kg"] / base - 1), 2, "%"),
+            _num(reduction_pct(base, refs[key]["co2_kg"]) + 0.0, 2, "%"),
             _num(penalised(refs[key]), 2, "%"),
             _num(refs[key]["ev_unmet_kwh"], 1),
         ]
         for key, name in reference_names(refs).items()
     ]
-    return _md_table(["controller", "CO2 kg", "CO2 vs uncontrolled", "penalised reduction", "EV unmet kWh"], rows)
+    return _md_table(["controller", "CO2 kg", "CO2 reduction", "penalised reduction", "EV unmet kWh"], rows)
 
 
 def seed_groups(used: Sequence[Run]) -> list[list[Run]]:
-    """The finished runs per config (seeds of one config together), best penalised IQM first."""
-    groups: dict[str, list[Run]] = {}
+    """The finished runs per config and evaluation data (seeds of one config on one data set together), those on
+    the report's base first (``evaluation_bases``), each base's best penalised IQM first."""
+    base = {id(r): i for i, b in enumerate(evaluation_bases(used)) for r in b}
+    groups: dict[tuple[str, int], list[Run]] = {}
     for run in used:
         if run.metrics is not None:
-            groups.setdefault(run.config_key, []).append(run)
-    return sorted(groups.values(), key=lambda g: -seeds.iqm(_scores(g, PENALISED)).value)
+            groups.setdefault((run.config_key, base[id(run)]), []).append(run)
+    return sorted(groups.values(), key=lambda g: (base[id(g[0])], -seeds.iqm(_scores(g, PENALISED)).value))
 
 
 def _scores(group: Sequence[Run], key: str) -> np.ndarray:
     return np.array([float(r.metrics[key]) for r in group])
 
 
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"agent.hparams.learning_rate": 0.001, ...}``."""
+    if isinstance(node, dict) and node:
+        return {key: value for k, v in node.items() for key, value in _flat(v, f"{prefix}{k}.").items()}
+    return {prefix.removesuffix("."): node}
+
+
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
 def _label(group: Sequence[Run], groups: Sequence[Sequence[Run]]) -> str:
-    """AGENT preset, plus what sets this config apart when several share agent and preset."""
+    """AGENT preset, plus the resolved settings that set this config apart when several share agent and preset.
+
+    Why the resolved config, not the command line: population members differ by ``population.learning_rate=[...]``
+    lists, which no member's overrides tell apart.
+    """
     run = group[0]
     name = f"{run.agent.upper()} {run.preset}"
-    twins = [g for g in groups if (g[0].agent, g[0].preset) == (run.agent, run.preset)]
-    if len(twins) < 2:
+    twins = [_flat(g[0].settings) for g in groups if (g[0].agent, g[0].preset) == (run.agent, run.preset)]
+    keys = sorted({k for t in twins for k in t if len({_value_text(o.get(k)) for o in twins}) > 1})
+    if not keys:  # one config, or the same config on other data
         return name
-    mine = {o for o in run.info.get("overrides", []) if not o.startswith("seed=")}
-    others = [{o for o in g[0].info.get("overrides", []) if not o.startswith("seed=")} for g in twins]
-    common = set.intersection(*others)
-    return f"{name} ({' '.join(sorted(mine - common)) or 'defaults'})"
+    mine = _flat(run.settings)
+    return f"{name} ({', '.join(f'{k.removeprefix(HPARAMS)}={_value_text(mine.get(k))}' for k in keys)})"
 
 
-def seed_rows(groups: Sequence[Sequence[Run]]) -> list[dict[str, Any]]:
-    """IQM and mean of the held-out scores over each config's seeds, with 95 % stratified bootstrap CIs."""
+def seed_rows(groups: Sequence[Sequence[Run]], main: Run | None = None) -> list[dict[str, Any]]:
+    """IQM and mean of the held-out scores over each config's seeds, with 95 % stratified bootstrap CIs;
+    ``same_data``: evaluated on the data of ``main`` (the report's base, see ``evaluation_bases``)."""
     rows = []
     for group in groups:
         row: dict[str, Any] = {"config": _label(group, groups), "seeds": len(group),
                                "seed_list": " ".join(str(r.seed) for r in group),
-                               "held_out": all(r.metrics.get("held_out", False) for r in group)}  # fmt: skip
+                               "held_out": all(r.metrics.get("held_out", False) for r in group),
+                               "same_data": main is None or same_data(group[0], main),
+                               "eval_hours": group[0].metrics.get("eval_hours")}  # fmt: skip
         for key in (PENALISED, "co2_reduction_pct"):
             for stat in ("iqm", "mean"):
                 est = getattr(seeds, stat)(_scores(group, key))
@@ -467,19 +523,25 @@ def _seeds_table(rows: Sequence[dict[str, Any]]) -> str:
         [r["config"], f"{r['seeds']} ({r['seed_list']})", _ci(r, f"{PENALISED}_iqm"), _ci(r, f"{PENALISED}_mean"),
          _ci(r, "co2_reduction_pct_iqm"), _ci(r, "co2_reduction_pct_mean"),
          _num(r["train_part_penalised_mean"], 2, "%"), _num(r["ev_unmet_kwh_mean"], 1),
-         f"{r['degenerate_runs']} of {r['seeds']}", "held out" if r["held_out"] else "**training part**"]
+         f"{r['degenerate_runs']} of {r['seeds']}", _data_text(r)]
         for r in rows
     ]  # fmt: skip
     return _md_table(header, body)
 
 
+def _data_text(row: dict[str, Any]) -> str:
+    part = "held out" if row["held_out"] else "**training part**"
+    return part if row["same_data"] else f"{part}, **other data** ({_num(row['eval_hours'])} h): set aside"
+
+
 def improvement_rows(groups: Sequence[Sequence[Run]]) -> list[dict[str, Any]]:
-    """P(X beats Y) on the penalised objective for configs of one agent (presets) or one preset (agents)."""
+    """P(X beats Y) on the penalised objective for configs of one agent (presets) or one preset (agents),
+    evaluated on the same data."""
     rows = []
     for i, x in enumerate(groups):
         for y in groups[i + 1 :]:
             same_agent, same_preset = x[0].agent == y[0].agent, x[0].preset == y[0].preset
-            if not (same_agent or same_preset) or min(len(x), len(y)) < 2:
+            if not (same_agent or same_preset) or min(len(x), len(y)) < 2 or not same_data(x[0], y[0]):
                 continue
             est = seeds.probability_of_improvement(_scores(x, PENALISED), _scores(y, PENALISED))
             rows.append({"x": _label(x, groups), "y": _label(y, groups), "poi": est.value, "low": est.low,
@@ -529,18 +591,20 @@ def plot_co2(
         low, high = row["co2_kg_mean_low"], row["co2_kg_mean_high"]
         errors.append((0.0, 0.0) if math.isnan(low) else (row["co2_kg_mean"] - low, high - row["co2_kg_mean"]))
         colors.append({"before": "tab:orange", "after": "tab:blue"}.get(row["preset"], "tab:green"))
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
+    # Long config labels wrapped, in a constrained layout: tight_layout gave up on them (a warning, clipped labels).
+    labels = [textwrap.fill(label, LABEL_WIDTH) for label in labels]
+    height = 0.3 * sum(label.count("\n") + 1 for label in labels) + 0.2 * len(labels) + 1.5
+    fig, ax = plt.subplots(figsize=(10, height), layout="constrained")
     ax.barh(labels, values, xerr=np.array(errors).T if errors else None, color=colors, capsize=3)
     ax.invert_yaxis()
     base = refs.get("uncontrolled", {}).get("co2_kg")
     for i, value in enumerate(values):
-        note = f"{value:,.0f} kg" + (f"  ({100 * (value - base) / base:+.2f}%)" if base else "")
+        note = f"{value:,.0f} kg" + (f"  ({reduction_pct(base, value) + 0.0:.2f}% reduction)" if base else "")
         ax.text(value, i, " " + note, va="center", fontsize=8)
     ax.set_xlim(0, max(values) * 1.3 if values else 1)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.set_xlabel(f"grid CO2 over the {hours or '?'} h evaluated, kg (deterministic policy; bars: mean, 95% CI)")
-    ax.set_title("CO2: references (grey), agents ranked by penalised reduction (IQM over seeds)")
-    fig.tight_layout()
+    ax.set_xlabel(f"grid CO2 over the {hours or '?'} h evaluated, kg\n(deterministic policy; bars: mean, 95% CI)")
+    fig.suptitle("CO2: references (grey), agents ranked by penalised reduction (IQM over seeds)")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -575,6 +639,19 @@ def plot_learning_curves(chosen: dict[tuple[str, str], Run], path: Path) -> Path
     return path
 
 
+def evaluated_data(run: Run) -> str:
+    """What ``run`` was scored on, from its config: run_info's scenario names the training part, sliced."""
+    scenario = run.config.get("scenario") or {}
+    name = scenario.get("name") or run.info.get("scenario", "?")
+    if not run.metrics.get("held_out", False):
+        return f"scenario {name}, **not held out** (scored on its training data)"
+    part = scenario.get("eval_data") or scenario.get("eval_hourly_path")
+    if part and (scenario.get("window_hours") is not None or scenario.get("window_start")):
+        start = scenario.get("window_start") or 0
+        part = f"{part}[{start}:{start + run.metrics['eval_hours']}]"  # as bess_rl.site.scenario names a window
+    return f"scenario {name}, its held-out part ({part + ', ' if part else ''}never trained on)"
+
+
 def write_report(paths: Sequence[Path], out: Path) -> Path:
     """Find the runs under ``paths`` and write report.md, the CSVs and the figures into the folder ``out``."""
     if out.exists() and not out.is_dir():
@@ -588,10 +665,12 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way higher up, no permission
         raise ReportError(f"cannot create the report folder {out} ({exc.strerror or exc})") from None
-    results, speeds = result_rows(used, preset_grid), speed_rows(chosen, used)
-    refs, warnings = references(used)
+    results, speeds = result_rows(used, preset_grid), speed_rows(chosen, used, preset_grid)
+    bases = evaluation_bases(used)
+    main = bases[0] if bases else []  # the data most runs were evaluated on: the references are its runs'
+    refs = main[0].metrics["references"] if main else {}
     groups = seed_groups(used)
-    aggregated, improvements = seed_rows(groups), improvement_rows(groups)
+    aggregated, improvements = seed_rows(groups, main[0] if main else None), improvement_rows(groups)
     pd.DataFrame(results).to_csv(out / "results.csv", index=False)
     pd.DataFrame(speeds).to_csv(out / "speed.csv", index=False)
     pd.DataFrame(aggregated).to_csv(out / "seeds.csv", index=False)
@@ -605,8 +684,8 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         ]
     ).to_csv(out / "runs.csv", index=False)  # fmt: skip
 
-    hours = next((r["eval_hours"] for r in results if r["eval_hours"]), None)
-    plot_co2(aggregated, refs, out / "co2.png", hours)
+    hours = main[0].metrics.get("eval_hours") if main else None
+    plot_co2([row for row in aggregated if row["same_data"]], refs, out / "co2.png", hours)
     plot_learning_curves(chosen, out / "learning_curves.png")
     dispatch = []
     for (agent, preset), run in sorted(chosen.items()):
@@ -619,10 +698,12 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
     # A run without run_info.json (made before it was written) names no machine: no blank "Machine:" line.
     machines = sorted({json.dumps(m, sort_keys=True) for r in finished if (m := r.info.get("machine"))})
     launchers = sorted({r.launcher for r in finished if r.launcher})
-    scenarios = ", ".join(sorted({str(r.info.get("scenario", "?")) for r in finished})) or "?"
-    held_out = all(r.metrics.get("held_out", False) for r in finished)
-    penalty = next((r.setting("site.unmet_penalty_kg_per_kwh") for r in finished), None)
+    evaluated = "; ".join(sorted({evaluated_data(r) for r in main})) or "?"
+    penalty = next((r.setting("site.unmet_penalty_kg_per_kwh") for r in main), None)
     problems = [r for r in results if r["status"] != "ok"]
+    unused = [r for r in runs if id(r) not in used_ids]
+    complete = "every agent and preset has a finished run" if preset_grid else "every config and seed found finished"
+    not_used = "Not used (older, or unfinished where a finished run of its agent and preset exists):"
     flagged = [r for r in results if r["flags"]]
     lines = [
         "# Before vs after: measured" if preset_grid else "# Runs: measured",
@@ -631,12 +712,10 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         + ", ".join(f"`{p}`" for p in paths)
         + "; every number below was read from those folders.",
         "",
-        f"- Evaluation: {_num(hours)} h of scenario {scenarios}"
-        + (" (one year)" if hours == 8760 else "")
-        + (", its held-out part (never trained on)" if held_out and finished else ", **not held out** for some runs"),
+        f"- Evaluation: {_num(hours)} h" + (" (one year)" if hours == 8760 else "") + f" of {evaluated}",
         *(f"- Machine: {', '.join(f'{k} {v}' for k, v in json.loads(m).items())}" for m in machines),
         *(f"- Launcher: {launcher}" for launcher in launchers),
-        *(f"- **Warning**: {w}" for w in warnings),
+        *(f"- **Warning**: {w}" for w in set_aside_warnings(bases)),
         *(
             f"- **Degenerate policy**, {r['agent'].upper()} {r['preset']} seed {r['seed']}: {r['flags']}"
             for r in flagged
@@ -670,7 +749,11 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         "peak MB is metrics.json's peak_memory_mb; RSS max and mean utilisation come from the resource monitor,"
         " sampled during this run's training only.",
         "",
-        "## References (computed in every run, on the same evaluation data)",
+        "## References",
+        "",
+        "Computed in every run, on the same evaluation data."
+        if len(bases) < 2
+        else f"Computed in each of the {len(main)} runs on the evaluation data above; the runs set aside have others.",
         "",
         _references_table(refs, penalty),
         "",
@@ -680,8 +763,9 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
             f"- {r['agent'].upper()} {r['preset']}: {r['status']}" + (f" (`{r['path']}`)" if r["path"] else "")
             for r in problems
         ),
-        *(f"- not used (older or unfinished): `{r.path}`: {r.status}" for r in runs if id(r) not in used_ids),
-        *([] if problems else ["None: every agent and preset has a finished run."]),
+        *([] if problems else [f"None: {complete}."]),
+        *(["", not_used] if unused else []),
+        *(f"- `{r.path}`: {r.status}" for r in unused),
         "",
         "## Figures",
         "",
@@ -705,22 +789,21 @@ def study_sections(used: Sequence[Run], out: Path) -> list[str]:
     lines = []
     for sweeper, trials in studies.values():
         objective = trials[0].config.get("objective", PENALISED)
-        objective = objective if isinstance(objective, str) else objective[0]
-        maximise = str(sweeper["direction"][0]).lower().startswith("max")
-        rows = study.trial_rows(trials, sweeper["params"], objective, maximise)
+        objectives = [objective] if isinstance(objective, str) else list(objective)
+        maximise = [str(d).lower().startswith("max") for d in sweeper["direction"]]
+        rows = study.trial_rows(trials, sweeper["params"], objectives, maximise)
         name = sweeper["study_name"] or "study"
         pd.DataFrame(rows).to_csv(out / f"trials_{name}.csv", index=False)
-        best = rows[0] if rows and rows[0][objective] is not None else None
-        figures, notes = study.study_figures(sweeper, out)
-        header = ["trial", *sweeper["params"], "status", *study.KPIS, "run folder"]
+        figures, notes = study.study_figures(sweeper, objectives, out)
+        kpis = study.columns(objectives)
+        header = ["trial", *sweeper["params"], "status", *kpis, "run folder"]
         body = [[r["trial"], *(r[p] or NA for p in sweeper["params"]), r["status"],
-                 *(_num(r[k], 2) for k in study.KPIS), f"`{r['run_folder']}`"] for r in rows]  # fmt: skip
+                 *(_num(r[k], 2) for k in kpis), f"`{r['run_folder']}`"] for r in rows]  # fmt: skip
+        directions = ", ".join(f"{o} {'max' if m else 'min'}imised" for o, m in zip(objectives, maximise, strict=True))
         lines += [
-            f"## Optuna study {name!r}: {len(rows)} trial(s), {objective} {'max' if maximise else 'min'}imised",
+            f"## Optuna study {name!r}: {len(rows)} trial(s), {directions}",
             "",
-            f"Best trial: {best['trial']} ({objective} {best[objective]:.2f}), `{best['run_folder']}`"
-            if best
-            else "No finished trial.",
+            _best_text(rows, objectives, maximise),
             "",
             _md_table(header, body),
             "",
@@ -729,6 +812,18 @@ def study_sections(used: Sequence[Run], out: Path) -> list[str]:
             "",
         ]
     return lines
+
+
+def _best_text(rows: Sequence[dict[str, Any]], objectives: Sequence[str], maximise: Sequence[bool]) -> str:
+    """The best trial, or with several objectives every trial of the Pareto front, best first objective first."""
+    front = study.pareto_front(rows, objectives, maximise)
+    if not front:
+        return "No finished trial."
+    if len(objectives) == 1:
+        best = front[0]
+        return f"Best trial: {best['trial']} ({objectives[0]} {best[objectives[0]]:.2f}), `{best['run_folder']}`"
+    trials = ", ".join(f"{r['trial']} ({', '.join(f'{o} {_num(r[o], 2)}' for o in objectives)})" for r in front)
+    return f"Pareto front ({len(front)} of {len(rows)} trials): {trials}"
 
 
 def main(argv: list[str] | None = None) -> int:

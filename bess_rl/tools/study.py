@@ -8,6 +8,7 @@ for several objectives, the Pareto front, drawn by ``optuna.visualization.matplo
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -48,20 +49,39 @@ def sweeper_config(path: Path) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def trial_rows(runs: Sequence[Any], params: Sequence[str], objective: str, maximise: bool) -> list[dict[str, Any]]:
-    """One row per trial folder: its searched parameters and KPIs, best objective first, failures last."""
+def columns(objectives: Sequence[str]) -> list[str]:
+    """The KPIs a trial row holds: ``KPIS`` and any objective that is none of them."""
+    return [*KPIS, *(o for o in objectives if o not in KPIS)]
+
+
+def trial_rows(
+    runs: Sequence[Any], params: Sequence[str], objectives: Sequence[str], maximise: Sequence[bool]
+) -> list[dict[str, Any]]:
+    """One row per trial folder: its searched parameters and KPIs, best first objective first, failures last."""
     rows = []
     for run in runs:
         overrides = dict(o.split("=", 1) for o in run.info.get("overrides", []) if "=" in o)
         row = {"trial": run.path.name, **{p: overrides.get(p) for p in params}, "status": run.status}
-        row.update({k: (run.metrics or {}).get(k) for k in KPIS})
+        row.update({k: (run.metrics or {}).get(k) for k in columns(objectives)})
         row["run_folder"] = str(run.path)
         rows.append(row)
-    sign = -1 if maximise else 1
-    return sorted(rows, key=lambda r: (r[objective] is None, sign * (r[objective] or 0.0)))
+    first, sign = objectives[0], -1 if maximise[0] else 1
+    return sorted(rows, key=lambda r: (r[first] is None, sign * (r[first] or 0.0)))
 
 
-def study_figures(sweeper: dict[str, Any], out: Path) -> tuple[list[str], list[str]]:
+def pareto_front(rows: Sequence[dict[str, Any]], objectives: Sequence[str], maximise: Sequence[bool]) -> list[dict]:
+    """The finished trials no other finished trial dominates (as good in every objective, better in one)."""
+    signs = [1 if m else -1 for m in maximise]
+    finished = [r for r in rows if all(r[o] is not None for o in objectives)]
+    scored = [(r, [s * r[o] for s, o in zip(signs, objectives, strict=True)]) for r in finished]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
+
+    return [r for r, v in scored if not any(dominates(w, v) for _, w in scored)]
+
+
+def study_figures(sweeper: dict[str, Any], objectives: Sequence[str], out: Path) -> tuple[list[str], list[str]]:
     """PNGs of the study (names written under ``out``) and notes on what could not be drawn."""
     import optuna
     from optuna.visualization import matplotlib as ovm
@@ -74,14 +94,13 @@ def study_figures(sweeper: dict[str, Any], out: Path) -> tuple[list[str], list[s
         study = optuna.load_study(study_name=sweeper["study_name"], storage=storage)
     except Exception as exc:  # a storage moved or deleted since the sweep: the tables still stand
         return [], [f"study {sweeper['study_name']!r} not readable at {storage}: {str(exc).splitlines()[0]}"]
-    objectives = len(sweeper["direction"])
     drawn = []
-    plots = {"optimization_history.png": ovm.plot_optimization_history,
-             "param_importances.png": ovm.plot_param_importances}  # fmt: skip
-    if objectives > 1:
-        plots = {"pareto_front.png": ovm.plot_pareto_front}
-        plots.update({f"optimization_history_{i}.png": _for_target(ovm.plot_optimization_history, i)
-                      for i in range(objectives)})  # fmt: skip
+    plots = {"optimization_history.png": ovm.plot_optimization_history, "param_importances.png": importances}
+    if len(objectives) > 1:
+        plots = {"pareto_front.png": functools.partial(ovm.plot_pareto_front, target_names=list(objectives))}
+        for i, name in enumerate(objectives):
+            plots[f"optimization_history_{name}.png"] = _for_target(ovm.plot_optimization_history, i, name)
+            plots[f"param_importances_{name}.png"] = _for_target(importances, i, name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is marked experimental
         for name, plot in plots.items():
@@ -91,15 +110,35 @@ def study_figures(sweeper: dict[str, Any], out: Path) -> tuple[list[str], list[s
                 notes.append(f"{name.removesuffix('.png')}: not drawn ({type(exc).__name__}: {str(exc)[:120]})")
                 continue
             figure = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-            figure.tight_layout()
+            figure.set_layout_engine("constrained")  # tight_layout warned, and gave up, on long parameter names
             figure.savefig(out / name, dpi=90)
             plt.close(figure)
             drawn.append(name)
     return drawn, notes
 
 
-def _for_target(plot: Any, index: int) -> Any:
+def importances(study: Any, target: Any = None, target_name: str = "objective value") -> Any:
+    """Each searched parameter's importance for ``target``, as bars.
+
+    Not optuna 2.10's plot_param_importances: it calls matplotlib's removed ``cm.get_cmap``, and its default
+    evaluator (fANOVA) fails on this numpy/scikit-learn; mean decrease in impurity works.
+    """
+    import optuna
+
+    evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator()
+    found = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
+    _, ax = plt.subplots(figsize=(7, 0.4 * len(found) + 1.8))
+    names = list(found)[::-1]  # the most important on top
+    ax.barh(names, [found[n] for n in names], color="tab:blue")
+    ax.set_xlabel("importance (mean decrease in impurity)")
+    ax.get_figure().suptitle(f"Hyper-parameter importances for {target_name}")
+    return ax
+
+
+def _for_target(plot: Any, index: int, name: str) -> Any:
+    """``plot`` of one objective of a multi-objective study, named."""
+
     def draw(study: Any) -> Any:
-        return plot(study, target=lambda t: t.values[index], target_name=f"objective {index}")
+        return plot(study, target=lambda t: t.values[index], target_name=name)
 
     return draw
