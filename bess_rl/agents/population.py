@@ -16,9 +16,9 @@ stacked products are single batched matmuls; that path is written but not yet me
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -287,11 +287,11 @@ class Population:
                 tensors += adam.exp_avg + adam.exp_avg_sq + [c for cs in adam.counters.values() for c in cs]
         return tensors
 
-    @torch.no_grad()
-    def step_seconds(self, repeats: int) -> tuple[float, float]:
-        """Seconds per stacked action call and per stacked (eager) update, timed on this population with
-        a synthetic batch (the buffers may still be empty), after which every tensor they wrote and the
-        members' random streams are put back: the wall-time estimate must not change the run."""
+    @contextlib.contextmanager
+    def calibration(self) -> Iterator[tuple[Callable[[], object], Callable[[], object]]]:
+        """A stacked action call and a stacked (eager) update on a synthetic batch (the buffers may still
+        be empty), for the wall-time estimate to time; every tensor they wrote and the members' random
+        streams are put back afterwards: the estimate must not change the run."""
         written, streams = self._written(), [g.get_state() for g in self.generators]
         saved = [t.clone() for t in written]
         first = self.members[0]
@@ -306,23 +306,19 @@ class Population:
             rand(b, obs_dim), rand(b, act_dim), rand(b, obs_dim), rand(b, 1).round(), rand(b, 1)
         )
         noise, obs = rand(b, act_dim), rand(obs_dim).cpu().numpy()
+
+        def update() -> None:
+            with torch.no_grad():
+                self._update(batch, noise, noise, True)
+
         try:
-            self._update(batch, noise, noise, True)  # the first one allocates
-            seconds = []
-            for job in (lambda: self.actions(obs), lambda: self._update(batch, noise, noise, True)):
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    job()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds.append((time.perf_counter() - t0) / repeats)
+            update()  # the first one allocates
+            yield (lambda: self.actions(obs)), update
         finally:
-            torch._foreach_copy_(written, saved)
+            with torch.no_grad():
+                torch._foreach_copy_(written, saved)
             for g, state in zip(self.generators, streams, strict=True):
                 g.set_state(state)
-        return seconds[0], seconds[1]
 
     # --- collection ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -162,15 +162,8 @@ def calibrate(model: BaseAlgorithm, env: PvBessEvEnv) -> Rates:
             model.predict(batch, deterministic=True)
         call_s = (time.perf_counter() - t0) / (CALIBRATION_STEPS // 4)
         step = _update_step(model)
-        step()
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(CALIBRATION_UPDATES):
-            step()
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        update_s = (time.perf_counter() - t0) / CALIBRATION_UPDATES
+        step()  # the first one allocates
+        update_s = seconds_per_call(step, CALIBRATION_UPDATES, model.device)
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
@@ -180,7 +173,7 @@ def calibrate(model: BaseAlgorithm, env: PvBessEvEnv) -> Rates:
 
 def calibrate_population(pop: Population, env: PvBessEvEnv) -> Rates:
     """``calibrate`` for a population: one member's env step, and the stacked action call and update,
-    which ``Population.step_seconds`` times on the population itself and then puts back as it was."""
+    timed on the population itself, which ``Population.calibration`` then puts back as it was."""
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         env_s = _env_step_seconds(env)
@@ -188,7 +181,21 @@ def calibrate_population(pop: Population, env: PvBessEvEnv) -> Rates:
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
-    return Rates(env_s, *pop.step_seconds(CALIBRATION_UPDATES))
+    with pop.calibration() as (act, update):
+        call_s, update_s = (seconds_per_call(job, CALIBRATION_UPDATES, pop.device) for job in (act, update))
+    return Rates(env_s, call_s, update_s)
+
+
+def seconds_per_call(job: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Mean wall seconds of ``job`` over ``repeats`` calls; on CUDA up to the end of its kernels."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        job()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
 
 
 def hours(seconds: float) -> str:
