@@ -38,6 +38,24 @@ def test_optuna_sweep_report_lists_every_trial_and_the_best(tmp_path, capfd):
 
 
 @pytest.mark.slow
+def test_a_population_trial_is_one_row_of_its_study_with_the_members_mean(tmp_path, capfd):
+    """A population trial's folder holds member folders, no metrics of its own: its KPIs were not stored on
+    the trial and the study's table lost the trial."""
+    proc = run_cli("-m", "hparams_search=sac_optuna", "hydra.sweeper.n_trials=1", "population.size=2", *COMMON,
+                   *TINY["sac"], cwd=tmp_path, capfd=capfd)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (trial,) = optuna.load_study(study_name="sac", storage=f"sqlite:///{tmp_path}/outputs/optuna.db").trials
+    (folder,) = (tmp_path / "outputs" / "sweeps").glob("*/0")
+    members = [json.loads((folder / f"member_{i}" / "metrics.json").read_text()) for i in range(2)]
+    mean = sum(m["penalised_reduction_pct"] for m in members) / 2
+    assert trial.user_attrs["run_dir"] == str(folder) and trial.value == pytest.approx(mean)
+    assert trial.user_attrs["penalised_reduction_pct"] == pytest.approx(mean)
+    md = write_report([tmp_path / "outputs" / "sweeps"], tmp_path / "report").read_text()
+    (row,) = table(md, "Optuna study 'sac'")
+    assert row[0] == "0" and "ok" in row and f"`{folder}`" in row
+
+
+@pytest.mark.slow
 def test_a_trial_that_died_before_its_config_was_written_is_listed_not_a_traceback(tmp_path, capfd, monkeypatch):
     proc = run_cli(
         "-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=1", *COMMON, *TINY["ppo"], cwd=tmp_path, capfd=capfd

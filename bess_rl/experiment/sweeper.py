@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -155,9 +156,8 @@ def record_trial(config: DictConfig, job_return: JobReturn) -> None:
     from optuna.trial import TrialState
 
     out = Path(config.hydra.runtime.output_dir)
-    try:
-        metrics = read_json(RunDir(out).metrics)
-    except RunDirError:
+    metrics = trial_metrics(out)
+    if metrics is None:
         return
     sweeper = config.hydra.sweeper
     study = optuna.load_study(study_name=sweeper.study_name, storage=storage_url(sweeper.storage))
@@ -170,6 +170,19 @@ def record_trial(config: DictConfig, job_return: JobReturn) -> None:
                     live.set_user_attr(key, float(metrics[key]))
             live.set_user_attr("run_dir", str(out))
             return
+
+
+def trial_metrics(out: Path) -> dict[str, float] | None:
+    """The KPIs of the trial run in ``out``: its metrics, or a population's (``member_<i>/``) members' mean,
+    what the sweep optimised (``population_run.objective``); None when a folder has no metrics."""
+    folders = [out] if RunDir(out).metrics.is_file() else sorted(out.glob("member_*"))
+    try:
+        found = [read_json(RunDir(folder).metrics) for folder in folders]
+    except RunDirError:
+        return None
+    if not found:
+        return None
+    return {key: statistics.fmean(float(m[key]) for m in found) for key in TRIAL_KPIS if all(key in m for m in found)}
 
 
 class SweepFolder(Callback):

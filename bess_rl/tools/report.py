@@ -14,7 +14,7 @@ import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,31 @@ def is_population(folder: Path) -> bool:
     """A ``population.size=N`` run's folder: Hydra's files and one ``member_<i>/`` run folder per member, which
     are the runs (bess_rl.experiment.population_run), as ``python -m bess_rl.evaluate`` tells it."""
     return not RunDir(folder).config.is_file() and any(folder.glob(f"member_*/{run_dir.CONFIG}"))
+
+
+def population_trials(paths: Sequence[Path]) -> list[Run]:
+    """Each population folder an Optuna sweep ran as one trial: a row of its study, with the members' mean
+    KPIs (what the sweep optimised: ``population_run.objective``); its members stay runs of their own."""
+    trials = []
+    for root in paths:
+        for folder in sorted([root, *root.rglob("*")]):
+            if not (folder.is_dir() and is_population(folder)) or (sweeper := study.sweeper_config(folder)) is None:
+                continue
+            try:
+                members = [load_run(config.parent) for config in sorted(folder.glob(f"member_*/{run_dir.CONFIG}"))]
+            except UNREADABLE as exc:
+                print(f"warning: skipping the trial {folder}: {str(exc).splitlines()[0]}", file=sys.stderr)
+                continue
+            scored = [m.metrics for m in members if m.metrics is not None]
+            # A member without metrics: the trial did not finish.
+            metrics = None if len(scored) < len(members) else {
+                k: float(np.mean([m[k] for m in scored])) for k, v in scored[0].items() if _is_number(v)}  # fmt: skip
+            trials.append(replace(members[0], path=folder, metrics=metrics, seed=None, sweeper=sweeper))
+    return trials
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def find_runs(paths: Sequence[Path]) -> list[Run]:
@@ -737,7 +762,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         "",
         _improvement_table(improvements),
         "",
-        *study_sections(used, out),
+        *study_sections([*used, *population_trials(paths)], out),
         "## Speed and memory per agent (the presets' table, docs/presets.md, measured; median over seeds)",
         "",
         _speed_table(speeds),
