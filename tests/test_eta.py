@@ -43,6 +43,7 @@ def test_a_run_over_warn_hours_is_warned_about_with_budgets_that_fit(caplog):
     assert seconds > 3.6
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "over warn_hours=0.001" in warning and "agent.total_timesteps=" in warning
+    assert warning.startswith(f"sac (after, seed {cfg.seed}) is estimated at")  # parallel jobs share a console
     assert "agent.hparams.gradient_steps=" in warning or "agent.total_timesteps=" in warning
     assert any("estimated wall time" in r.getMessage() for r in caplog.records)
     caplog.clear()

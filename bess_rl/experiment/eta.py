@@ -249,8 +249,11 @@ def _report(
     """Log the estimate of ``todo`` at ``rates`` (``per_call`` env steps per policy call) and warn above
     ``warn_hours`` (with budgets that fit, or for a ``resume`` how to stop); returns the estimate in seconds."""
     estimate = todo.seconds(rates)
+    # Named: jobs of a parallel sweep (joblib) log into one console.
+    run = f"{cfg.agent.name} ({cfg.preset.name}, seed {cfg.seed})"
     log.info(
-        "estimated wall time %s: %d env steps at %.0f/s, %d %s at %.0f/s (calibrated here)",
+        "%s: estimated wall time %s: %d env steps at %.0f/s, %d %s at %.0f/s (calibrated here)",
+        run,
         hours(estimate),
         todo.env_steps,
         1 / max(rates.env_step_s + rates.policy_call_s / per_call, 1e-12),
@@ -264,5 +267,5 @@ def _report(
             advice = "a resume keeps the saved config; Ctrl-C stops it with a checkpoint to resume from later"
         else:
             advice = "within it: " + " or ".join(fitting_budgets(cfg, gradient, todo, rates, warn_hours * 3600))
-        log.warning("this run is estimated at %s, over warn_hours=%s; %s", hours(estimate), warn_hours, advice)
+        log.warning("%s is estimated at %s, over warn_hours=%s; %s", run, hours(estimate), warn_hours, advice)
     return estimate
