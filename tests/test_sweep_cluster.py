@@ -9,6 +9,7 @@ The server is tests/pg.py's throwaway PostgreSQL on 127.0.0.1"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,8 +24,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import sqlalchemy
+from joblib.externals.loky import get_reusable_executor
 from omegaconf import OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -142,6 +145,9 @@ def test_a_killed_sweep_leaves_no_running_trial_and_another_resumes_the_study(tm
     # PostgreSQL (the cluster route) they run in two joblib worker processes; on SQLite in this process
     # (processes writing one SQLite file at once: the concurrent-sweeps test).
     workers = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if route.startswith("postgresql") else []
+    # joblib's worker processes outlive a sweep run in this process, with its BESS_RL_ROOT and folder: an
+    # earlier test's (experiment=seeds runs on joblib) took these jobs' folders into its own tmp_path.
+    get_reusable_executor().shutdown(wait=True)
     resumed = multirun(tmp_path, route, capfd, "hydra.sweeper.n_trials=2", *workers, "hydra.sweeper.n_jobs=2",
                        FAST_BEAT, *ONE_FAILS)  # fmt: skip
     out = resumed.stdout + resumed.stderr
@@ -181,6 +187,31 @@ def test_a_beat_newer_than_the_clock_is_not_stale(route):
         storage.engine.dispose()
 
 
+def test_failing_a_trial_its_job_has_failed_is_no_change(route):
+    """A submitit job stopped by SIGTERM fails its trial (sweep_stop) and gives no result: the sweeper fails it too."""
+    storage = open_storage(route, heartbeat_interval=1)
+    study = optuna.create_study(study_name="ppo", storage=storage)
+    trial = study.ask()
+    optuna.load_study(study_name="ppo", storage=route).tell(trial.number, state=FAIL)  # in the job's process
+    study.tell(trial, state=FAIL)
+    assert [t.state for t in trials(route)] == [FAIL]
+    storage.engine.dispose()
+
+
+def test_connections_the_server_dropped_are_opened_again(pg_url):
+    """A database restart mid-sweep: the sweeper's pooled connection is dead at its next tell."""
+    storage = open_storage(pg_url)
+    study = optuna.create_study(study_name="ppo", storage=storage)
+    trial = study.ask()
+    with sqlalchemy.create_engine(pg_url).connect() as conn:  # what a restart does to the other connections
+        others = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND pid <> pg_backend_pid()")  # fmt: skip
+        assert conn.execute(sqlalchemy.text(others)).scalars().all()
+    study.tell(trial, 1.0)
+    assert [t.state for t in trials(pg_url)] == [COMPLETE]
+    storage.engine.dispose()
+
+
 def test_a_study_another_sweep_is_creating_is_not_refused(pg_url):
     RDBStorage(pg_url).create_new_study("ppo")  # created, its directions not set yet
     sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
@@ -209,6 +240,40 @@ def test_submitit_local_sweep_on_postgresql(tmp_path, pg_url, capfd):
         assert outcome == "success"  # the job ran; a failed trial is a JobReturn with status FAILED
         returns.append(job_return)
     assert sorted(r.status.name for r in returns) == ["COMPLETED", "FAILED"]
+
+
+def first_worker(sweep: subprocess.Popen, timeout: float = 120) -> psutil.Process:
+    """The first submitit worker (``submitit.core._submit``, the trial's own process) of a sweep, as it starts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for child in psutil.Process(sweep.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "submitit.core._submit" in child.cmdline():
+                    return child
+        assert time.monotonic() < deadline and sweep.poll() is None, "no submitit worker started"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_killed_submitit_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path, pg_url):
+    """SIGKILL of one trial's process (as OOM, a Slurm timeout or a lost node do): its trial is FAIL and the
+    other trial of its array is told, where the launcher's UncompletedJobError ended the sweep with both RUNNING."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+    sweep = start(tmp_path, pg_url, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                  "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")  # fmt: skip
+    try:
+        worker = first_worker(sweep)
+        worker.kill()
+        out, _ = sweep.communicate(timeout=180)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0 and "Traceback" not in out, out[-3000:]
+    lost = [line for line in out.splitlines() if "gave no result" in line]
+    assert len(lost) == 1 and "_log.err" in lost[0], out[-3000:]
+    assert "1 of this sweep's 2 trials complete" in out
+    study = trials(pg_url)
+    assert sorted(t.state.name for t in study) == ["COMPLETE", "FAIL"]
+    assert all(("run_dir" in t.user_attrs) == (t.state == COMPLETE) for t in study)
 
 
 BAD_INPUT = {  # case: what the one line says

@@ -63,7 +63,10 @@ class HeartbeatStorage(RDBStorage):
 
     def __init__(self, url: str, heartbeat_interval: int = 60, grace_period: int | None = None,
                  sweep_dir: str | None = None, new_study: str | None = None) -> None:  # fmt: skip
-        super().__init__(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        # pool_pre_ping: a pooled connection the server dropped (a restart, a failover) is opened again on its
+        # next use, where the sweeper's next tell failed with "server closed the connection" and ended the sweep.
+        super().__init__(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat_interval,
+                         grace_period=grace_period)  # fmt: skip
         self.sweep_dir = sweep_dir
         self.new_study = new_study
         self._mine: set[int] = set()
@@ -122,8 +125,17 @@ class HeartbeatStorage(RDBStorage):
         return changed
 
     def _update_trial(self, trial_id: int, state: TrialState | None = None, **kwargs: Any) -> bool:
-        """How optuna's cached storage writes a finished trial (``set_trial_state`` the uncached one)."""
-        changed = super()._update_trial(trial_id, state=state, **kwargs)
+        """How optuna's cached storage writes a finished trial (``set_trial_state`` the uncached one).
+
+        Failing a trial its own job has failed already is no change: a submitit job stopped by SIGTERM (a Slurm
+        time limit, scancel) fails its trial (bess_rl.experiment.sweep_stop) and exits without a result, which
+        the sweeper then tells FAIL too; optuna's "finished trial" error ended the sweep there."""
+        try:
+            changed = super()._update_trial(trial_id, state=state, **kwargs)
+        except RuntimeError:
+            if state != TrialState.FAIL or self.get_trial(trial_id).state != TrialState.FAIL:
+                raise
+            changed = False
         self._forget_if_finished(trial_id, state)
         return changed
 

@@ -12,7 +12,9 @@ trial whose job raised as FAIL (and, with ``max_failure_rate: 1.0``, goes on), b
 - a bad storage URL, an unreachable server or a study with other directions fails with a traceback;
 - a study resumed with another ``objective`` takes that metric's values beside the first's, and ranks them as one;
 - ``n_trials`` < 1 runs nothing, exits 0 and logs an earlier sweep's best trial as the result;
-- a sweep folder or SQLite folder that cannot be created (a file in its way) fails with a traceback.
+- a sweep folder or SQLite folder that cannot be created (a file in its way) fails with a traceback;
+- a submitit job killed without a result (SIGKILL, out of memory, a Slurm time limit) aborts the sweep and
+  leaves its array's trials RUNNING, the finished ones' values untold (``keep_lost_jobs``).
 
 ``OptunaStudyGuard`` closes these gaps, and records each finished trial's KPIs (CO2, penalised
 reduction, EV energy unmet) and run folder as the trial's user attributes, so the study alone tells
@@ -49,6 +51,8 @@ TRIAL_KPIS = ("co2_kg", "co2_reduction_pct", "penalised_reduction_pct", "ev_unme
 MINIMISED = frozenset({"co2_kg", "ev_unmet_kwh"})
 # Study user attribute: the objective names (a list) the values of its trials are.
 OBJECTIVE_ATTR = "objective"
+# hydra.launcher._target_ prefix of the submitit launchers (submitit_local, submitit_slurm).
+SUBMITIT_LAUNCHER = "hydra_plugins.hydra_submitit_launcher."
 
 
 def _abort(message: str, code: int) -> NoReturn:
@@ -140,6 +144,32 @@ def sweep_dir(config: DictConfig) -> str:
     except OSError as exc:
         _abort(f"cannot create the sweep folder {path} ({exc.strerror or exc})", 2)
     return path
+
+
+def keep_lost_jobs() -> None:
+    """Make a submitit job that died without a result a FAILED JobReturn, which the Optuna sweeper records as a
+    FAIL trial before it goes on. Why: hydra-submitit-launcher 1.2 reads its array's results with submitit's
+    ``Job.results``, which raises for such a job: the sweep ended with a traceback, and the array's other
+    trials, finished or not, stayed RUNNING until another sweep failed them. Patched once per process."""
+    from submitit.core import core, utils
+
+    results = core.Job.results
+    if getattr(results, "keeps_lost_jobs", False):
+        return
+
+    def results_or_failed(job: core.Job) -> list[Any]:
+        try:
+            return results(job)
+        except utils.UncompletedJobError:
+            lost = RuntimeError(
+                f"submitit job {job.job_id} gave no result (submitit state {job.state}): killed, out of memory or "
+                f"past hydra.launcher.timeout_min? Its log: {job.paths.stderr}"
+            )
+            overrides = list(job.submission().args[0])  # the launcher submits (overrides, ...) per job
+            return [JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=lost)]
+
+    results_or_failed.keeps_lost_jobs = True  # type: ignore[attr-defined]
+    core.Job.results = results_or_failed  # type: ignore[method-assign]
 
 
 def storage_url(storage: Any) -> str:
@@ -287,6 +317,8 @@ class OptunaStudyGuard(Callback):
             check_directions(config.objective, sweeper.direction)
         except ConfigError as exc:
             _abort(str(exc), 2)
+        if str(OmegaConf.select(config, "hydra.launcher._target_", default="")).startswith(SUBMITIT_LAUNCHER):
+            keep_lost_jobs()
         if sweeper.storage is None:
             sweep_dir(config)  # a file in its way: one line here, not the sweeper's traceback
             return
