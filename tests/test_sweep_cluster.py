@@ -310,6 +310,19 @@ def test_bad_storage_input_stops_the_guard_in_one_line(tmp_path, pg_server, pg_u
     assert BAD_INPUT[case] in error and "\n" not in error and PASSWORD not in error
 
 
+def test_the_slurm_launcher_without_slurm_stops_in_one_line_before_any_trial(tmp_path, monkeypatch, caplog):
+    """submitit found no srun only after the sweeper had asked a batch: a traceback, the batch left RUNNING."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
+    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    hydra = {"sweeper": {"direction": "maximize", "storage": None, "study_name": "sac", "n_trials": 1},
+             "launcher": {"_target_": slurm}}  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        OptunaStudyGuard().on_multirun_start(OmegaConf.create({"objective": "penalised_reduction_pct", "hydra": hydra}))
+    assert stop.value.code == 2
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "hydra/launcher=submitit_slurm needs Slurm" in error and "submitit_local" in error
+
+
 @pytest.mark.slow
 def test_bad_storage_input_on_the_command_line_is_one_line_before_any_trial(tmp_path, pg_server, pg_url, capfd):
     proc = multirun(tmp_path, bad_url("credentials", pg_server, pg_url), capfd, "hydra.sweeper.n_trials=1")

@@ -14,7 +14,8 @@ trial whose job raised as FAIL (and, with ``max_failure_rate: 1.0``, goes on), b
 - ``n_trials`` < 1 runs nothing, exits 0 and logs an earlier sweep's best trial as the result;
 - a sweep folder or SQLite folder that cannot be created (a file in its way) fails with a traceback;
 - a submitit job killed without a result (SIGKILL, out of memory, a Slurm time limit) aborts the sweep and
-  leaves its array's trials RUNNING, the finished ones' values untold (``keep_lost_jobs``).
+  leaves its array's trials RUNNING, the finished ones' values untold (``keep_lost_jobs``);
+- ``hydra/launcher=submitit_slurm`` where there is no Slurm fails with a traceback after a batch was asked.
 
 ``OptunaStudyGuard`` closes these gaps, and records each finished trial's KPIs (CO2, penalised
 reduction, EV energy unmet) and run folder as the trial's user attributes, so the study alone tells
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -53,6 +55,7 @@ MINIMISED = frozenset({"co2_kg", "ev_unmet_kwh"})
 OBJECTIVE_ATTR = "objective"
 # hydra.launcher._target_ prefix of the submitit launchers (submitit_local, submitit_slurm).
 SUBMITIT_LAUNCHER = "hydra_plugins.hydra_submitit_launcher."
+SLURM_LAUNCHER = SUBMITIT_LAUNCHER + "submitit_launcher.SlurmLauncher"
 
 
 def _abort(message: str, code: int) -> NoReturn:
@@ -317,7 +320,11 @@ class OptunaStudyGuard(Callback):
             check_directions(config.objective, sweeper.direction)
         except ConfigError as exc:
             _abort(str(exc), 2)
-        if str(OmegaConf.select(config, "hydra.launcher._target_", default="")).startswith(SUBMITIT_LAUNCHER):
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+        if launcher == SLURM_LAUNCHER and shutil.which("srun") is None:  # submitit's own test, made before any ask
+            _abort("hydra/launcher=submitit_slurm needs Slurm (no srun on PATH): launch from a node of the cluster, "
+                   "or try the sweep here with hydra/launcher=submitit_local", 2)  # fmt: skip
+        if launcher.startswith(SUBMITIT_LAUNCHER):
             keep_lost_jobs()
         if sweeper.storage is None:
             sweep_dir(config)  # a file in its way: one line here, not the sweeper's traceback
