@@ -70,18 +70,22 @@ def test_a_trial_that_died_before_its_config_was_written_is_listed_not_a_traceba
     assert f"- PPO after: failed: no metrics.json (the sweep's console output has the error) (`{trial}`)" in md
 
 
-def fake_sweep(root: Path, objectives: list[str], values: list[tuple[float, ...]]) -> Path:
-    """An Optuna study in SQLite and its trials' run folders as the sweeper writes them, without training."""
+def fake_sweep(root: Path, objectives: list[str], values: list[tuple[float, ...]], earlier: int = 0) -> Path:
+    """An Optuna study in SQLite and its trials' run folders as the sweeper writes them, without training;
+    ``earlier`` trials of another sweep of the study come first (no folder here)."""
     storage, directions = f"sqlite:///{root}/optuna.db", ["maximize"] * len(objectives)
     study = optuna.create_study(study_name="s", storage=storage, directions=directions)
-    for number, value in enumerate(values):
+    for number, value in enumerate([values[0]] * earlier + values):
         rate = 10 ** -(number + 2)
+        trial = root / ("other" if number < earlier else "sweep") / str(number - earlier)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # add_trial, create_trial
             distributions = {RATE: LogUniformDistribution(1e-5, 1e-1)}
-            frozen = optuna.trial.create_trial(params={RATE: rate}, values=list(value), distributions=distributions)
+            frozen = optuna.trial.create_trial(params={RATE: rate}, values=list(value), distributions=distributions,
+                                               user_attrs={"run_dir": str(trial)})  # fmt: skip
             study.add_trial(frozen)
-        trial = root / "sweep" / str(number)
+        if number < earlier:
+            continue
         fake_run(trial, "sac", 0, value[0], hparams={"learning_rate": rate}, objective=objectives)
         metrics = json.loads((trial / "metrics.json").read_text())
         (trial / "metrics.json").write_text(json.dumps({**metrics, "timesteps_per_hour": value[-1]}))
@@ -111,3 +115,21 @@ def test_a_multi_objective_study_names_its_objectives_and_pareto_front(tmp_path,
     assert "Best trial" not in md and "2 (" not in md.split("Pareto front")[1].splitlines()[0]
     assert (axes[0].get_xlabel(), axes[0].get_ylabel()) == tuple(objectives)
     assert (tmp_path / "r" / "pareto_front.png").stat().st_size > 5_000
+
+
+def test_trials_are_numbered_as_in_their_study_and_the_figures_say_they_cover_all_of_it(tmp_path):
+    """A second sweep of a study: its folders 0 and 1 are the study's trials 2 and 3 (the table said 0 and 1)."""
+    md = write_report([fake_sweep(tmp_path, ["penalised_reduction_pct"], [(1.0,), (3.0,)], earlier=2)], tmp_path / "r")
+    text = md.read_text()
+    assert [row[0] for row in table(text, "Optuna study 's'")] == ["3", "2"] and "Best trial: 3 " in text
+    assert "the figures cover the whole study, 4 trials; the table, this sweep's" in text
+
+
+def test_an_unreadable_study_s_password_is_not_written_into_the_report(tmp_path):
+    sweep = fake_sweep(tmp_path, ["penalised_reduction_pct"], [(1.0,)])
+    hydra_yaml = sweep / "0" / ".hydra" / "hydra.yaml"
+    config = yaml.safe_load(hydra_yaml.read_text())
+    config["hydra"]["sweeper"]["storage"] = "postgresql://bess:s3cret-pw@127.0.0.1:1/optuna"  # nothing listens
+    hydra_yaml.write_text(yaml.safe_dump(config))
+    text = write_report([sweep], tmp_path / "r").read_text()
+    assert "not readable at postgresql://bess:***@127.0.0.1:1/optuna" in text and "s3cret" not in text

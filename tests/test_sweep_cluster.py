@@ -429,3 +429,12 @@ def test_a_schema_another_sweep_is_creating_is_opened_again(tmp_path, monkeypatc
     monkeypatch.setattr(storage_module, "HeartbeatStorage", locked)
     with pytest.raises(StorageError, match="^cannot open storage .*database is locked"):
         open_storage(sqlite_url(tmp_path))
+
+
+def test_a_sweep_s_trials_are_tagged_with_its_absolute_folder(tmp_path, monkeypatch):
+    """Relative, two sweeps launched in other folders (or on other nodes) at the same second shared a tag."""
+    from bess_rl.experiment.storage import HeartbeatStorage
+
+    monkeypatch.chdir(tmp_path)
+    storage = HeartbeatStorage(f"sqlite:///{tmp_path}/optuna.db", sweep_dir="./outputs/sweeps/2026-12-04_03-00-00")
+    assert storage.sweep_dir == str(tmp_path / "outputs" / "sweeps" / "2026-12-04_03-00-00")

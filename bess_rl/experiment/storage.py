@@ -67,7 +67,8 @@ class HeartbeatStorage(RDBStorage):
         # next use, where the sweeper's next tell failed with "server closed the connection" and ended the sweep.
         super().__init__(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat_interval,
                          grace_period=grace_period)  # fmt: skip
-        self.sweep_dir = sweep_dir
+        # Absolute: two sweeps in other folders (or on other nodes) may share one relative ./outputs/sweeps/<time>.
+        self.sweep_dir = None if sweep_dir is None else str(Path(sweep_dir).resolve())
         self.new_study = new_study
         self._mine: set[int] = set()
         self._lock = threading.Lock()

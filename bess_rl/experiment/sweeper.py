@@ -373,7 +373,8 @@ class OptunaStudyGuard(Callback):
         if sweeper.storage is None:
             return
         study = optuna.load_study(study_name=sweeper.study_name, storage=storage_url(sweeper.storage))
-        sweep_dir = str(config.hydra.sweep.dir)  # concurrent sweeps on the study: count only this one's trials
+        # Concurrent sweeps on the study: count only this one's trials (HeartbeatStorage records it resolved).
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         trials = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get(SWEEP_ATTR) == sweep_dir]
         complete = sum(t.state == TrialState.COMPLETE for t in trials)
         log.info("study %r: %d of this sweep's %d trials complete", sweeper.study_name, complete, len(trials))

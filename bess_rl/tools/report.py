@@ -818,8 +818,10 @@ def study_sections(used: Sequence[Run], out: Path) -> list[str]:
         maximise = [str(d).lower().startswith("max") for d in sweeper["direction"]]
         rows = study.trial_rows(trials, sweeper["params"], objectives, maximise)
         name = sweeper["study_name"] or "study"
+        figures, notes, numbers = study.study_figures(sweeper, objectives, out, [t.path for t in trials])
+        for row in rows:  # the study's trial number where the storage has it, else the job folder's
+            row["trial"] = str(numbers.get(Path(row["run_folder"]).resolve(), row["trial"]))
         pd.DataFrame(rows).to_csv(out / f"trials_{name}.csv", index=False)
-        figures, notes = study.study_figures(sweeper, objectives, out)
         kpis = study.columns(objectives)
         header = ["trial", *sweeper["params"], "status", *kpis, "run folder"]
         body = [[r["trial"], *(r[p] or NA for p in sweeper["params"]), r["status"],

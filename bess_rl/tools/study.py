@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from bess_rl.experiment import run_dir  # noqa: E402
+from bess_rl.experiment.storage import shown  # noqa: E402
 
 log = logging.getLogger(__name__)
 KPIS = ("penalised_reduction_pct", "co2_reduction_pct", "co2_kg", "ev_unmet_kwh", "timesteps_per_hour")
@@ -81,19 +82,32 @@ def pareto_front(rows: Sequence[dict[str, Any]], objectives: Sequence[str], maxi
     return [r for r, v in scored if not any(dominates(w, v) for _, w in scored)]
 
 
-def study_figures(sweeper: dict[str, Any], objectives: Sequence[str], out: Path) -> tuple[list[str], list[str]]:
-    """PNGs of the study (names written under ``out``) and notes on what could not be drawn."""
+def study_figures(
+    sweeper: dict[str, Any], objectives: Sequence[str], out: Path, folders: Sequence[Path]
+) -> tuple[list[str], list[str], dict[Path, int]]:
+    """PNGs of the study (names written under ``out``), notes on what could not be drawn or what the figures
+    cover, and the study's trial number of each of the sweep's trial ``folders`` (``record_trial`` stored it).
+
+    Why the numbers: a folder is named by the sweep's job number, which is the study's trial number only
+    for the first sweep of a study that no other sweep shares.
+    """
     import optuna
     from optuna.visualization import matplotlib as ovm
 
     notes: list[str] = []
     storage = sweeper["storage"]
     if not storage:
-        return [], ["the sweep had no storage, so no study figures (set hydra.sweeper.storage)"]
+        return [], ["the sweep had no storage, so no study figures (set hydra.sweeper.storage)"], {}
     try:
         study = optuna.load_study(study_name=sweeper["study_name"], storage=storage)
     except Exception as exc:  # a storage moved or deleted since the sweep: the tables still stand
-        return [], [f"study {sweeper['study_name']!r} not readable at {storage}: {str(exc).splitlines()[0]}"]
+        where = f"{sweeper['study_name']!r} not readable at {shown(storage)}"
+        return [], [f"study {where}: {str(exc).splitlines()[0]}"], {}
+    ours = {folder.resolve() for folder in folders}
+    numbers = {Path(t.user_attrs["run_dir"]).resolve(): t.number for t in study.trials if "run_dir" in t.user_attrs}
+    numbers = {folder: number for folder, number in numbers.items() if folder in ours}
+    if len(study.trials) > len(folders):
+        notes.append(f"the figures cover the whole study, {len(study.trials)} trials; the table, this sweep's")
     drawn = []
     plots = {"optimization_history.png": ovm.plot_optimization_history, "param_importances.png": importances}
     if len(objectives) > 1:
@@ -114,7 +128,7 @@ def study_figures(sweeper: dict[str, Any], objectives: Sequence[str], out: Path)
             figure.savefig(out / name, dpi=90)
             plt.close(figure)
             drawn.append(name)
-    return drawn, notes
+    return drawn, notes, numbers
 
 
 def importances(study: Any, target: Any = None, target_name: str = "objective value") -> Any:
