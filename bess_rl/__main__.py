@@ -124,6 +124,15 @@ def composition_error(exc: HydraException | OmegaConfBaseException) -> str:
     return text
 
 
+def storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the Optuna storage's database failing (a server that went down mid-sweep and stayed
+    down): the sweeper's own code raises it. Its modules are looked up, not imported: without a sweep,
+    nothing raised is one of theirs."""
+    db, optuna = sys.modules.get("sqlalchemy.exc"), sys.modules.get("optuna.exceptions")
+    kinds = tuple(k for k in (getattr(db, "DBAPIError", None), getattr(optuna, "StorageInternalError", None)) if k)
+    return bool(kinds) and isinstance(exc, kinds)
+
+
 def cli() -> None:
     """Run ``main``, an override Hydra cannot compose (``agent=nope``, ``nosuchkey=1``, ``seed=[``) said in
     one line with exit 2, like a value ``validate`` refuses.
@@ -157,6 +166,13 @@ def cli() -> None:
         print(f"error: cannot create {exc.filename} ({exc.strerror})", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
+        if storage_failure(exc) and asked != "1":
+            print(
+                f"error: the study's storage failed during the sweep ({one_line(exc)}); finished trials and their "
+                "run folders are kept: run the same command again to resume the study",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         from bess_rl.experiment.errors import USER_ERRORS  # torch: only once a job ran
 
         # Hydra's basic sweeper stops at a job it refused (an Optuna sweep marks the trial failed instead).

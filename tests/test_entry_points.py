@@ -56,6 +56,21 @@ def test_ctrl_c_outside_training_s_own_handling_is_one_line_and_130(monkeypatch,
     assert capsys.readouterr().err == "interrupted: finished runs and checkpoints are kept\n"
 
 
+def test_a_storage_that_went_down_mid_sweep_is_one_line_and_exit_1(monkeypatch, capsys):
+    """The sweeper's own call into a database that stopped answering raised a traceback."""
+    from optuna.exceptions import StorageInternalError
+
+    def down() -> None:
+        raise StorageInternalError("An exception is raised during the commit.\nline two")
+
+    monkeypatch.setattr(entry, "main", down)
+    with pytest.raises(SystemExit) as stop:
+        entry.cli()
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and err.count("\n") == 1
+    assert err.startswith("error: the study's storage failed during the sweep (") and "resume the study" in err
+
+
 # Inside torch's import, once torch._subclasses.fake_tensor registered its exit hook (which logs at INFO).
 IN_TORCH = "name.startswith('torch.') and hasattr(sys.modules.get('torch._subclasses.fake_tensor'), 'dump_cache_stats')"
 
