@@ -117,6 +117,12 @@ def run_cli(*args: str, cwd: Path, capfd: pytest.CaptureFixture[str]) -> subproc
 
     code, level = 0, logging.getLogger().level
     capfd.readouterr()  # what the test printed before
+    if "joblib.externals.loky" in sys.modules:
+        # joblib's worker processes outlive a command run here, with its BESS_RL_ROOT and folder: a later
+        # test's jobs ran in an earlier test's root (as no two real commands share workers).
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BESS_RL_ROOT", str(cwd))
         mp.chdir(cwd)

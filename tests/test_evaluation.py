@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -377,17 +376,21 @@ def test_ctrl_c_during_an_export_keeps_the_earlier_file(ppo_run, tmp_path, monke
 @pytest.mark.slow  # a process of its own, for a real SIGINT
 def test_ctrl_c_of_an_evaluate_process_exits_130_without_a_traceback(ppo_run, tmp_path):
     run_dir = run_copy(ppo_run[0], tmp_path / "run")
-    ready = "import sys; from bess_rl.tools.evaluate import main; print('imported', flush=True); sys.exit(main())"
+    # Its log on stderr, to interrupt it while it solves the references of 8000 h (many seconds), not at a guess.
+    ready = (
+        "import logging, sys; from bess_rl.tools.evaluate import main; logging.basicConfig(level='INFO'); "
+        "sys.exit(main())"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", ready, str(run_dir), "scenario.window_hours=8000"], cwd=tmp_path, text=True,
         env={**os.environ, "BESS_RL_ROOT": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    assert proc.stdout.readline() == "imported\n"  # past the imports: the references of 8000 h take many seconds
-    time.sleep(1.0)
+    lines = iter(proc.stderr.readline, "")
+    assert any("solving the references" in line for line in lines), "no solving line"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
-    assert "Traceback" not in err and err.splitlines()[-1].startswith("interrupted: no evaluation written"), err
+    out, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + rest
+    assert "Traceback" not in rest and rest.splitlines()[-1].startswith("interrupted: no evaluation written"), rest
     assert not RunDir(run_dir).evaluations.exists()
 
 

@@ -27,7 +27,6 @@ import optuna
 import psutil
 import pytest
 import sqlalchemy
-from joblib.externals.loky import get_reusable_executor
 from omegaconf import OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -145,9 +144,6 @@ def test_a_killed_sweep_leaves_no_running_trial_and_another_resumes_the_study(tm
     # PostgreSQL (the cluster route) they run in two joblib worker processes; on SQLite in this process
     # (processes writing one SQLite file at once: the concurrent-sweeps test).
     workers = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if route.startswith("postgresql") else []
-    # joblib's worker processes outlive a sweep run in this process, with its BESS_RL_ROOT and folder: an
-    # earlier test's (experiment=seeds runs on joblib) took these jobs' folders into its own tmp_path.
-    get_reusable_executor().shutdown(wait=True)
     resumed = multirun(tmp_path, route, capfd, "hydra.sweeper.n_trials=2", *workers, "hydra.sweeper.n_jobs=2",
                        FAST_BEAT, *ONE_FAILS)  # fmt: skip
     out = resumed.stdout + resumed.stderr
