@@ -13,12 +13,13 @@ stacked update is timed on the population itself, every tensor it writes put bac
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +67,7 @@ class Work:
 
 def minibatches(model: OnPolicyAlgorithm) -> int:
     """Gradient steps per PPO epoch (SB3 cuts the rollout into ``batch_size`` slices); A2C's one."""
-    rollout = model.n_steps * model.n_envs
-    return -(-rollout // (getattr(model, "batch_size", None) or rollout))
+    return -(-(model.n_steps * model.n_envs) // _batch_size(model))
 
 
 def gradient_steps(model: BaseAlgorithm) -> int:
@@ -151,10 +151,21 @@ def _env_step_seconds(env: PvBessEvEnv) -> float:
     return (time.perf_counter() - t0) / CALIBRATION_STEPS
 
 
-def calibrate(model: BaseAlgorithm, env: PvBessEvEnv) -> Rates:
-    """Time env steps, policy calls and updates here, for about a second; global random states restored."""
+@contextlib.contextmanager
+def _random_states_kept() -> Iterator[None]:
+    """Python's, numpy's and torch's global random states as they were before, whatever the block drew."""
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def calibrate(model: BaseAlgorithm, env: PvBessEvEnv) -> Rates:
+    """Time env steps, policy calls and updates here, for about a second; global random states restored."""
+    with _random_states_kept():
         env_s = _env_step_seconds(env)
         batch = np.repeat(env.reset(seed=0)[0][None], model.n_envs, axis=0)
         t0 = time.perf_counter()
@@ -164,23 +175,14 @@ def calibrate(model: BaseAlgorithm, env: PvBessEvEnv) -> Rates:
         step = _update_step(model)
         step()  # the first one allocates
         update_s = seconds_per_call(step, CALIBRATION_UPDATES, model.device)
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
     return Rates(env_s, call_s, update_s)
 
 
 def calibrate_population(pop: Population, env: PvBessEvEnv) -> Rates:
     """``calibrate`` for a population: one member's env step, and the stacked action call and update,
     timed on the population itself, which ``Population.calibration`` then puts back as it was."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try:
+    with _random_states_kept():
         env_s = _env_step_seconds(env)
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
     with pop.calibration() as (act, update):
         call_s, update_s = (seconds_per_call(job, CALIBRATION_UPDATES, pop.device) for job in (act, update))
     return Rates(env_s, call_s, update_s)

@@ -22,14 +22,7 @@ from tqdm.rich import tqdm
 
 from bess_rl.agents.population import Population
 from bess_rl.experiment import eta, hardware, planner
-from bess_rl.experiment.build import (
-    algo_class,
-    build_eval_env,
-    build_references,
-    build_scenario,
-    build_site,
-    make_env,
-)
+from bess_rl.experiment.build import algo_class, build_references, build_scenario, build_site, make_env
 from bess_rl.experiment.config import POPULATION_LISTS, validate
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
@@ -143,7 +136,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     refs = build_references(cfg, eval_env)
     log.info("training %d %s members (%s preset) for %d steps each on %s", pop.size, cfg.agent.name,
              cfg.preset.name, cfg.agent.total_timesteps, runtime.device)  # fmt: skip
-    eta.announce_population(cfg, pop, cfg.agent.total_timesteps, build_eval_env(cfg))
+    # The evaluation env, stepped for the estimate: each evaluation below starts with its own seeded reset.
+    eta.announce_population(cfg, pop, cfg.agent.total_timesteps, eval_env)
     train_s, resources = learn(pop, cfg.agent.total_timesteps, cfg.progress_bar)
     results = []
     for i, (member, rd) in enumerate(zip(members, folders, strict=True)):

@@ -213,9 +213,14 @@ def trial_metrics(out: Path) -> dict[str, float] | None:
         found = [read_json(RunDir(folder).metrics) for folder in folders]
     except RunDirError:
         return None
-    if not found:
-        return None
-    return {key: statistics.fmean(float(m[key]) for m in found) for key in TRIAL_KPIS if all(key in m for m in found)}
+    return members_mean(found) if found else None
+
+
+def members_mean(metrics: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Each number every one of ``metrics`` holds, averaged: a population trial's KPIs (the study's and the
+    report's alike)."""
+    numbers = [k for k, v in metrics[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return {k: statistics.fmean(float(m[k]) for m in metrics) for k in numbers if all(k in m for m in metrics)}
 
 
 class SweepFolder(Callback):

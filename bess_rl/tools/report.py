@@ -32,6 +32,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from bess_rl.experiment import run_dir, seeds  # noqa: E402
 from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json  # noqa: E402
+from bess_rl.experiment.sweeper import members_mean  # noqa: E402
 from bess_rl.site.params import penalised_kg, reduction_pct  # noqa: E402
 from bess_rl.tools import study  # noqa: E402
 
@@ -184,14 +185,9 @@ def population_trials(paths: Sequence[Path]) -> list[Run]:
                 continue
             scored = [m.metrics for m in members if m.metrics is not None]
             # A member without metrics: the trial did not finish.
-            metrics = None if len(scored) < len(members) else {
-                k: float(np.mean([m[k] for m in scored])) for k, v in scored[0].items() if _is_number(v)}  # fmt: skip
+            metrics = members_mean(scored) if len(scored) == len(members) else None
             trials.append(replace(members[0], path=folder, metrics=metrics, seed=None, sweeper=sweeper))
     return trials
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def find_runs(paths: Sequence[Path]) -> list[Run]:
