@@ -55,7 +55,7 @@ def remove_refused_folder(hc: DictConfig) -> None:
         path.parent.rmdir()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     _Job.started = True
     # Imported here, not above: torch and SB3 take seconds to import, and a mistyped override

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from bess_rl.experiment.config import CONF_DIR
 from bess_rl.site.citylearn import ConversionError, convert_dataset, main
 from bess_rl.site.params import SiteParams
 from bess_rl.site.scenario import default_data_dir, embedded_scenario
@@ -139,9 +140,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, breakage, me
 
 def test_every_scenario_has_its_site_and_citylearn_sites_match_the_converter():
     sizes = json.loads((default_data_dir() / "citylearn_sites.json").read_text())
-    for path in sorted((ROOT / "conf" / "scenario").glob("*.yaml")):
+    for path in sorted((CONF_DIR / "scenario").glob("*.yaml")):
         scenario = yaml.safe_load(path.read_text())
-        site_file = ROOT / "conf" / "site" / path.name
+        site_file = CONF_DIR / "site" / path.name
         assert site_file.is_file(), f"conf/scenario/{path.name} has no conf/site/{path.name}"
         site = {k: v for k, v in yaml.safe_load(site_file.read_text()).items() if k != "defaults"}
         params = dataclasses.asdict(SiteParams(**site))  # sizes left out of the YAML are SiteParams' defaults

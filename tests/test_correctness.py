@@ -3,8 +3,6 @@ checked on random data and random actions (numpy only). Results: experiments/cor
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from rich.console import Console
@@ -16,7 +14,7 @@ from bess_rl.baselines.references import co2_table, compute_references
 from bess_rl.baselines.rules import RuleBased, uncontrolled
 from bess_rl.baselines.smart import SmartCharging
 from bess_rl.experiment.build import build_scenario, has_eval_part, make_env
-from bess_rl.experiment.config import compose_config
+from bess_rl.experiment.config import CONF_DIR, compose_config
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import SiteParams, penalised_kg
 from bess_rl.site.scenario import EvSessions, Scenario, embedded_part, embedded_scenario, session_hours
@@ -261,7 +259,7 @@ def test_the_training_and_held_out_parts_of_a_data_set_share_the_observation_sca
         assert env._exog[:, 2:6].max() <= 1.0
 
 
-SCENARIOS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "scenario").glob("*.yaml"))
+SCENARIOS = sorted(p.stem for p in (CONF_DIR / "scenario").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

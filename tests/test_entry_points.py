@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 import bess_rl.__main__ as entry
 from bess_rl import startup, tools
+from bess_rl.experiment.config import CONF_DIR
+from tests.helpers import COMMON, TINY
 
 # Put on PYTHONPATH as sitecustomize: the process sends itself SIGINT at the first import ``name`` for which
 # ``{when}`` holds.
@@ -113,3 +119,46 @@ def test_an_import_outside_the_commands_keeps_python_s_ctrl_c(monkeypatch):
         assert startup.starting_module() not in startup.COMMANDS
     monkeypatch.setattr(sys, "orig_argv", ["python", "-X", "importtime", "-m", "bess_rl.report"])
     assert startup.starting_module() == "bess_rl.report"
+
+
+def test_on_windows_the_package_says_where_it_runs_in_one_line():
+    """Without this, the first import of fcntl (run folders' locks) was a traceback."""
+    code = "import sys; sys.platform = 'win32'; import bess_rl"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "bess_rl runs on Linux and macOS; on Windows, run it inside WSL2 (CUDA works there)"
+    ]
+
+
+@pytest.mark.slow
+def test_a_built_wheel_runs_from_anywhere_with_its_own_configs_and_data(tmp_path):
+    """``pip install .`` (not editable) installs the wheel: its configs and data must be inside it, and a run
+    launched outside the checkout must find them and write only under where it was launched."""
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(root / "pyproject.toml", src)
+    shutil.copy(root / "README.md", src)
+    shutil.copytree(root / "bess_rl", src / "bess_rl", ignore=shutil.ignore_patterns("__pycache__"))
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "."]
+    subprocess.run(build, cwd=src, check=True, capture_output=True, timeout=300)
+    (wheel,) = (src / "dist").glob("bess_rl-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert {p.name for p in (site / "bess_rl" / "conf").iterdir()} == {p.name for p in CONF_DIR.iterdir()}
+
+    launch = tmp_path / "elsewhere"
+    launch.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "BESS_RL_CACHE_DIR": str(launch / "cache")}
+    env.pop("BESS_RL_ROOT", None)
+    args = ["agent=ppo", *COMMON, *TINY["ppo"]]
+    done = subprocess.run(
+        [sys.executable, "-m", "bess_rl", *args], cwd=launch, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (metrics,) = (launch / "outputs" / "runs").glob("ppo-after/*/metrics.json")
+    config = yaml.safe_load((metrics.parent / "resolved_config.yaml").read_text())
+    assert config["agent"]["algo"].startswith("bess_rl.")
+    info = json.loads((metrics.parent / "run_info.json").read_text())
+    assert info["git_commit"] == "unknown (not a git checkout)"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
+from bess_rl.experiment.provenance import git_commit
 from bess_rl.experiment.run_dir import atomic_write_text, write_json
 
 
@@ -37,3 +39,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     with pytest.raises(OSError, match="No space left"):
         atomic_write_text(path, "new\n")
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["c.yaml"]
+
+
+def test_the_commit_is_the_checkout_s_own_never_a_surrounding_repository_s(tmp_path):
+    """An installed bess_rl inside another project's repository (its venv there) recorded that project's commit."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f").write_text("x")
+    subprocess.run([*git, "add", "f"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    site = tmp_path / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "f").write_text("y")
+    assert git_commit(tmp_path) == sha + "+dirty"
+    assert git_commit(site) == "unknown (not a git checkout)"

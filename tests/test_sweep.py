@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from bess_rl.experiment.budget import apply_budget
-from bess_rl.experiment.config import ConfigError
+from bess_rl.experiment.config import CONF_DIR, ConfigError
 from bess_rl.experiment.run_dir import launch_sweep, register_resolvers
 from bess_rl.experiment.storage import StorageError
 from bess_rl.experiment.sweeper import OptunaStudyGuard, check_directions
@@ -231,7 +231,7 @@ def test_a_file_in_the_way_of_the_sweep_or_its_storage_is_one_line(tmp_path, cap
 
 def test_every_experiment_sweep_gets_a_folder_of_its_own():
     """Two sweeps started in the same second must not share one (the README): unique_sweep_dir adds -1, -2."""
-    for path in sorted((Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")):
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
         sweep = OmegaConf.to_container(OmegaConf.load(path)).get("hydra", {}).get("sweep", {})
         assert sweep.get("dir", "${unique_sweep_dir:").startswith("${unique_sweep_dir:"), path.name
 

@@ -199,7 +199,7 @@ def register_configs() -> None:
         cs.store(name=name, node=node)
 
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

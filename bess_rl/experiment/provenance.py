@@ -21,8 +21,14 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """Commit of the code that ran, with ``+dirty`` when the tree had uncommitted changes."""
+    """Commit of the code that ran, with ``+dirty`` when the tree had uncommitted changes.
+
+    Only a checkout whose root holds this package counts: an installed bess_rl inside someone else's
+    repository (a venv in a project) must not record that project's commit as its own.
+    """
     repo = repo or Path(__file__).resolve().parents[2]
+    if not (repo / ".git").exists():
+        return "unknown (not a git checkout)"
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10

@@ -21,7 +21,7 @@ def scales(env) -> list[float]:
 def main() -> None:
     print("| scenario | part | PV kW | load kW | intensity kg/kWh | price /kWh | EV kW |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for path in sorted((Path(__file__).parents[2] / "conf" / "scenario").glob("*.yaml")):
+    for path in sorted((Path(__file__).parents[2] / "bess_rl" / "conf" / "scenario").glob("*.yaml")):
         cfg = compose_config([f"scenario={path.stem}"])
         site = build_site(cfg.site)
         for part in ("train", "eval"):
