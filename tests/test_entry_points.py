@@ -160,5 +160,14 @@ def test_a_built_wheel_runs_from_anywhere_with_its_own_configs_and_data(tmp_path
     (metrics,) = (launch / "outputs" / "runs").glob("ppo-after/*/metrics.json")
     config = yaml.safe_load((metrics.parent / "resolved_config.yaml").read_text())
     assert config["agent"]["algo"].startswith("bess_rl.")
+    assert (metrics.parent / "bess_rl.log").is_file()  # the job's name, not python -m's "__main__"
     info = json.loads((metrics.parent / "run_info.json").read_text())
     assert info["git_commit"] == "unknown (not a git checkout)"
+
+
+def test_help_names_the_command_its_examples_and_the_other_commands():
+    done = subprocess.run([sys.executable, "-m", "bess_rl", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "__main__" not in done.stdout
+    assert done.stdout.startswith("python -m bess_rl: train an RL controller")
+    assert "agent: a2c, ppo, sac" in done.stdout
+    assert all(f".{tool}" in done.stdout for tool in startup.TOOLS)

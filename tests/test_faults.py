@@ -447,7 +447,7 @@ def test_an_lp_highs_cannot_solve_is_one_line_naming_the_lp_and_the_site(monkeyp
 def _hydra_runtime(path: Path):
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({"runtime": {"output_dir": str(path)}, "job": {"name": "__main__"}})
+    return OmegaConf.create({"runtime": {"output_dir": str(path)}, "job": {"name": "bess_rl"}})
 
 
 def _refused_folder(path: Path) -> Path:
@@ -455,7 +455,7 @@ def _refused_folder(path: Path) -> Path:
     (path / ".hydra").mkdir(parents=True)
     for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
         (path / ".hydra" / name).write_text("a: 1\n")
-    (path / "__main__.log").write_text("[ERROR] - seed must be an integer\n")
+    (path / "bess_rl.log").write_text("[ERROR] - seed must be an integer\n")
     (path / ".lock").touch()
     return path
 

@@ -116,7 +116,7 @@ def test_a_run_folder_that_cannot_be_read_is_skipped_with_a_warning(tmp_path, ca
     refused = tmp_path / "runs" / "sac-after" / "t1"  # a sweep job refused for `seed=abc` keeps such a folder
     (refused / ".hydra").mkdir(parents=True)
     (refused / ".hydra" / "config.yaml").write_text("seed: abc\nagent: {name: sac}\npreset: {name: after}\n")
-    (refused / "__main__.log").write_text("")
+    (refused / "bess_rl.log").write_text("")
     truncated = tmp_path / "runs" / "a2c-after" / "t2"  # a launcher file cut short
     finished_run(truncated)
     (truncated / ".hydra").mkdir()
