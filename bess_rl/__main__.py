@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from bess_rl import startup
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.config import ConfigError, one_line, register_configs
-from bess_rl.experiment.run_dir import HYDRA, LOCK, register_resolvers
+from bess_rl.experiment.run_dir import HYDRA, LOCK, RunDir, register_resolvers
 from bess_rl.experiment.sweep_stop import fail_running_trial
 
 log = logging.getLogger("bess_rl")
@@ -60,7 +61,7 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     _Job.started = True
     # Imported here, not above: torch and SB3 take seconds to import, and a mistyped override
     # (refused by Hydra before this function runs) should not wait for them.
-    from bess_rl.experiment import population_run
+    from bess_rl.experiment import checkpoint, population_run
     from bess_rl.experiment.checkpoint import NumericalError, TrainingInterrupted
     from bess_rl.experiment.errors import USER_ERRORS
     from bess_rl.experiment.train import objective_value, print_table, resume_config, run
@@ -82,8 +83,17 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
                 for metrics in members:
                     print_table(metrics)
                 return population_run.objective(members, cfg.objective)
-            metrics = run(cfg, Path(hc.runtime.output_dir))
+            out = Path(hc.runtime.output_dir)
+            # A sweep job's folder is its own (one folder a sweep, a subfolder a job): a checkpoint there is an
+            # earlier start's of this very job, which its launcher requeued after a time limit or a preemption.
+            requeued = hc.mode == RunMode.MULTIRUN and checkpoint.current(RunDir(out).checkpoint) is not None
+            if requeued:
+                log.warning("this job was requeued: it goes on from the checkpoint in %s", out)
+            metrics = run(cfg, out, resume=requeued)
     except TrainingInterrupted as exc:
+        if hc.mode == RunMode.MULTIRUN and hand_to_launcher(exc.signame):
+            log.warning("%s; the job's launcher requeues it, and its next start goes on from there", exc)
+            signal.raise_signal(signal.Signals[exc.signame])  # submitit's handler: requeue, then exit
         if hc.mode == RunMode.MULTIRUN:
             trial = fail_running_trial(hc.sweeper, overrides)
             log.warning("%s; sweep stopped%s", exc, f" (trial {trial} marked failed)" if trial is not None else "")
@@ -109,6 +119,13 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     return objective_value(metrics, cfg.objective)
 
 
+def hand_to_launcher(signame: str) -> bool:
+    """Whether the job's launcher handles ``signame`` itself once training has checkpointed on it: submitit's
+    SIGUSR2 handler (Slurm's warning ahead of a time limit, or a preemption) requeues the job. Any other
+    signal, or a process where nothing else handles it, stops the trial as usual."""
+    return signame == "SIGUSR2" and callable(signal.getsignal(signal.SIGUSR2))
+
+
 def composition_error(exc: HydraException | OmegaConfBaseException) -> str:
     """Hydra's message for an override it cannot compose, in one line (``one_line``), with the override a parse
     error is in and, for an unknown option, the group's options (Hydra lists them one a line, with its search
@@ -131,6 +148,12 @@ def storage_failure(exc: BaseException) -> bool:
     db, optuna = sys.modules.get("sqlalchemy.exc"), sys.modules.get("optuna.exceptions")
     kinds = tuple(k for k in (getattr(db, "DBAPIError", None), getattr(optuna, "StorageInternalError", None)) if k)
     return bool(kinds) and isinstance(exc, kinds)
+
+
+def no_trial_completed(exc: BaseException) -> bool:
+    """Whether ``exc`` is Optuna's answer to the Optuna sweeper asking, after its last trial, for the best trial of a
+    study without a complete one (every trial of a new study failed): a database's or the in-memory storage's."""
+    return isinstance(exc, ValueError) and str(exc) in ("Record does not exist.", "No trials are completed yet.")
 
 
 def cli() -> None:
@@ -166,6 +189,13 @@ def cli() -> None:
         print(f"error: cannot create {exc.filename} ({exc.strerror})", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
+        if no_trial_completed(exc) and asked != "1":
+            print(
+                "error: every trial failed and the study has no complete trial, so it has no best one: the "
+                "'Failed experiment' lines above and each trial's bess_rl.log in the sweep folder say why",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         if storage_failure(exc) and asked != "1":
             print(
                 f"error: the study's storage failed during the sweep ({one_line(exc)}); finished trials and their "

@@ -272,6 +272,44 @@ def test_a_killed_submitit_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path
     assert all(("run_dir" in t.user_attrs) == (t.state == COMPLETE) for t in study)
 
 
+@pytest.mark.slow
+def test_a_preempted_submitit_job_checkpoints_is_requeued_and_goes_on_to_the_uninterrupted_result(tmp_path, capfd):
+    """SIGUSR2 (Slurm's warning ahead of a time limit, or a preemption): submitit requeued the job, which then
+    trained again from step 0 (a time-limited trial never finished); it now checkpoints and goes on from there."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+    args = ["hydra.sweeper.n_trials=1", "agent.total_timesteps=40000", "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10"]  # fmt: skip
+    preempted = tmp_path / "preempted"
+    preempted.mkdir()
+    sweep = start(preempted, sqlite_url(preempted), *args)
+    try:
+        worker = first_worker(sweep)
+        deadline = time.monotonic() + 120
+        progress = preempted / "outputs" / "sweeps"
+        while sum(len(p.read_text().splitlines()) for p in progress.glob("*/0/progress.csv")) < 2:  # a row: training
+            assert time.monotonic() < deadline and sweep.poll() is None, "no training started"
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGUSR2)
+        out, _ = sweep.communicate(timeout=180)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0 and "Traceback" not in out, out[-3000:]
+    (job,) = preempted.glob("outputs/sweeps/*/0")
+    log = "".join(p.read_text() for p in job.parent.glob(".submitit/*/*_log.err"))
+    assert "interrupted by SIGUSR2" in log and "Requeued job" in log and "this job was requeued" in log
+    (resumed,) = json.loads((job / "run_info.json").read_text())["resumed"]
+    assert 0 < resumed["from_step"] < 40000 and not (job / "checkpoint").exists()
+    assert [t.state for t in trials(sqlite_url(preempted))] == [COMPLETE]
+
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    assert multirun(straight, sqlite_url(straight), capfd, *args[:2]).returncode == 0  # same seed: same trial
+    (other,) = straight.glob("outputs/sweeps/*/0")
+    kpis = ("co2_kg", "penalised_reduction_pct", "ev_unmet_kwh", "grid_import_kwh", "total_timesteps")
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (job, other))
+    assert {k: ours[k] for k in kpis} == {k: theirs[k] for k in kpis}
+
+
 BAD_INPUT = {  # case: what the one line says
     "unreachable": "Connection refused",
     "credentials": 'password authentication failed for user "bess"',

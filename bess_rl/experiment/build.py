@@ -42,9 +42,18 @@ def algo_class(path: str) -> type[BaseAlgorithm]:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         raise ConfigError(f"agent.algo {path!r} cannot be imported: e.g. stable_baselines3.SAC") from None
-    if not (isinstance(cls, type) and issubclass(cls, BaseAlgorithm)):
+    if not _is_algorithm(cls):
         raise ConfigError(f"agent.algo {path!r} is not a Stable-Baselines3 algorithm class")
     return cls
+
+
+def _is_algorithm(cls: object) -> bool:
+    """Whether ``cls`` is an SB3 algorithm class; False, not TypeError, for what only passes for a class (on
+    Python 3.10 a generic alias such as SB3's ``Schedule`` is an instance of ``type``)."""
+    try:
+        return isinstance(cls, type) and issubclass(cls, BaseAlgorithm)
+    except TypeError:
+        return False
 
 
 def asked_device(cfg: DictConfig) -> str:

@@ -1,4 +1,4 @@
-"""Interruption-safe training: checkpoint on SIGINT/SIGTERM, resume bit-for-bit, numerical guards.
+"""Interruption-safe training: checkpoint on SIGINT/SIGTERM/SIGUSR2, resume bit-for-bit, numerical guards.
 
 Why at a rollout start: there SB3's state is consistent (the last transition is stored, the last
 update done, nothing half-collected), so saving model + optimizers (SB3's zip), the replay buffer,
@@ -42,7 +42,9 @@ from bess_rl.site.env import PvBessEvEnv
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = CHECKPOINT
-SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGUSR2": 140}
+# Ctrl-C, a kill, and the warning Slurm (``--signal``) and submitit send ahead of a time limit or a preemption.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 MODEL, ARRAYS, TRAINING, RNG, STATE = "model.zip", "arrays.npz", "training.json", "rng.json", "state.json"
 # Monitor's per-episode bookkeeping; SB3 ReplayBuffer arrays; model attributes SB3 would pickle.
 MONITOR_FIELDS = (
@@ -312,7 +314,7 @@ def load(
 
 
 class Guard(BaseCallback):
-    """Checkpoints on SIGINT/SIGTERM (and every ``every_steps``) and stops on non-finite numbers.
+    """Checkpoints on SIGINT/SIGTERM/SIGUSR2 (and every ``every_steps``) and stops on non-finite numbers.
 
     Signals only set a flag: the work happens at the next rollout start, where the state is
     consistent, or at the end of training when the signal came during the last rollout. A model with
@@ -340,7 +342,7 @@ class Guard(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._last_saved = self.model.num_timesteps
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         if hasattr(self.model, "should_stop"):
             self.model.should_stop = lambda: self.requested is not None
