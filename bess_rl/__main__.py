@@ -74,22 +74,23 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
         if cfg.resume is not None:
             if not str(cfg.resume).strip():
                 raise ConfigError("resume= needs a run folder, e.g. resume=outputs/runs/sac-after/<time>")
-            run_dir = Path(cfg.resume)
-            metrics = run(resume_config(run_dir, cfg, overrides), run_dir, resume=True)
+            out, resume = Path(cfg.resume), True
+            trained = resume_config(out, cfg, overrides)
         else:
             apply_budget(cfg)
-            if cfg.population.size > 1:  # N members, each its own run folder: a table and objective per member
-                members = population_run.run(cfg, Path(hc.runtime.output_dir))
-                for metrics in members:
-                    print_table(metrics)
-                return population_run.objective(members, cfg.objective)
+            trained = cfg
             out = Path(hc.runtime.output_dir)
             # A sweep job's folder is its own (one folder a sweep, a subfolder a job): a checkpoint there is an
             # earlier start's of this very job, which its launcher requeued after a time limit or a preemption.
-            requeued = hc.mode == RunMode.MULTIRUN and checkpoint.current(RunDir(out).checkpoint) is not None
-            if requeued:
+            resume = hc.mode == RunMode.MULTIRUN and checkpoint.current(RunDir(out).checkpoint) is not None
+            if resume:
                 log.warning("this job was requeued: it goes on from the checkpoint in %s", out)
-            metrics = run(cfg, out, resume=requeued)
+        if trained.population.size > 1:  # N members, each its own run folder: a table and objective per member
+            members = population_run.run(trained, out, resume)
+            for metrics in members:
+                print_table(metrics)
+            return population_run.objective(members, trained.objective)
+        metrics = run(trained, out, resume=resume)
     except TrainingInterrupted as exc:
         if hc.mode == RunMode.MULTIRUN and hand_to_launcher(exc.signame):
             log.warning("%s; the job's launcher requeues it, and its next start goes on from there", exc)
@@ -116,7 +117,7 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
             raise  # the sweeper records the trial as failed and goes on
         sys.exit(2 if not isinstance(exc, NumericalError) else 1)
     print_table(metrics)
-    return objective_value(metrics, cfg.objective)
+    return objective_value(metrics, trained.objective)
 
 
 def hand_to_launcher(signame: str) -> bool:

@@ -480,3 +480,15 @@ def test_a_refused_start_removes_its_folder_and_nothing_else(tmp_path):
     (held / ".lock").write_text("12345")  # not our empty lock file
     remove_refused_folder(_hydra_runtime(held))
     assert held.is_dir()
+
+
+def test_a_checkpoint_that_fails_midway_leaves_no_partial_folder(tmp_path):
+    """A population whose env could not be checkpointed left checkpoint.tmp behind."""
+
+    def fill(folder: Path) -> None:
+        (folder / "half").write_text("x")
+        raise checkpoint.CheckpointError("cannot checkpoint training env 0")
+
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.replace_folder(tmp_path / "checkpoint", fill, "checkpoint at step 1")
+    assert list(tmp_path.iterdir()) == []

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 
 import pytest
 import torch
 
 from bess_rl.agents.fast_sac import FastSAC
-from bess_rl.experiment import hardware, planner, population_run, train
+from bess_rl.agents.population import Population
+from bess_rl.experiment import checkpoint, hardware, planner, population_run, train
+from bess_rl.experiment.checkpoint import TrainingInterrupted
 from bess_rl.experiment.config import ConfigError, validate
-from bess_rl.experiment.run_dir import RunDir
-from tests.helpers import COMMON, TINY, compose_cfg
+from bess_rl.experiment.run_dir import RunDir, RunDirError
+from bess_rl.tools.replay import COMPARED, load_run_config
+from tests.helpers import COMMON, TINY, compose_cfg, run_cli
 
 POP = ["agent=sac", "population.size=2", "population.seeds=[3,7]", "population.learning_rate=[0.001,0.0003]"]
 
@@ -113,3 +117,53 @@ def test_a_population_is_estimated_warned_about_and_shows_its_progress(tmp_path,
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.endswith("eta")]
     assert "over warn_hours=1e-09" in warning and "agent.total_timesteps=" in warning
     assert [(b.total, b.n) for b in bars] == [(60, 60)]
+
+
+def test_a_signal_checkpoints_every_member_and_the_resume_ends_as_the_uninterrupted_run(tmp_path, monkeypatch, capfd):
+    """A population had no checkpoint: Ctrl-C or SIGTERM lost all of its training."""
+    args = [*POP, *COMMON, *TINY["sac"], "agent.total_timesteps=120"]
+    straight = population_run.run(compose_cfg(args), tmp_path / "straight")
+
+    updates = Population.train
+
+    def terminated_at_the_fifth_update(self, gradient_steps):
+        if self.n_updates == 4 * gradient_steps:
+            signal.raise_signal(signal.SIGTERM)  # arrives mid-loop, as a kill would
+        return updates(self, gradient_steps)
+
+    monkeypatch.setattr(Population, "train", terminated_at_the_fifth_update)
+    run_dir = tmp_path / "outputs" / "runs" / "sac-after" / "t0"
+    with pytest.raises(TrainingInterrupted) as stop:
+        population_run.run(compose_cfg(args), run_dir)
+    assert stop.value.signame == "SIGTERM" and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["population"] == 2 and 20 < state["num_timesteps"] < 120
+    assert all((run_dir / "checkpoint" / f"member_{i}" / "state.json").is_file() for i in range(2))
+    assert not list(run_dir.glob("member_*/metrics.json"))
+    monkeypatch.setattr(Population, "train", updates)
+
+    resumed = run_cli(f"resume={run_dir}", "progress_bar=false", cwd=tmp_path, capfd=capfd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (run_dir / "checkpoint").exists() and list(run_dir.glob("resumes/*/bess_rl.log"))
+    for i, uninterrupted in enumerate(straight):
+        rd = RunDir(run_dir / f"member_{i}")
+        metrics = json.loads(rd.metrics.read_text())
+        assert {k: metrics[k] for k in COMPARED} == {k: uninterrupted[k] for k in COMPARED}
+        assert json.loads(rd.run_info.read_text())["resumed"][0]["from_step"] == state["num_timesteps"]
+    with pytest.raises(RunDirError, match="is a population run folder: replay one member's"):
+        load_run_config(run_dir)  # its population_config.yaml is no single run's config
+
+
+def test_a_population_checkpoints_every_checkpoint_every_steps_and_discards_it_when_done(tmp_path, monkeypatch):
+    saved = []
+    save = checkpoint.save_population
+
+    def recording(pop, directory, reason, *prints):
+        saved.append((pop.num_timesteps, reason, pop.size))
+        return save(pop, directory, reason, *prints)
+
+    monkeypatch.setattr(checkpoint, "save_population", recording)
+    args = [*POP, *COMMON, *TINY["sac"], "agent.total_timesteps=120", "checkpoint_every_steps=50"]
+    population_run.run(compose_cfg(args), tmp_path / "pop")
+    assert saved == [(50, "periodic", 2), (100, "periodic", 2)]
+    assert not list((tmp_path / "pop").glob("checkpoint*"))  # the results are on disk

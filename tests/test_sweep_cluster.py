@@ -277,7 +277,7 @@ def test_a_preempted_submitit_job_checkpoints_is_requeued_and_goes_on_to_the_uni
     """SIGUSR2 (Slurm's warning ahead of a time limit, or a preemption): submitit requeued the job, which then
     trained again from step 0 (a time-limited trial never finished); it now checkpoints and goes on from there."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
-    args = ["hydra.sweeper.n_trials=1", "agent.total_timesteps=40000", "hydra/launcher=submitit_local",
+    args = ["hydra.sweeper.n_trials=1", "agent.total_timesteps=20000", "hydra/launcher=submitit_local",
             "hydra.launcher.timeout_min=10"]  # fmt: skip
     preempted = tmp_path / "preempted"
     preempted.mkdir()
@@ -298,7 +298,7 @@ def test_a_preempted_submitit_job_checkpoints_is_requeued_and_goes_on_to_the_uni
     log = "".join(p.read_text() for p in job.parent.glob(".submitit/*/*_log.err"))
     assert "interrupted by SIGUSR2" in log and "Requeued job" in log and "this job was requeued" in log
     (resumed,) = json.loads((job / "run_info.json").read_text())["resumed"]
-    assert 0 < resumed["from_step"] < 40000 and not (job / "checkpoint").exists()
+    assert 0 < resumed["from_step"] < 20000 and not (job / "checkpoint").exists()
     assert [t.state for t in trials(sqlite_url(preempted))] == [COMPLETE]
 
     straight = tmp_path / "straight"

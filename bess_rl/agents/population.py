@@ -331,14 +331,22 @@ class Population:
         noise = torch.stack([torch.randn(mean.shape[1:], device=self.device, generator=g) for g in self.generators])
         return torch.tanh(mean + noise * std).reshape(self.size, -1).cpu().numpy()
 
-    def learn(self, total_timesteps: int, on_step: Callable[[], None] | None = None) -> Population:
+    def learn(
+        self,
+        total_timesteps: int,
+        on_step: Callable[[], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Population:
         """SB3's off-policy loop for every member in lockstep: random actions until ``learning_starts``,
         one env step each, ``gradient_steps`` stacked updates every ``train_freq`` steps; ``on_step`` is
-        called after each step (a progress bar)."""
+        called after each step (a progress bar, a periodic checkpoint). A true ``should_stop()`` ends the
+        loop after a step and its updates, where a checkpoint is consistent."""
         envs = [m.env for m in self.members]
         if self._obs is None:
             self._obs = np.concatenate([env.reset() for env in envs])
         for _ in range(total_timesteps):
+            if should_stop is not None and should_stop():
+                break
             if self.num_timesteps < self.learning_starts:
                 unscaled = np.stack([env.action_space.sample() for env in envs])
                 scaled = np.stack([m.policy.scale_action(a) for m, a in zip(self.members, unscaled, strict=True)])
@@ -362,6 +370,51 @@ class Population:
                 on_step()
         return self
 
+    # --- checkpoint ----------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+        """What no member's model holds: the loop's step and update counts, each member's random stream
+        and the last observations (with ``member_model`` of every member, a checkpoint's whole content)."""
+        counts = {"num_timesteps": self.num_timesteps, "n_updates": self.n_updates}
+        arrays = {f"generator.{i}": g.get_state().cpu().numpy() for i, g in enumerate(self.generators)}
+        if self._obs is not None:
+            arrays["obs"] = self._obs
+        return counts, arrays
+
+    def restore(self, members: list[FastSAC], counts: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Continue from checkpointed members (what ``member_model`` gave, loaded with their envs and buffers)
+        and ``state``: each member's weights, entropy coefficient and Adam state go back into the stacked
+        tensors, the inverse of ``member_model``."""
+        if len(members) != self.size:
+            raise ValueError(f"{len(members)} checkpointed members for a population of {self.size}")
+        with torch.no_grad():
+            for i, model in enumerate(members):
+                for f in fields(SacNets):
+                    own = _leaves(getattr(SacNets.of(model), f.name))
+                    for mine, stacked in zip(own, _leaves(getattr(self.nets, f.name)), strict=True):
+                        stacked[i].copy_(mine.reshape(stacked[i].shape))
+                if self.log_ent_coef is not None:
+                    self.log_ent_coef[i].copy_(model.log_ent_coef.reshape(self.log_ent_coef[i].shape))
+                for opt, adam in self._optimizers(model):
+                    params = [p for group in opt.param_groups for p in group["params"]]
+                    for k, p in enumerate(params):
+                        if p in opt.state:  # no state before the first update
+                            adam.exp_avg[k][i].copy_(opt.state[p]["exp_avg"].reshape(adam.exp_avg[k][i].shape))
+                            adam.exp_avg_sq[k][i].copy_(opt.state[p]["exp_avg_sq"].reshape(adam.exp_avg_sq[k][i].shape))
+                            for counter in (c for cs in adam.counters.values() for c in cs):
+                                counter.fill_(float(opt.state[p]["step"]))
+        self.members = list(members)
+        for i, g in enumerate(self.generators):
+            g.set_state(torch.from_numpy(arrays[f"generator.{i}"]))
+        self._obs = arrays.get("obs")
+        self.num_timesteps, self.n_updates = int(counts["num_timesteps"]), int(counts["n_updates"])
+
+    def _optimizers(self, model: FastSAC) -> list[tuple[torch.optim.Optimizer, StackedAdam]]:
+        """``model``'s optimisers, each with the stacked Adam that steps its parameters."""
+        pairs = [(model.actor.optimizer, self.actor_adam), (model.critic.optimizer, self.critic_adam)]
+        if self.ent_adam is not None:
+            pairs.append((model.ent_coef_optimizer, self.ent_adam))
+        return pairs
+
     # --- export --------------------------------------------------------------------------------
     def member_model(self, i: int) -> FastSAC:
         """Member ``i`` as its own ``FastSAC``: trained weights, targets, entropy coefficient and Adam
@@ -374,10 +427,7 @@ class Population:
                     mine.copy_(stacked[i])
             if self.log_ent_coef is not None:
                 model.log_ent_coef.copy_(self.log_ent_coef[i].reshape(model.log_ent_coef.shape))
-        pairs = [(model.actor.optimizer, self.actor_adam), (model.critic.optimizer, self.critic_adam)]
-        if self.ent_adam is not None:
-            pairs.append((model.ent_coef_optimizer, self.ent_adam))
-        for opt, adam in pairs:
+        for opt, adam in self._optimizers(model):
             params = [p for group in opt.param_groups for p in group["params"]]
             for p, state in zip(params, adam.moments(i, params), strict=True):
                 opt.state[p] = state

@@ -22,6 +22,7 @@ import shutil
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from bess_rl.agents.fast_sac import DeviceReplayBuffer
+from bess_rl.agents.population import Population
 from bess_rl.experiment import fingerprint as fingerprints
 from bess_rl.experiment.build import algo_class
 from bess_rl.experiment.run_dir import CHECKPOINT, RunDirError, read_json, write_json
@@ -46,6 +48,8 @@ SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGUSR2": 140}
 # Ctrl-C, a kill, and the warning Slurm (``--signal``) and submitit send ahead of a time limit or a preemption.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 MODEL, ARRAYS, TRAINING, RNG, STATE = "model.zip", "arrays.npz", "training.json", "rng.json", "state.json"
+# A population checkpoint: member_<i>/ checkpoints beside these (Population.state).
+POPULATION_ARRAYS, POPULATION_COUNTS = "population.npz", "population.json"
 # Monitor's per-episode bookkeeping; SB3 ReplayBuffer arrays; model attributes SB3 would pickle.
 MONITOR_FIELDS = (
     "t_start",
@@ -222,30 +226,31 @@ def _write(path: Path, write: Any) -> None:
 
 
 def save(model: BaseAlgorithm, directory: Path, agent: str, reason: str, fingerprint: dict[str, Any]) -> Path:
-    """Write a complete checkpoint into ``checkpoint.tmp``, then swap it in; a kill at any point leaves one.
+    """Write a complete checkpoint of ``model`` into ``directory`` (``replace_folder``: a kill at any point
+    leaves one)."""
+    return replace_folder(
+        directory,
+        lambda tmp: write_model(model, tmp, agent, reason, fingerprint),
+        f"checkpoint at step {model.num_timesteps}",
+    )
+
+
+def replace_folder(directory: Path, fill: Callable[[Path], None], what: str) -> Path:
+    """Fill ``checkpoint.tmp`` with ``fill`` (its ``state.json`` last), then swap it in for ``directory``.
 
     The swap renames the old folder aside, the new one into place, and deletes the old one last, so
     ``current`` always finds a complete checkpoint. A failed write (a full disk) removes the partial
-    folder and keeps the previous checkpoint.
+    folder and keeps the previous checkpoint; ``what`` names the checkpoint in that error.
     """
     recover(directory)
     tmp, old = _siblings(directory)
     try:
         tmp.mkdir(parents=True)
-        model.save(tmp / MODEL)
-        _fsync(tmp / MODEL)
-        env_fields, env_arrays = _env_state(model.get_env())
-        buffer_fields, buffer_arrays = _buffer_state(model)
-        model_fields, model_arrays = _model_state(model)
-        arrays = env_arrays | buffer_arrays | model_arrays | {"torch_rng": torch.get_rng_state().numpy()}
-        _write(tmp / ARRAYS, lambda f: np.savez(f, **arrays))
-        vec = {"seeds": list(model.get_env()._seeds), "options": list(model.get_env()._options)}
-        training = {"envs": env_fields, "vec_env": vec, "buffer": buffer_fields, "model": model_fields}
-        _write(tmp / TRAINING, lambda f: f.write(json.dumps(training).encode()))
-        _write(tmp / RNG, lambda f: f.write(json.dumps(_rng_state(model)).encode()))
-        meta = {"agent": agent, "algo": type(model).__module__ + "." + type(model).__qualname__}
-        meta |= {"num_timesteps": model.num_timesteps, "reason": reason, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-        write_json(tmp / STATE, meta | {"fingerprint": fingerprint})  # last: marks the folder complete
+        try:
+            fill(tmp)
+        except BaseException:  # a state that cannot be checkpointed, a second Ctrl-C: no partial folder stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         _fsync(tmp)
         if directory.exists():
             directory.rename(old)
@@ -254,12 +259,81 @@ def save(model: BaseAlgorithm, directory: Path, agent: str, reason: str, fingerp
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         kept = "the previous checkpoint is kept" if current(directory) else "no earlier checkpoint exists"
-        raise CheckpointError(
-            f"checkpoint at step {model.num_timesteps} could not be written to {directory} "
-            f"({exc.strerror or exc}); {kept}"
-        ) from None
+        raise CheckpointError(f"{what} could not be written to {directory} ({exc.strerror or exc}); {kept}") from None
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def write_model(model: BaseAlgorithm, folder: Path, agent: str, reason: str, fingerprint: dict[str, Any]) -> None:
+    """Everything ``load`` needs of ``model`` into the existing ``folder``; ``state.json`` last, which marks
+    it complete."""
+    model.save(folder / MODEL)
+    _fsync(folder / MODEL)
+    env_fields, env_arrays = _env_state(model.get_env())
+    buffer_fields, buffer_arrays = _buffer_state(model)
+    model_fields, model_arrays = _model_state(model)
+    arrays = env_arrays | buffer_arrays | model_arrays | {"torch_rng": torch.get_rng_state().numpy()}
+    _write(folder / ARRAYS, lambda f: np.savez(f, **arrays))
+    vec = {"seeds": list(model.get_env()._seeds), "options": list(model.get_env()._options)}
+    training = {"envs": env_fields, "vec_env": vec, "buffer": buffer_fields, "model": model_fields}
+    _write(folder / TRAINING, lambda f: f.write(json.dumps(training).encode()))
+    _write(folder / RNG, lambda f: f.write(json.dumps(_rng_state(model)).encode()))
+    meta = {"agent": agent, "algo": type(model).__module__ + "." + type(model).__qualname__}
+    meta |= {"num_timesteps": model.num_timesteps, "reason": reason, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(folder / STATE, meta | {"fingerprint": fingerprint})
+
+
+def save_population(
+    pop: Population, directory: Path, reason: str, fingerprint: dict[str, Any], members: list[dict[str, Any]]
+) -> Path:
+    """Every member (``Population.member_model``: a FastSAC checkpoint each, ``member_<i>/``) and the
+    population's own state in one folder, swapped in whole, so a kill never leaves members at different steps.
+
+    :param fingerprint: the population config's (``state.json``); ``members``: each member config's.
+    """
+
+    def fill(tmp: Path) -> None:
+        for i, member_fingerprint in enumerate(members):
+            folder = tmp / f"member_{i}"
+            folder.mkdir()
+            write_model(pop.member_model(i), folder, "sac", reason, member_fingerprint)
+            _fsync(folder)
+        counts, arrays = pop.state()
+        _write(tmp / POPULATION_ARRAYS, lambda f: np.savez(f, **arrays))
+        _write(tmp / POPULATION_COUNTS, lambda f: f.write(json.dumps(counts).encode()))
+        meta = {"agent": "sac", "population": pop.size, "num_timesteps": pop.num_timesteps, "reason": reason}
+        write_json(tmp / STATE, meta | {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "fingerprint": fingerprint})
+
+    return replace_folder(directory, fill, f"population checkpoint at step {pop.num_timesteps}")
+
+
+def load_population(
+    directory: Path,
+    pop: Population,
+    device: str,
+    fingerprint: dict[str, Any],
+    members: list[dict[str, Any]],
+    **overrides: Any,
+) -> None:
+    """Put ``save_population``'s checkpoint back into ``pop`` (a fresh population of the same config), refused
+    like ``load`` when its inputs or its size differ."""
+    state = read_state(directory)
+    found = current(directory)
+    assert found is not None  # read_state found it
+    if state.get("population") != pop.size:
+        held = f"a population of {state['population']}" if state.get("population") else "a single run's"
+        raise CheckpointError(f"{directory} holds {held} checkpoint, the config a population of {pop.size}")
+    changed = fingerprints.differences(state.get("fingerprint"), fingerprint)
+    if changed:
+        raise CheckpointError(f"resume refused, the inputs differ from the checkpoint's: {'; '.join(changed)}")
+    loaded = [
+        load(found / f"member_{i}", "sac", template, device, member, **overrides)
+        for i, (template, member) in enumerate(zip(pop.members, members, strict=True))
+    ]
+    try:
+        pop.restore(loaded, read_json(found / POPULATION_COUNTS), read_npz(found / POPULATION_ARRAYS))
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # an edited or foreign file
+        raise CheckpointError(f"{found} does not match this population ({type(exc).__name__}: {exc})") from None
 
 
 def read_state(directory: Path) -> dict[str, Any]:
@@ -313,10 +387,35 @@ def load(
     return model
 
 
+class StopRequest:
+    """While installed, SIGINT, SIGTERM and SIGUSR2 only set ``requested`` (the signal's name), for the loop to
+    checkpoint at its next consistent point; a second signal raises KeyboardInterrupt (the user really wants
+    out). ``restore`` puts the previous handlers back (a launcher's own, e.g. submitit's SIGUSR2)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        log.warning("%s received: checkpointing at the next consistent point, then stopping", self.requested)
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 class Guard(BaseCallback):
     """Checkpoints on SIGINT/SIGTERM/SIGUSR2 (and every ``every_steps``) and stops on non-finite numbers.
 
-    Signals only set a flag: the work happens at the next rollout start, where the state is
+    Signals only set a flag (``StopRequest``): the work happens at the next rollout start, where the state is
     consistent, or at the end of training when the signal came during the last rollout. A model with
     a ``should_stop`` hook (FastSAC) polls the flag inside its long update, so SIGTERM takes effect in
     well under a second of gradient steps. Previous signal handlers are restored when training ends.
@@ -329,29 +428,22 @@ class Guard(BaseCallback):
         super().__init__()
         self.agent, self.directory, self.every_steps = agent, directory, every_steps
         self.fingerprint = fingerprint or {}
-        self.requested: str | None = None
+        self.stop = StopRequest()
         self._last_saved = 0
-        self._previous: dict[int, Any] = {}
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.requested is not None:  # a second Ctrl-C: the user really wants out
-            raise KeyboardInterrupt
-        self.requested = name
-        log.warning("%s received: checkpointing at the next rollout start, then stopping", name)
+    @property
+    def requested(self) -> str | None:
+        return self.stop.requested
 
     def _on_training_start(self) -> None:
         self._last_saved = self.model.num_timesteps
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        self.stop.install()
         if hasattr(self.model, "should_stop"):
             self.model.should_stop = lambda: self.requested is not None
             self.model.finish_train()  # the rest of an update a signal cut short before the checkpoint
 
     def restore_handlers(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        self.stop.restore()
         if hasattr(self.model, "should_stop"):
             self.model.should_stop = None
 

@@ -12,23 +12,26 @@ import copy
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.monitor import Monitor
 from tqdm.rich import tqdm
 
+from bess_rl.agents.capabilities import capabilities
 from bess_rl.agents.population import Population
-from bess_rl.experiment import eta, hardware, planner
+from bess_rl.experiment import checkpoint, eta, hardware, planner
 from bess_rl.experiment.build import algo_class, build_references, build_scenario, build_site, make_env
 from bess_rl.experiment.config import POPULATION_LISTS, validate
+from bess_rl.experiment.fingerprint import fingerprint
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
-from bess_rl.experiment.run_dir import RunDir, write_json
+from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
 from bess_rl.experiment.train import final_metrics, objective_value, reset_peak_memory, write_provenance
-from bess_rl.site.env import PvBessEvEnv
 
 log = logging.getLogger(__name__)
 
@@ -91,29 +94,49 @@ def build_population(cfg: DictConfig, members: list[DictConfig], env_fn: Any, ru
     )
 
 
-def learn(pop: Population, steps: int, progress_bar: bool) -> tuple[float, dict[str, Any]]:
-    """Train every member ``steps`` env steps (with a progress bar of them, as a single run's);
-    returns seconds and the resources sampled meanwhile."""
+def learn(
+    pop: Population, steps: int, progress_bar: bool, stop: checkpoint.StopRequest, on_step: Callable[[], None]
+) -> tuple[float, dict[str, Any]]:
+    """Train every member ``steps`` more env steps (with a progress bar of them, as a single run's) until
+    ``stop`` is requested; ``on_step`` after each step (the periodic checkpoint). Returns seconds and the
+    resources sampled meanwhile."""
     lead = pop.members[0]
     lead.set_logger(Logger(None, []))  # the monitor records into its model's logger
     monitor = ResourceMonitor()
     monitor.init_callback(lead)
     monitor.on_training_start({}, {})
     bar = tqdm(total=steps) if progress_bar else None
+
+    def stepped() -> None:
+        if bar is not None:
+            bar.update()
+        on_step()
+
     t0 = time.perf_counter()
+    stop.install()
     try:
-        pop.learn(steps, on_step=None if bar is None else bar.update)
+        pop.learn(steps, on_step=stepped, should_stop=lambda: stop.requested is not None)
         monitor.on_training_end()
     finally:
+        stop.restore()
         monitor.stop()
         if bar is not None:
             bar.close()
     return time.perf_counter() - t0, monitor.summary()
 
 
-def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
-    """Train the population, then evaluate and write ``member_<i>/`` per member; returns their metrics."""
+def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> list[dict[str, Any]]:
+    """Train (or resume) the population, then evaluate and write ``member_<i>/`` per member; returns their
+    metrics. Ctrl-C, SIGTERM and SIGUSR2 checkpoint every member at once (``<run dir>/checkpoint``), as does
+    every ``checkpoint_every_steps``; ``resume`` goes on from that checkpoint."""
     validate(cfg)
+    rd = RunDir(run_dir)
+    with rd.lock():
+        return _run(cfg, rd, resume)
+
+
+def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> list[dict[str, Any]]:
+    run_dir = rd.path
     algo = algo_class(cfg.agent.algo)
     runtime = population_runtime(hardware.resolve(cfg.hardware, algo, cfg.agent.device))
     reset_peak_memory(runtime.device)
@@ -124,36 +147,60 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     planner.check(plan, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     members = member_configs(cfg)
     folders = [RunDir(run_dir / f"member_{i}") for i in range(len(members))]
-    for member, rd in zip(members, folders, strict=True):
-        rd.path.mkdir(parents=True, exist_ok=True)
-        write_provenance(member, rd.path, scenario, runtime)
-        rd.update_run_info(population={"size": len(members), "run_dir": str(run_dir)})
+    if not resume:
+        atomic_write_text(rd.population_config, OmegaConf.to_yaml(cfg, resolve=True))  # what a resume= reads
+        for member, member_rd in zip(members, folders, strict=True):
+            member_rd.path.mkdir(parents=True, exist_ok=True)
+            write_provenance(member, member_rd.path, scenario, runtime)
+            member_rd.update_run_info(population={"size": len(members), "run_dir": str(run_dir)})
 
-    def env_fn() -> PvBessEvEnv:
-        return make_env(scenario, site, cfg.scenario, training=True)
+    def env_fn() -> Monitor:
+        """A member's training env, in SB3's Monitor as a single run's (its episode statistics are checkpointed)."""
+        return Monitor(make_env(scenario, site, cfg.scenario, training=True))
 
     pop = build_population(cfg, members, env_fn, runtime)
+    prints = fingerprint(cfg), [fingerprint(m) for m in members]
+    if resume:
+        switches = runtime.switches(capabilities(algo))
+        checkpoint.load_population(rd.checkpoint, pop, runtime.device, *prints, **switches)
+        for member_rd in folders:
+            member_rd.update_run_info(resumed={"from_step": pop.num_timesteps, "time": time.strftime("%c")})
     refs = build_references(cfg, eval_env)
-    log.info("training %d %s members (%s preset) for %d steps each on %s", pop.size, cfg.agent.name,
-             cfg.preset.name, cfg.agent.total_timesteps, runtime.device)  # fmt: skip
+    remaining = cfg.agent.total_timesteps - pop.num_timesteps
+    resuming = f", resuming at step {pop.num_timesteps}" if resume else ""
+    log.info("training %d %s members (%s preset) for %d steps each on %s%s", pop.size, cfg.agent.name,
+             cfg.preset.name, remaining, runtime.device, resuming)  # fmt: skip
     # The evaluation env, stepped for the estimate: each evaluation below starts with its own seeded reset.
-    eta.announce_population(cfg, pop, cfg.agent.total_timesteps, eval_env)
-    train_s, resources = learn(pop, cfg.agent.total_timesteps, cfg.progress_bar)
+    eta.announce_population(cfg, pop, remaining, eval_env)
+    start = pop.num_timesteps
+    last_saved = [start]
+
+    def periodic() -> None:
+        if cfg.checkpoint_every_steps and pop.num_timesteps - last_saved[0] >= cfg.checkpoint_every_steps:
+            checkpoint.save_population(pop, rd.checkpoint, "periodic", *prints)
+            last_saved[0] = pop.num_timesteps
+
+    stop = checkpoint.StopRequest()
+    train_s, resources = learn(pop, remaining, cfg.progress_bar, stop, periodic)
+    if stop.requested is not None:
+        checkpoint.save_population(pop, rd.checkpoint, stop.requested, *prints)
+        raise checkpoint.TrainingInterrupted(stop.requested, pop.num_timesteps, rd.checkpoint)
     results = []
-    for i, (member, rd) in enumerate(zip(members, folders, strict=True)):
+    for i, (member, member_rd) in enumerate(zip(members, folders, strict=True)):
         model = pop.member_model(i)
         if member.save_model:
-            rd.save_model(model)
+            member_rd.save_model(model)
 
-        metrics, result = final_metrics(member, model, eval_env, refs, scenario, site, train_s, model.num_timesteps,
-                                        resources)  # fmt: skip
+        metrics, result = final_metrics(member, model, eval_env, refs, scenario, site, train_s,
+                                        model.num_timesteps - start, resources)  # fmt: skip
         # Shared by all members: the seconds, memory and resources are the whole population's.
         aggregate = metrics["timesteps_per_hour"] * pop.size
         metrics["population"] = {"size": pop.size, "member": i, "aggregate_timesteps_per_hour": aggregate}
-        write_json(rd.metrics, metrics)
+        write_json(member_rd.metrics, metrics)
         if member.plot:
-            dispatch_week(result.trace, rd.dispatch_plot, f"{member.agent.name} member {i} dispatch")
+            dispatch_week(result.trace, member_rd.dispatch_plot, f"{member.agent.name} member {i} dispatch")
         results.append(metrics)
+    checkpoint.discard(rd.checkpoint)  # every member's results are on disk
     return results
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
 CONFIG = "resolved_config.yaml"
+POPULATION_CONFIG = "population_config.yaml"
 RUN_INFO = "run_info.json"
 METRICS = "metrics.json"
 MODEL = "model.zip"
@@ -109,6 +110,12 @@ class RunDir:
         return self.path / CONFIG
 
     @property
+    def population_config(self) -> Path:
+        """A population's folder holds its whole config here (each member's is in ``member_<i>/``): what its
+        resume reads in place of ``config``."""
+        return self.path / POPULATION_CONFIG
+
+    @property
     def run_info(self) -> Path:
         return self.path / RUN_INFO
 
@@ -169,21 +176,26 @@ class RunDir:
         os.replace(tmp, self.model)
         return self.model
 
+    def holds_config(self) -> bool:
+        """Whether this is a run's or a population's folder (what ``load_config`` reads is there)."""
+        return self.config.is_file() or self.population_config.is_file()
+
     def load_config(self) -> DictConfig:
-        """The resolved config this run was trained with."""
+        """The resolved config this run (or population) was trained with."""
         if not self.path.exists():
             raise RunDirError(f"{self.path} does not exist")
-        if not self.config.is_file():
+        path = self.population_config if self.population_config.is_file() else self.config
+        if not path.is_file():
             raise RunDirError(f"{self.path} is not a bess_rl run folder (no {CONFIG})")
         try:
-            cfg = OmegaConf.load(self.config)
+            cfg = OmegaConf.load(path)
         except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise RunDirError(f"{self.config} cannot be read ({type(exc).__name__})") from None
+            raise RunDirError(f"{path} cannot be read ({type(exc).__name__})") from None
         if not isinstance(cfg, DictConfig):
-            raise RunDirError(f"{self.config} does not hold a config mapping")
+            raise RunDirError(f"{path} does not hold a config mapping")
         missing = [key for key in REQUIRED if key not in cfg]
         if missing:
-            raise RunDirError(f"{self.config} is incomplete (no {', '.join(missing)}): truncated or edited?")
+            raise RunDirError(f"{path} is incomplete (no {', '.join(missing)}): truncated or edited?")
         return cfg
 
     def update_run_info(self, **fields: Any) -> None:
@@ -252,7 +264,7 @@ def unique_run_dir(base: str, resume: str | None = None) -> str:
     if key not in _CREATED:
         if resume is None:
             _CREATED[key] = str(_create_unique(Path(base)))
-        elif (Path(resume) / CONFIG).is_file() and os.access(resume, os.W_OK):
+        elif RunDir(Path(resume)).holds_config() and os.access(resume, os.W_OK):
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
             _CREATED[key] = str(_create_unique(Path(resume) / RESUMES / stamp))
         else:

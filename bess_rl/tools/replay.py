@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from bess_rl.experiment.checkpoint import TrainingInterrupted
 from bess_rl.experiment.errors import USER_ERRORS, interrupted
-from bess_rl.experiment.run_dir import RunDir, read_json
+from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json
 from bess_rl.experiment.train import run
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ COMPARED = ("co2_kg", "co2_reduction_pct", "lp_gap_closed_pct", "ev_unmet_kwh", 
 def load_run_config(run_dir: Path) -> DictConfig:
     """The run's saved config, moved to the CPU, with a progress bar where stderr is a terminal to show it."""
     cfg = RunDir(run_dir).load_config()
+    if cfg.population.size > 1:
+        raise RunDirError(f"{run_dir} is a population run folder: replay one member's, {run_dir}/member_<i>")
     cfg.hardware.device = "cpu"
     cfg.agent.device = "cpu"
     cfg.progress_bar = sys.stderr.isatty()
