@@ -183,8 +183,10 @@ def cli() -> None:
             torch_log.setLevel(logging.WARNING)
         print("interrupted: finished runs and checkpoints are kept", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        startup.reader_gone()
     except OSError as exc:
-        if _Job.started or asked == "1":
+        if _Job.started or asked == "1" or exc.filename is None:
             raise
         # Hydra creating the sweep folder (hydra.sweep.dir) where a file is, or where it may not write.
         print(f"error: cannot create {exc.filename} ({exc.strerror})", file=sys.stderr)

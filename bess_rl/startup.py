@@ -3,11 +3,12 @@
 Why here, imported first by the package: ``python -m`` imports ``bess_rl`` (gymnasium, numpy) and then the
 command's module (Hydra, the tools' imports) before any of the project's ``except KeyboardInterrupt`` can run,
 so a Ctrl-C in that time would print the traceback of whichever import it landed in. Nothing here imports
-more than ``signal``.
+more than ``signal`` (``os`` and ``sys`` are loaded before any script).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -50,3 +51,12 @@ def hand_over() -> None:
     """Give Ctrl-C back to Python (KeyboardInterrupt), for the command's own handling of it from here on."""
     if signal.getsignal(signal.SIGINT) is interrupted_at_start:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def reader_gone() -> NoReturn:
+    """End quietly when stdout's reader went away (``python -m bess_rl --help | head``), as ``git log | head``
+    does: stdout goes to /dev/null so Python's own flush at exit cannot fail again, and the exit code is that
+    of a process SIGPIPE ended."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(128 + signal.SIGPIPE)

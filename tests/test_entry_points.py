@@ -171,3 +171,12 @@ def test_help_names_the_command_its_examples_and_the_other_commands():
     assert done.stdout.startswith("python -m bess_rl: train an RL controller")
     assert "agent: a2c, ppo, sac" in done.stdout
     assert all(f".{tool}" in done.stdout for tool in startup.TOOLS)
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly():
+    """``python -m bess_rl --help | head``: it said "error: cannot create None (Broken pipe)"."""
+    command = [sys.executable, "-m", "bess_rl", "--help"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
