@@ -113,7 +113,7 @@ def test_a_population_is_estimated_warned_about_and_shows_its_progress(tmp_path,
         members = population_run.run(cfg, tmp_path / "pop")
     (estimate,) = [r.getMessage() for r in caplog.records if "estimated wall time" in r.getMessage()]
     updates = members[0]["gradient_updates"]
-    assert "120 env steps at" in estimate and f" {updates} stacked updates at" in estimate and updates > 0
+    assert "120 env steps at" in estimate and f" {updates:,} stacked updates at" in estimate and updates > 0
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.endswith("eta")]
     assert "over warn_hours=1e-09" in warning and "agent.total_timesteps=" in warning
     assert [(b.total, b.n) for b in bars] == [(60, 60)]

@@ -254,14 +254,14 @@ def _report(
     # Named: jobs of a parallel sweep (joblib) log into one console.
     run = f"{cfg.agent.name} ({cfg.preset.name}, seed {cfg.seed})"
     log.info(
-        "%s: estimated wall time %s: %d env steps at %.0f/s, %d %s at %.0f/s (calibrated here)",
+        "%s: estimated wall time %s: %s env steps at %s/s, %s %s at %s/s (calibrated here)",
         run,
         hours(estimate),
-        todo.env_steps,
-        1 / max(rates.env_step_s + rates.policy_call_s / per_call, 1e-12),
-        todo.updates,
+        f"{todo.env_steps:,}",
+        f"{1 / max(rates.env_step_s + rates.policy_call_s / per_call, 1e-12):,.0f}",
+        f"{todo.updates:,}",
         updates,
-        1 / max(rates.update_s, 1e-12),
+        f"{1 / max(rates.update_s, 1e-12):,.0f}",
     )
     warn_hours = cfg.get("warn_hours")
     if warn_hours is not None and estimate > warn_hours * 3600:
