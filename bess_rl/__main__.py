@@ -94,7 +94,11 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     except TrainingInterrupted as exc:
         if hc.mode == RunMode.MULTIRUN and hand_to_launcher(exc.signame):
             log.warning("%s; the job's launcher requeues it, and its next start goes on from there", exc)
-            signal.raise_signal(signal.Signals[exc.signame])  # submitit's handler: requeue, then exit
+            try:
+                signal.raise_signal(signal.Signals[exc.signame])  # submitit's handler: requeue, then exit
+            except Exception:  # not requeued (submitit: a time limit hit more than max_num_timeout times)
+                log.warning("not requeued; its checkpoint stays: python -m bess_rl resume=%s finishes it", out)
+                raise
         if hc.mode == RunMode.MULTIRUN:
             trial = fail_running_trial(hc.sweeper, overrides)
             log.warning("%s; sweep stopped%s", exc, f" (trial {trial} marked failed)" if trial is not None else "")

@@ -42,8 +42,9 @@ def starting_module() -> str | None:
 
 
 def guard() -> None:
-    """Say a Ctrl-C in one line from here on, when this process is one of the commands starting."""
-    if starting_module() in COMMANDS:
+    """Say a Ctrl-C in one line from here on, when this process is one of the commands starting. One started
+    with SIGINT ignored (a script's background job, ``nohup``) keeps ignoring it, as Python itself does."""
+    if starting_module() in COMMANDS and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, interrupted_at_start)
 
 

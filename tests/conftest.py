@@ -1,10 +1,11 @@
-"""Fixtures; the hooks that run ``slow`` tests first and skip ``gpu``-marked ones without CUDA, and
-the one that sizes ``-n auto``."""
+"""Fixtures; the hooks that run ``slow`` tests first and skip ``gpu``-marked ones without CUDA, the one that
+sizes ``-n auto``, and the one that gives the suite Python's own Ctrl-C."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 
 import pytest
 import torch
@@ -13,6 +14,14 @@ from bess_rl.site.params import SiteParams
 from bess_rl.site.scenario import Scenario
 from tests.helpers import SMALL_SITE, make_scenario
 from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL server)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Take Ctrl-C as Python does by default, whatever the suite was started from: a shell starts a background
+    job (``pytest &``, ``nohup``) with SIGINT ignored, every process inherits that, and the tests that send
+    SIGINT to a command then saw it run on to its end (the child's /proc status: SigIgn had SIGINT's bit)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,7 @@ import yaml
 
 import bess_rl.__main__ as entry
 from bess_rl import startup, tools
+from bess_rl.experiment import checkpoint
 from bess_rl.experiment.config import CONF_DIR
 from tests.helpers import COMMON, TINY
 
@@ -180,3 +182,23 @@ def test_a_reader_that_went_away_ends_the_command_quietly():
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and err == ""
+
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(monkeypatch):
+    """A script's background job (``nohup``, ``cmd &``) starts with SIGINT ignored: Python keeps it so, and so do
+    the start's guard and training's checkpoint handler now (they took it over); SIGTERM still checkpoints."""
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "bess_rl"])
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    try:
+        startup.guard()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        stop = checkpoint.StopRequest()
+        stop.install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.restore()
+        assert signal.getsignal(signal.SIGTERM) is previous[1]
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import signal
 import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from bess_rl.experiment import checkpoint
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.config import CONF_DIR, ConfigError
 from bess_rl.experiment.run_dir import launch_sweep, register_resolvers
@@ -288,3 +290,32 @@ def test_a_file_in_the_way_of_a_plain_sweep_is_one_line(tmp_path, capfd, sweep):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: NotADirectoryError raised while resolving interpolation: [Errno 20] ")
     assert proc.stderr.count("\n") == 1 and f"Not a directory: '{taken}/sweeps" in proc.stderr
+
+
+def test_a_trial_its_launcher_does_not_requeue_keeps_its_checkpoint_and_says_how_to_finish_it(
+    tmp_path, capfd, monkeypatch
+):
+    """submitit's SIGUSR2 handler raises for a job past its time limit more than max_num_timeout times."""
+
+    def launcher(_signum, _frame):
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    real = checkpoint.Guard._on_rollout_start
+
+    def warned(self):  # Slurm's warning, as training starts
+        if self.requested is None:
+            signal.raise_signal(signal.SIGUSR2)
+        real(self)
+
+    monkeypatch.setattr(checkpoint.Guard, "_on_rollout_start", warned)
+    previous = signal.signal(signal.SIGUSR2, launcher)
+    try:
+        proc = multirun(tmp_path, capfd, *PPO_SWEEP, "hydra.sweeper.n_trials=1")
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (job,) = tmp_path.glob("outputs/sweeps/*/0")
+    assert f"its checkpoint stays: python -m bess_rl resume={job} finishes it" in proc.stderr
+    assert "Failed experiment: Job not requeued because: timed-out too many times." in proc.stdout + proc.stderr
+    assert checkpoint.read_state(job / "checkpoint")["reason"] == "SIGUSR2"
+    assert [t.state for t in trials(tmp_path, "ppo")] == [TrialState.FAIL]

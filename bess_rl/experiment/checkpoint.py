@@ -390,7 +390,8 @@ def load(
 class StopRequest:
     """While installed, SIGINT, SIGTERM and SIGUSR2 only set ``requested`` (the signal's name), for the loop to
     checkpoint at its next consistent point; a second signal raises KeyboardInterrupt (the user really wants
-    out). ``restore`` puts the previous handlers back (a launcher's own, e.g. submitit's SIGUSR2)."""
+    out). A signal the process ignores stays ignored (SIGINT of a script's background job, ``nohup``), as
+    Python leaves it. ``restore`` puts the previous handlers back (a launcher's own, e.g. submitit's SIGUSR2)."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
@@ -404,7 +405,8 @@ class StopRequest:
 
     def install(self) -> None:
         for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
