@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -155,6 +156,13 @@ def storage_failure(exc: BaseException) -> bool:
     return bool(kinds) and isinstance(exc, kinds)
 
 
+def hydra_usage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is Hydra refusing its own command-line flags (``-m`` with ``--cfg``): a ValueError raised
+    in Hydra's code, not in a job's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return isinstance(exc, ValueError) and bool(frames) and f"{os.sep}hydra{os.sep}" in frames[-1].filename
+
+
 def no_trial_completed(exc: BaseException) -> bool:
     """Whether ``exc`` is Optuna's answer to the Optuna sweeper asking, after its last trial, for the best trial of a
     study without a complete one (every trial of a new study failed): a database's or the in-memory storage's."""
@@ -196,6 +204,9 @@ def cli() -> None:
         print(f"error: cannot create {exc.filename} ({exc.strerror})", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
+        if hydra_usage_error(exc) and not _Job.started and asked != "1":
+            print(f"error: {exc}", file=sys.stderr)  # e.g. -m with --cfg
+            sys.exit(2)
         if no_trial_completed(exc) and asked != "1":
             print(
                 "error: every trial failed and the study has no complete trial, so it has no best one: the "

@@ -20,7 +20,7 @@ import bess_rl.__main__ as entry
 from bess_rl import startup, tools
 from bess_rl.experiment import checkpoint
 from bess_rl.experiment.config import CONF_DIR
-from tests.helpers import COMMON, TINY
+from tests.helpers import COMMON, TINY, run_cli
 
 # Put on PYTHONPATH as sitecustomize: the process sends itself SIGINT at the first import ``name`` for which
 # ``{when}`` holds.
@@ -202,3 +202,12 @@ def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(monkeypatch):
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+
+
+def test_hydra_flags_that_exclude_each_other_are_one_line(tmp_path, capfd):
+    """``-m`` with ``--cfg`` was a ValueError traceback from inside Hydra."""
+    done = run_cli("-m", "hparams_search=ppo_optuna", "--cfg", "job", cwd=tmp_path, capfd=capfd)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"
+    ]

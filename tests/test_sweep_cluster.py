@@ -27,12 +27,14 @@ import optuna
 import psutil
 import pytest
 import sqlalchemy
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import OperationalError
 
 from bess_rl.experiment import storage as storage_module
+from bess_rl.experiment.config import CONF_DIR, register_configs
 from bess_rl.experiment.run_dir import unique_sweep_dir
 from bess_rl.experiment.storage import SWEEP_ATTR, StorageError, open_storage
 from bess_rl.experiment.sweeper import OptunaStudyGuard
@@ -472,3 +474,16 @@ def test_a_sweep_s_trials_are_tagged_with_its_absolute_folder(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     storage = HeartbeatStorage(f"sqlite:///{tmp_path}/optuna.db", sweep_dir="./outputs/sweeps/2026-12-04_03-00-00")
     assert storage.sweep_dir == str(tmp_path / "outputs" / "sweeps" / "2026-12-04_03-00-00")
+
+
+def test_the_slurm_preset_is_submitit_slurm_that_requeues_a_trial_past_its_time_limit():
+    """Hydra's submitit_slurm requeues no timed-out job (max_num_timeout 0): a trial longer than timeout_min failed."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+    register_configs()  # the schemas the configs name
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher") and launcher.partition == "gpu"
+    assert (launcher.max_num_timeout, launcher.signal_delay_s) == (3, 180)
