@@ -141,6 +141,8 @@ def test_a_signal_checkpoints_every_member_and_the_resume_ends_as_the_uninterrup
     assert all((run_dir / "checkpoint" / f"member_{i}" / "state.json").is_file() for i in range(2))
     assert not list(run_dir.glob("member_*/metrics.json"))
     monkeypatch.setattr(Population, "train", updates)
+    member = run_cli(f"resume={run_dir / 'member_0'}", cwd=tmp_path, capfd=capfd)
+    assert member.returncode == 2 and f"which checkpoints as a whole: resume={run_dir}" in member.stderr
 
     resumed = run_cli(f"resume={run_dir}", "progress_bar=false", cwd=tmp_path, capfd=capfd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

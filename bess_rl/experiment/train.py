@@ -85,6 +85,12 @@ def peak_memory_mb(device: str) -> float:
 def resume_config(run_dir: Path, requested: DictConfig, overrides: list[str]) -> DictConfig:
     """The saved config of ``run_dir``; refuses overrides that would make it another run."""
     saved = RunDir(run_dir).load_config()
+    population = RunDir(run_dir.parent)
+    if population.population_config.is_file() and checkpoint.current(RunDir(run_dir).checkpoint) is None:
+        raise checkpoint.CheckpointError(
+            f"{run_dir} is a member of the population in {population.path}, which checkpoints as a whole: "
+            f"resume={population.path}"
+        )
     state = checkpoint.read_state(RunDir(run_dir).checkpoint)
     if any(o.startswith("agent=") for o in overrides) and requested.agent.name != state["agent"]:
         raise checkpoint.CheckpointError(
