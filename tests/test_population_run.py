@@ -119,17 +119,20 @@ def test_a_population_is_estimated_warned_about_and_shows_its_progress(tmp_path,
     assert [(b.total, b.n) for b in bars] == [(60, 60)]
 
 
-def test_a_signal_checkpoints_every_member_and_the_resume_ends_as_the_uninterrupted_run(tmp_path, monkeypatch, capfd):
+@pytest.mark.parametrize("steps", [2, 40])  # 40: the signal cuts a train call short after 16 stacked updates
+def test_a_signal_checkpoints_every_member_and_the_resume_ends_as_the_uninterrupted_run(
+    tmp_path, monkeypatch, capfd, steps
+):
     """A population had no checkpoint: Ctrl-C or SIGTERM lost all of its training."""
-    args = [*POP, *COMMON, *TINY["sac"], "agent.total_timesteps=120"]
+    args = [*POP, *COMMON, *TINY["sac"], "agent.total_timesteps=120", f"agent.hparams.gradient_steps={steps}"]
     straight = population_run.run(compose_cfg(args), tmp_path / "straight")
 
     updates = Population.train
 
-    def terminated_at_the_fifth_update(self, gradient_steps):
+    def terminated_at_the_fifth_update(self, gradient_steps, first=0, should_stop=None):
         if self.n_updates == 4 * gradient_steps:
             signal.raise_signal(signal.SIGTERM)  # arrives mid-loop, as a kill would
-        return updates(self, gradient_steps)
+        return updates(self, gradient_steps, first, should_stop)
 
     monkeypatch.setattr(Population, "train", terminated_at_the_fifth_update)
     run_dir = tmp_path / "outputs" / "runs" / "sac-after" / "t0"
@@ -140,6 +143,8 @@ def test_a_signal_checkpoints_every_member_and_the_resume_ends_as_the_uninterrup
     assert state["population"] == 2 and 20 < state["num_timesteps"] < 120
     assert all((run_dir / "checkpoint" / f"member_{i}" / "state.json").is_file() for i in range(2))
     assert not list(run_dir.glob("member_*/metrics.json"))
+    unfinished = json.loads((run_dir / "checkpoint" / "population.json").read_text())["unfinished"]
+    assert unfinished == (None if steps < 16 else [16, steps])  # the rest of the update, done first on resume
     monkeypatch.setattr(Population, "train", updates)
     member = run_cli(f"resume={run_dir / 'member_0'}", cwd=tmp_path, capfd=capfd)
     assert member.returncode == 2 and f"which checkpoints as a whole: resume={run_dir}" in member.stderr

@@ -29,7 +29,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from bess_rl.agents import onednn_linear
-from bess_rl.agents.fast_sac import FastSAC
+from bess_rl.agents.fast_sac import STOP_POLL_STEPS, FastSAC
 from bess_rl.agents.manual_sac import (
     SacNets,
     StepTerms,
@@ -212,6 +212,7 @@ class Population:
         self.compile_mode = first.compile_mode
         self._compiled: Callable[..., torch.Tensor] | None = None
         self.num_timesteps, self.n_updates = 0, 0
+        self.unfinished_train: list[int] | None = None  # [done, asked] of updates a stop cut short
         self._obs: np.ndarray | None = None
 
     # --- the update ----------------------------------------------------------------------------
@@ -234,19 +235,25 @@ class Population:
         )  # fmt: skip
         return batch, torch.stack(noises), torch.stack(next_noises)
 
-    def train(self, gradient_steps: int) -> torch.Tensor:
-        """``gradient_steps`` stacked updates; returns each member's mean (critic loss, actor loss,
-        entropy-coefficient loss, entropy coefficient) as a (4, N) tensor."""
+    def train(self, gradient_steps: int, first: int = 0, should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Stacked updates ``first`` to ``gradient_steps``; returns each member's mean (critic loss, actor loss,
+        entropy-coefficient loss, entropy coefficient) as a (4, N) tensor. A true ``should_stop()``, polled every
+        ``STOP_POLL_STEPS`` updates as ``FastSAC.train`` does, stops early: the rest is ``unfinished_train``,
+        which ``learn`` runs first (after a resume too), so the run stays exact."""
         if self.compile_mode != "none" and self._compiled is None:
             log.info("compiling the stacked SAC step (torch.compile, mode %s): ~20-60 s, once", self.compile_mode)
             self._compiled = onednn_linear.compile_step(self._update, self.compile_mode)
         update = self._update if self._compiled is None else self._compiled
         totals = torch.zeros(4, self.size, device=self.device)
-        for step in range(gradient_steps):
-            batch, noise, next_noise = self.batch()  # eager: the members' generators stay out of the graph
-            totals += update(batch, noise, next_noise, step % self.target_update_interval == 0)
-        self.n_updates += gradient_steps
-        return totals / gradient_steps
+        done = first
+        while done < gradient_steps and not (done > first and should_stop is not None and should_stop()):
+            for step in range(done, min(done + STOP_POLL_STEPS, gradient_steps)):
+                batch, noise, next_noise = self.batch()  # eager: the members' generators stay out of the graph
+                totals += update(batch, noise, next_noise, step % self.target_update_interval == 0)
+            done = min(done + STOP_POLL_STEPS, gradient_steps)
+        self.unfinished_train = [done, gradient_steps] if done < gradient_steps else None
+        self.n_updates += done - first
+        return totals / max(done - first, 1)
 
     def _update(
         self, batch: ReplayBufferSamples, noise: torch.Tensor, next_noise: torch.Tensor, polyak: bool
@@ -344,6 +351,9 @@ class Population:
         envs = [m.env for m in self.members]
         if self._obs is None:
             self._obs = np.concatenate([env.reset() for env in envs])
+        if self.unfinished_train is not None:
+            done, asked = self.unfinished_train
+            self.train(asked, first=done, should_stop=should_stop)
         for _ in range(total_timesteps):
             if should_stop is not None and should_stop():
                 break
@@ -365,7 +375,7 @@ class Population:
             self.num_timesteps += 1
             due = self.num_timesteps % self.train_freq == 0
             if due and self.num_timesteps > self.learning_starts and self.gradient_steps > 0:
-                self.train(self.gradient_steps)
+                self.train(self.gradient_steps, should_stop=should_stop)
             if on_step is not None:
                 on_step()
         return self
@@ -374,7 +384,7 @@ class Population:
     def state(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
         """What no member's model holds: the loop's step and update counts, each member's random stream
         and the last observations (with ``member_model`` of every member, a checkpoint's whole content)."""
-        counts = {"num_timesteps": self.num_timesteps, "n_updates": self.n_updates}
+        counts = {"num_timesteps": self.num_timesteps, "n_updates": self.n_updates, "unfinished": self.unfinished_train}
         arrays = {f"generator.{i}": g.get_state().cpu().numpy() for i, g in enumerate(self.generators)}
         if self._obs is not None:
             arrays["obs"] = self._obs
@@ -407,6 +417,8 @@ class Population:
             g.set_state(torch.from_numpy(arrays[f"generator.{i}"]))
         self._obs = arrays.get("obs")
         self.num_timesteps, self.n_updates = int(counts["num_timesteps"]), int(counts["n_updates"])
+        unfinished = counts.get("unfinished")
+        self.unfinished_train = None if unfinished is None else [int(unfinished[0]), int(unfinished[1])]
 
     def _optimizers(self, model: FastSAC) -> list[tuple[torch.optim.Optimizer, StackedAdam]]:
         """``model``'s optimisers, each with the stacked Adam that steps its parameters."""
