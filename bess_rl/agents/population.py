@@ -130,6 +130,17 @@ class StackedAdam:
             for m, v, p in zip(self.exp_avg, self.exp_avg_sq, like, strict=True)
         ]
 
+    def load_moments(self, i: int, states: list[dict[str, torch.Tensor] | None]) -> None:
+        """Member ``i``'s state back from ``torch.optim.Adam``'s format, the inverse of ``moments``; None for a
+        parameter not stepped yet (no update before the checkpoint) leaves it as it is."""
+        for m, v, state in zip(self.exp_avg, self.exp_avg_sq, states, strict=True):
+            if state is not None:
+                m[i].copy_(state["exp_avg"].reshape(m[i].shape))
+                v[i].copy_(state["exp_avg_sq"].reshape(v[i].shape))
+        steps = [float(state["step"]) for state in states if state is not None]
+        for counter in (c for cs in self.counters.values() for c in cs) if steps else ():
+            counter.fill_(steps[0])  # every group steps together
+
 
 class Population:
     """N ``FastSAC`` members (``MlpPolicy``, one env copy each) trained as one stacked update.
@@ -347,7 +358,8 @@ class Population:
         """SB3's off-policy loop for every member in lockstep: random actions until ``learning_starts``,
         one env step each, ``gradient_steps`` stacked updates every ``train_freq`` steps; ``on_step`` is
         called after each step (a progress bar, a periodic checkpoint). A true ``should_stop()`` ends the
-        loop after a step and its updates, where a checkpoint is consistent."""
+        loop within ``STOP_POLL_STEPS`` updates (the rest in ``unfinished_train``), where a checkpoint is
+        consistent."""
         envs = [m.env for m in self.members]
         if self._obs is None:
             self._obs = np.concatenate([env.reset() for env in envs])
@@ -398,20 +410,12 @@ class Population:
             raise ValueError(f"{len(members)} checkpointed members for a population of {self.size}")
         with torch.no_grad():
             for i, model in enumerate(members):
-                for f in fields(SacNets):
-                    own = _leaves(getattr(SacNets.of(model), f.name))
-                    for mine, stacked in zip(own, _leaves(getattr(self.nets, f.name)), strict=True):
-                        stacked[i].copy_(mine.reshape(stacked[i].shape))
+                for mine, stacked in self._weights(model):
+                    stacked[i].copy_(mine.reshape(stacked[i].shape))
                 if self.log_ent_coef is not None:
                     self.log_ent_coef[i].copy_(model.log_ent_coef.reshape(self.log_ent_coef[i].shape))
-                for opt, adam in self._optimizers(model):
-                    params = [p for group in opt.param_groups for p in group["params"]]
-                    for k, p in enumerate(params):
-                        if p in opt.state:  # no state before the first update
-                            adam.exp_avg[k][i].copy_(opt.state[p]["exp_avg"].reshape(adam.exp_avg[k][i].shape))
-                            adam.exp_avg_sq[k][i].copy_(opt.state[p]["exp_avg_sq"].reshape(adam.exp_avg_sq[k][i].shape))
-                            for counter in (c for cs in adam.counters.values() for c in cs):
-                                counter.fill_(float(opt.state[p]["step"]))
+                for opt, params, adam in self._optimizers(model):
+                    adam.load_moments(i, [opt.state.get(p) for p in params])
         self.members = list(members)
         for i, g in enumerate(self.generators):
             g.set_state(torch.from_numpy(arrays[f"generator.{i}"]))
@@ -420,12 +424,18 @@ class Population:
         unfinished = counts.get("unfinished")
         self.unfinished_train = None if unfinished is None else [int(unfinished[0]), int(unfinished[1])]
 
-    def _optimizers(self, model: FastSAC) -> list[tuple[torch.optim.Optimizer, StackedAdam]]:
-        """``model``'s optimisers, each with the stacked Adam that steps its parameters."""
+    def _weights(self, model: FastSAC) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each of ``model``'s weights (targets included) with the stacked tensor that holds it for every member."""
+        for f in fields(SacNets):
+            own, stacked = _leaves(getattr(SacNets.of(model), f.name)), _leaves(getattr(self.nets, f.name))
+            yield from zip(own, stacked, strict=True)
+
+    def _optimizers(self, model: FastSAC) -> list[tuple[torch.optim.Optimizer, list[torch.Tensor], StackedAdam]]:
+        """``model``'s optimisers with their parameters, each with the stacked Adam that steps them."""
         pairs = [(model.actor.optimizer, self.actor_adam), (model.critic.optimizer, self.critic_adam)]
         if self.ent_adam is not None:
             pairs.append((model.ent_coef_optimizer, self.ent_adam))
-        return pairs
+        return [(opt, [p for group in opt.param_groups for p in group["params"]], adam) for opt, adam in pairs]
 
     # --- export --------------------------------------------------------------------------------
     def member_model(self, i: int) -> FastSAC:
@@ -433,14 +443,11 @@ class Population:
         state written into it, so ``save`` gives a plain SB3-compatible model.zip."""
         model = self.members[i]
         with torch.no_grad():
-            for f in fields(SacNets):
-                own = _leaves(getattr(SacNets.of(model), f.name))
-                for mine, stacked in zip(own, _leaves(getattr(self.nets, f.name)), strict=True):
-                    mine.copy_(stacked[i])
+            for mine, stacked in self._weights(model):
+                mine.copy_(stacked[i])
             if self.log_ent_coef is not None:
                 model.log_ent_coef.copy_(self.log_ent_coef[i].reshape(model.log_ent_coef.shape))
-        for opt, adam in self._optimizers(model):
-            params = [p for group in opt.param_groups for p in group["params"]]
+        for opt, params, adam in self._optimizers(model):
             for p, state in zip(params, adam.moments(i, params), strict=True):
                 opt.state[p] = state
         model._n_updates = self.n_updates

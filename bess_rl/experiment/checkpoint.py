@@ -230,7 +230,7 @@ def save(model: BaseAlgorithm, directory: Path, agent: str, reason: str, fingerp
     leaves one)."""
     return replace_folder(
         directory,
-        lambda tmp: write_model(model, tmp, agent, reason, fingerprint),
+        lambda tmp: _write_model(model, tmp, agent, reason, fingerprint),
         f"checkpoint at step {model.num_timesteps}",
     )
 
@@ -264,7 +264,7 @@ def replace_folder(directory: Path, fill: Callable[[Path], None], what: str) -> 
     return directory
 
 
-def write_model(model: BaseAlgorithm, folder: Path, agent: str, reason: str, fingerprint: dict[str, Any]) -> None:
+def _write_model(model: BaseAlgorithm, folder: Path, agent: str, reason: str, fingerprint: dict[str, Any]) -> None:
     """Everything ``load`` needs of ``model`` into the existing ``folder``; ``state.json`` last, which marks
     it complete."""
     model.save(folder / MODEL)
@@ -296,7 +296,7 @@ def save_population(
         for i, member_fingerprint in enumerate(members):
             folder = tmp / f"member_{i}"
             folder.mkdir()
-            write_model(pop.member_model(i), folder, "sac", reason, member_fingerprint)
+            _write_model(pop.member_model(i), folder, "sac", reason, member_fingerprint)
             _fsync(folder)
         counts, arrays = pop.state()
         _write(tmp / POPULATION_ARRAYS, lambda f: np.savez(f, **arrays))
@@ -317,15 +317,11 @@ def load_population(
 ) -> None:
     """Put ``save_population``'s checkpoint back into ``pop`` (a fresh population of the same config), refused
     like ``load`` when its inputs or its size differ."""
-    state = read_state(directory)
-    found = current(directory)
-    assert found is not None  # read_state found it
+    state, found = _complete(directory)
     if state.get("population") != pop.size:
         held = f"a population of {state['population']}" if state.get("population") else "a single run's"
         raise CheckpointError(f"{directory} holds {held} checkpoint, the config a population of {pop.size}")
-    changed = fingerprints.differences(state.get("fingerprint"), fingerprint)
-    if changed:
-        raise CheckpointError(f"resume refused, the inputs differ from the checkpoint's: {'; '.join(changed)}")
+    _refuse_changed(state, fingerprint)
     loaded = [
         load(found / f"member_{i}", "sac", template, device, member, **overrides)
         for i, (template, member) in enumerate(zip(pop.members, members, strict=True))
@@ -348,6 +344,22 @@ def read_state(directory: Path) -> dict[str, Any]:
     return state
 
 
+def _complete(directory: Path) -> tuple[dict[str, Any], Path]:
+    """The complete checkpoint's state.json and the folder it is in (wherever a kill mid-swap left it)."""
+    state = read_state(directory)
+    found = current(directory)
+    assert found is not None  # read_state found it
+    return state, found
+
+
+def _refuse_changed(state: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """Refuse, naming what changed, a checkpoint whose inputs (config, scenario files, package versions) differ
+    from ``fingerprint``."""
+    changed = fingerprints.differences(state.get("fingerprint"), fingerprint)
+    if changed:
+        raise CheckpointError(f"resume refused, the inputs differ from the checkpoint's: {'; '.join(changed)}")
+
+
 def load(
     directory: Path, agent: str, template: BaseAlgorithm, device: str, fingerprint: dict[str, Any], **overrides: Any
 ) -> BaseAlgorithm:
@@ -358,17 +370,13 @@ def load(
     (config, scenario files, package versions) differ from ``fingerprint`` is refused, naming what changed.
     ``overrides`` replace saved attributes (e.g. FastSAC's ``cuda_graphs`` when a GPU run resumes on CPU).
     """
-    state = read_state(directory)
-    found = current(directory)
-    assert found is not None  # read_state found it
+    state, found = _complete(directory)
     if state["agent"] != agent:
         raise CheckpointError(f"{directory} holds a {state['agent']} checkpoint, not {agent}")
     expected = type(template).__module__ + "." + type(template).__qualname__
     if algo_class(str(state.get("algo"))) is not type(template):
         raise CheckpointError(f"{directory} holds a {state['algo']} checkpoint, the config trains {expected}")
-    changed = fingerprints.differences(state.get("fingerprint"), fingerprint)
-    if changed:
-        raise CheckpointError(f"resume refused, the inputs differ from the checkpoint's: {'; '.join(changed)}")
+    _refuse_changed(state, fingerprint)
     arrays = read_npz(found / ARRAYS)
     training = read_json(found / TRAINING)
     rng = read_json(found / RNG)
