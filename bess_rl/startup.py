@@ -54,6 +54,29 @@ def hand_over() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP outside training's own handling (the references' solve, the start): handled where a
+    Ctrl-C is, with the signal's exit code. Why: their default action ended the process silently, leaving a run
+    folder that neither resume nor evaluate could use."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signame = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+
+
+def _terminated(signum: int, _frame: FrameType | None) -> NoReturn:
+    raise Terminated(signum)
+
+
+def stop_on_terminate() -> None:
+    """SIGTERM and SIGHUP raise ``Terminated`` from here on, where their action is still the default (not one a
+    launcher installed, nor ignored as ``nohup`` leaves SIGHUP); training's handler takes them over while it runs."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _terminated)
+
+
 def reader_gone() -> NoReturn:
     """End quietly when stdout's reader went away (``python -m bess_rl --help | head``), as ``git log | head``
     does: stdout goes to /dev/null so Python's own flush at exit cannot fail again, and the exit code is that

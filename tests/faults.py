@@ -14,17 +14,28 @@ HOURLY_OK = FILES / "hourly_ok.csv"
 HOURLY_HUGE = FILES / "hourly_huge.csv"
 HOURLY_ZERO_CO2 = FILES / "hourly_zero_co2.csv"
 HOURLY_DUPLICATE = FILES / "hourly_duplicate.csv"
+HOURLY_BOM_DUPLICATE = FILES / "hourly_bom_duplicate.csv"
+HOURLY_SEMICOLON = FILES / "hourly_semicolon.csv"
+HOURLY_BACKWARDS = FILES / "hourly_backwards.csv"
 SESSIONS = FILES / "sessions.csv"
 
 
 def write_files() -> None:
-    """A 168-hour scenario, and the same with a unit mistake, no CO2 at all and a repeated column."""
+    """A 168-hour scenario, and the same with a unit mistake, no CO2 at all, a repeated column (also behind
+    Excel's UTF-8 BOM), ';' for commas and a timestamp that goes back."""
     FILES.mkdir(parents=True, exist_ok=True)
     rows = [f"{0.5 if 8 <= h % 24 < 17 else 0.0},{1000 + h % 24}" for h in range(168)]
     HOURLY_OK.write_text("\n".join(["pv_kw_per_kwp,load_kw", *rows]) + "\n")
     HOURLY_HUGE.write_text("\n".join(["pv_kw_per_kwp,load_kw", "0.1,1e300", *rows[1:]]) + "\n")
     HOURLY_ZERO_CO2.write_text("\n".join(["pv_kw_per_kwp,load_kw,co2_kg_per_kwh", *(r + ",0" for r in rows)]) + "\n")
     HOURLY_DUPLICATE.write_text("\n".join(["pv_kw_per_kwp,load_kw,load_kw", *(r + ",5" for r in rows)]) + "\n")
+    bom_header = "\ufeffpv_kw_per_kwp,load_kw,pv_kw_per_kwp"
+    HOURLY_BOM_DUPLICATE.write_text("\n".join([bom_header, *(r + ",0.9" for r in rows)]) + "\n", encoding="utf-8")
+    HOURLY_SEMICOLON.write_text("\n".join(["pv_kw_per_kwp;load_kw", *(r.replace(",", ";") for r in rows)]) + "\n")
+    times = [f"2024-03-{1 + h // 24:02d} {h % 24:02d}:00" for h in range(168)]
+    times[9] = times[3]  # a copied block: line 11 goes back to 03:00
+    stamped = (f"{t},{r}" for t, r in zip(times, rows, strict=True))
+    HOURLY_BACKWARDS.write_text("\n".join(["timestamp,pv_kw_per_kwp,load_kw", *stamped]) + "\n")
     SESSIONS.write_text("arrival_hour,departure_hour,energy_kwh,max_power_kw\n10,12,20,50\n")
 
 
@@ -47,7 +58,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["site.bess_capacity_kwh=inf"], "site.bess_capacity_kwh must be a finite number"),
     (["scenario.co2_kg_per_kwh=-1"], "scenario.co2_kg_per_kwh must be a number in [0, 1000]"),
     (["scenario.co2_kg_per_kwh=nan"], "scenario.co2_kg_per_kwh must be a number in [0, 1000]"),
-    ([f"scenario.hourly_path={HOURLY_HUGE}", *FILE], "load_kw row 0: 1e+300 is above 1e+09"),
+    ([f"scenario.hourly_path={HOURLY_HUGE}", *FILE], "'load_kw' line 2: 1e+300 is above 1e+09"),
     (["checkpoint_every_steps=abc"], "checkpoint_every_steps must be a whole number"),
     (["agent.hparams.ent_coef=banana"], "agent.hparams.ent_coef must be auto, auto_<initial value> or a number"),
     (["agent=ppo", "agent.hparams.ent_coef=banana"], "agent.hparams.ent_coef"),
@@ -89,5 +100,28 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (
         [f"scenario.hourly_path={HOURLY_OK}", f"scenario.eval_hourly_path={HOURLY_OK}", *FILE],
         "holds the same data as the training part scenario.hourly_path",
+    ),
+    # 14: scenario files (the evaluation part's checked as the training part's), as a user writes them
+    (
+        [f"scenario.hourly_path={HOURLY_OK}", f"scenario.eval_hourly_path={HOURLY_DUPLICATE}", *FILE],
+        f"scenario.eval_hourly_path {HOURLY_DUPLICATE}: column 'load_kw' appears more than once",
+    ),
+    (
+        [f"scenario.hourly_path={HOURLY_OK}", f"scenario.eval_hourly_path={HOURLY_HUGE}", *FILE],
+        f"{HOURLY_HUGE}: column 'load_kw' line 2: 1e+300 is above 1e+09",
+    ),
+    (
+        [f"scenario.hourly_path={HOURLY_OK}", f"scenario.eval_sessions_path={FILES / 'nope.csv'}", *FILE],
+        "scenario.eval_sessions_path needs scenario.eval_hourly_path",
+    ),
+    ([f"scenario.hourly_path={HOURLY_BOM_DUPLICATE}", *FILE], "column 'pv_kw_per_kwp' appears more than once"),
+    ([f"scenario.hourly_path={HOURLY_SEMICOLON}", *FILE], "the file is ';'-separated, use commas"),
+    (
+        [f"scenario.hourly_path={HOURLY_BACKWARDS}", *FILE],
+        "column 'timestamp' line 11: '2024-03-01 03:00' is before '2024-03-01 08:00' above it",
+    ),
+    (
+        [f"scenario.hourly_path={HOURLY_OK}", "scenario.hours=8784", "scenario.window_hours=null"],
+        "has 168 rows, expected 8784 (one per hour): scenario.hours=168 takes a file of that length",
     ),
 ]

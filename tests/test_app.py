@@ -161,6 +161,19 @@ def test_strict_hardware_refuses_to_fall_back(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("overrides", "asker"),
+    [(["hardware=rtx4060"], "hardware=rtx4060"), (["hardware=cpu", "agent.device=cuda"], "agent.device=cuda")],
+)
+def test_the_cuda_fallback_names_the_setting_that_asked_for_cuda(monkeypatch, overrides, asker):
+    """``agent.device=cuda`` on the CPU profile was said as "hardware=cpu asks for CUDA"."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_cfg(["agent=sac", *overrides])
+    runtime = hardware_module.resolve(cfg.hardware, FastSAC, cfg.agent.device)
+    assert runtime.device == "cpu"
+    assert f"{asker} asks for CUDA but this machine has none: running on CPU" in " ".join(runtime.notes)
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         ("agent.n_envs=0", "agent.n_envs must be > 0, got 0"),
@@ -200,6 +213,20 @@ def test_cli_errors_are_one_clear_line(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("arg", "hint"),
+    [
+        ("scenario.hourly_path=~/x.csv", """(quote a value with such characters: 'scenario.hourly_path="~/x.csv"')"""),
+        ("scenario.hourly_path=/tmp/a,b.csv",
+         """add -m to sweep; quote a path or text with one: 'scenario.hourly_path="/tmp/a,b.csv"')"""),
+    ],
+)  # fmt: skip
+def test_a_value_hydra_takes_only_quoted_is_told_how_to_quote_it(tmp_path, capfd, arg, hint):
+    """Hydra's hint (a line of its own, which the one line cut) or none: now the override that works."""
+    proc = run_cli(arg, cwd=tmp_path, capfd=capfd)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.rstrip().endswith(hint), proc.stderr
 
 
 def test_our_own_input_errors_are_one_clear_line(tmp_path, capfd):

@@ -141,6 +141,6 @@ def test_references_command_takes_the_overrides_and_help(capsys):
     for name in ("smart_rule", "mpc_persistence", "lp_achievable", "over the 48 h", "every 8 h"):
         assert name in out
     assert references_main(["mpc.every_hours=0"]) == 2
-    assert "mpc.every_hours must be >= 1" in capsys.readouterr().err
+    assert "error: mpc.every_hours must be > 0, got 0" in capsys.readouterr().err  # as training says it
     assert references_main(["scenario=nope"]) == 2
     assert capsys.readouterr().err == "error: In 'train': Could not find 'scenario/nope'\n"

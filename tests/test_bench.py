@@ -128,6 +128,8 @@ def test_interleaved_rates_follow_the_work_done():
         (["agent.hparams.batch_size=0"], "agent.hparams.batch_size must be > 0, got 0"),
         (["agent.hparams.nope=3"], "Key 'nope' not in"),
         (["hardware.amp=bf16"], "the bench times agent.hparams.* and agent.n_envs only"),
+        (["agent.hparams.gamma=2"], "agent.hparams.gamma must be a number in (0, 1], got 2.0"),  # an InputError
+        (["agent.hparams.learning_rate=nan"], "agent.hparams.learning_rate must be a number in (0, inf), got nan"),
     ],
 )
 def test_bad_overrides_are_one_line_before_anything_is_timed(overrides, message, capsys):
@@ -177,7 +179,7 @@ def test_each_job_runs_once_per_round_at_least():
     ("flag", "value"),
     [("--seconds", "nan"), ("--seconds", "inf"), ("--seconds", "0"), ("--seconds", "-1"), ("--rounds", "0"),
      ("--prefill", "-1"), ("--threads", "0"), ("--sac-threads", "0"), ("--population", "0"), ("--seed", "-1"),
-     ("--heap-keep-mb", "-1"), ("--rounds", "two")],
+     ("--heap-keep-mb", "-1"), ("--heap-keep-mb", "2048"), ("--rounds", "two")],
 )  # fmt: skip
 def test_bad_sizes_are_one_argparse_line_naming_the_option(flag, value, capsys):
     """A NaN time box passes every ``<=`` and times nothing (a ZeroDivisionError after the prefill)."""
@@ -186,6 +188,15 @@ def test_bad_sizes_are_one_argparse_line_naming_the_option(flag, value, capsys):
     assert exc.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"python -m bess_rl.bench: error: argument {flag}: ") and value in error, error
+
+
+def test_heap_keep_mb_takes_what_training_takes(capsys):
+    """glibc's mallopt takes bytes as a C int: 2,048 MB and more wrapped around, yet the JSON recorded them applied."""
+    assert parse_args(["--agents", "ppo", "--heap-keep-mb", "2047"]).heap_keep_mb == 2047
+    assert parse_args(["--agents", "ppo", "--heap-keep-mb", "none"]).heap_keep_mb is None
+    with pytest.raises(SystemExit):
+        parse_args(["--agents", "ppo", "--heap-keep-mb", "4096"])
+    assert capsys.readouterr().err.strip().endswith("argument --heap-keep-mb: must be in [0, 2047] (or none), got 4096")
 
 
 def test_json_path_that_cannot_be_written_is_refused_before_measuring(tmp_path, monkeypatch, capsys):

@@ -105,6 +105,30 @@ def test_config_that_does_not_compose_is_a_fail_line(capsys):
     assert status["config"] == "FAIL" and "Could not find 'agent/sacc'" in out
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["agent.hparams.gamma=2"], "agent.hparams.gamma must be a number in (0, 1], got 2.0"),
+        (["seed=-1"], "seed must be in [0, 4294967295], got -1"),
+        (["site.pv_kwp=nan"], "site.pv_kwp must be a finite number, got nan"),
+        (["scenario.forecast_hours=10000"], "scenario.forecast_hours must be <= 168, got 10000"),
+        (["hardware.memory_budget_gb=nan"], "hardware.memory_budget_gb must be a number in (0, inf) (or null)"),
+        (["population.size=2", "population.gamma=[0.5,7]"], "population.gamma[1] must be a number in (0, 1], got 7.0"),
+    ],
+)
+def test_a_value_a_run_refuses_is_a_fail_line(overrides, message):
+    """Every user error of ``validate`` (InputError, SiteError, ...), not only a ConfigError, was a traceback."""
+    check, runtime = check_config(compose_config(["hardware=cpu", *overrides]))
+    assert (check.status, runtime) == ("FAIL", None) and check.value.startswith(message)
+
+
+def test_a_forecast_the_env_refuses_is_a_fail_line_and_no_memory_plan(capsys):
+    """The env's own check of ``scenario.forecast_hours``, said as a run says it (``make_env``), not its ValueError."""
+    rc, status, out = doctor(capsys, "hardware=cpu", "scenario.forecast_hours=-1")
+    assert rc == 1 and status["config"] == "FAIL" and status["memory"] == "SKIP"
+    assert "FAIL  config      scenario.forecast_hours must be >= 0, got -1\n" in out
+
+
 def test_over_budget_plan_fails_with_the_halved_overrides(capsys):
     rc, status, out = doctor(capsys, "preset=before", "hardware.memory_budget_gb=0.5")
     assert rc == 1

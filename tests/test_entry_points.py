@@ -64,19 +64,37 @@ def test_ctrl_c_outside_training_s_own_handling_is_one_line_and_130(monkeypatch,
     assert capsys.readouterr().err == "interrupted: finished runs and checkpoints are kept\n"
 
 
-def test_a_storage_that_went_down_mid_sweep_is_one_line_and_exit_1(monkeypatch, capsys):
-    """The sweeper's own call into a database that stopped answering raised a traceback."""
+def _told_fail_after_a_failed_tell() -> None:
+    """The sweeper tells FAIL when its ``tell`` of a finished trial raised: Optuna refuses that second ``tell`` with a
+    ValueError, raised while handling the storage's error."""
     from optuna.exceptions import StorageInternalError
 
-    def down() -> None:
-        raise StorageInternalError("An exception is raised during the commit.\nline two")
+    def second_tell() -> None:
+        raise ValueError("Values were told. Values cannot be specified when state is TrialState.FAIL.")
 
+    try:
+        raise StorageInternalError("An exception is raised during the commit.\nline two")
+    except StorageInternalError:
+        second_tell()
+
+
+def _down() -> None:
+    from optuna.exceptions import StorageInternalError
+
+    raise StorageInternalError("An exception is raised during the commit.\nline two")
+
+
+@pytest.mark.parametrize("down", [_down, _told_fail_after_a_failed_tell], ids=["raised", "under-a-second-tell"])
+def test_a_storage_that_went_down_mid_sweep_is_one_line_and_exit_1(monkeypatch, capsys, down):
+    """The sweeper's own call into a database that stopped answering raised a traceback (a real server stopped
+    mid-trial: the ValueError of the sweeper's second ``tell``, over the storage's error)."""
     monkeypatch.setattr(entry, "main", down)
     with pytest.raises(SystemExit) as stop:
         entry.cli()
     err = capsys.readouterr().err
     assert stop.value.code == 1 and err.count("\n") == 1
-    assert err.startswith("error: the study's storage failed during the sweep (") and "resume the study" in err
+    assert err.startswith("error: the study's storage failed during the sweep (An exception is raised during the ")
+    assert "resume the study" in err
 
 
 # Inside torch's import, once torch._subclasses.fake_tensor registered its exit hook (which logs at INFO).
@@ -184,6 +202,18 @@ def test_a_reader_that_went_away_ends_the_command_quietly():
     assert proc.wait(timeout=60) == 141 and err == ""
 
 
+@pytest.mark.slow  # a training process of its own
+def test_a_reader_that_went_away_before_the_result_table_ends_the_run_quietly(tmp_path):
+    """``python -m bess_rl ... | head -1``: Hydra said "Error executing job with overrides" on the way out."""
+    command = [sys.executable, "-m", "bess_rl", *COMMON, "agent=ppo", *TINY["ppo"]]
+    env = {**os.environ, "BESS_RL_ROOT": str(tmp_path)}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Error executing job" not in err and "Traceback" not in err, err
+    assert list(tmp_path.glob("outputs/runs/*/*/metrics.json"))  # the run itself is complete
+
+
 def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(monkeypatch):
     """A script's background job (``nohup``, ``cmd &``) starts with SIGINT ignored: Python keeps it so, and so do
     the start's guard and training's checkpoint handler now (they took it over); SIGTERM still checkpoints."""
@@ -211,3 +241,11 @@ def test_hydra_flags_that_exclude_each_other_are_one_line(tmp_path, capfd):
     assert done.stderr.strip().splitlines() == [
         "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"
     ]
+
+
+def test_a_flag_hydra_does_not_know_names_the_command(tmp_path, capfd):
+    """Hydra's argparse named the command after ``sys.argv[0]``: "__main__.py: error: unrecognized arguments"."""
+    done = run_cli("--nosuchflag", cwd=tmp_path, capfd=capfd)
+    assert done.returncode == 2 and "__main__" not in done.stderr
+    assert done.stderr.startswith("usage: python -m bess_rl [--help]")
+    assert done.stderr.strip().splitlines()[-1] == "python -m bess_rl: error: unrecognized arguments: --nosuchflag"

@@ -359,11 +359,10 @@ def test_ctrl_c_during_an_export_keeps_the_earlier_file(ppo_run, tmp_path, monke
     assert export_main([str(run_dir), "--format", "torchscript"]) == 0
     earlier = (run_dir / "export" / "policy.pt").read_bytes()
 
-    def interrupted_save(self: torch.jit.ScriptModule, path: str) -> None:
-        Path(path).write_bytes(b"half")
-        raise KeyboardInterrupt
+    def interrupted_fsync(fd: int) -> None:
+        raise KeyboardInterrupt  # the new file is written under its temporary name, not yet renamed
 
-    monkeypatch.setattr(torch.jit.ScriptModule, "save", interrupted_save)
+    monkeypatch.setattr(os, "fsync", interrupted_fsync)
     try:
         assert export_main([str(run_dir), "--format", "torchscript"]) == 130
     except KeyboardInterrupt:
@@ -371,6 +370,28 @@ def test_ctrl_c_during_an_export_keeps_the_earlier_file(ppo_run, tmp_path, monke
     assert capsys.readouterr().err.startswith("interrupted: ")
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["policy.pt", "policy.pt.json"]
     assert (run_dir / "export" / "policy.pt").read_bytes() == earlier
+
+
+def test_a_run_folder_that_refuses_the_output_is_one_line(ppo_run, tmp_path, capsys):
+    """A folder the OS refuses (read-only, immutable, a file in the way) was a traceback in evaluate and export."""
+    run_dir = run_copy(ppo_run[0], tmp_path)
+    for name in ("evaluations", "export"):
+        (run_dir / name).write_text("mine")
+    assert evaluate_main([str(run_dir)]) == 2
+    assert one_line_error(capsys) == f"error: cannot write {run_dir / 'evaluations'} (Not a directory)\n"
+    for fmt in ("onnx", "torchscript"):
+        assert export_main([str(run_dir), "--format", fmt]) == 2
+        assert one_line_error(capsys) == f"error: cannot write {run_dir / 'export'} (File exists)\n"
+    assert all((run_dir / name).read_text() == "mine" for name in ("evaluations", "export"))
+
+
+@pytest.mark.parametrize("args", [[], ["--best"]])
+def test_evaluate_without_a_run_folder_names_only_that_as_required(capsys, args):
+    """The usage shows ``[overrides ...]`` as optional; argparse named it required too."""
+    with pytest.raises(SystemExit) as exc:
+        evaluate_main(args)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: the following arguments are required: run_dir")
 
 
 @pytest.mark.slow  # a process of its own, for a real SIGINT

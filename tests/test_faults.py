@@ -470,7 +470,11 @@ def test_a_refused_start_removes_its_folder_and_nothing_else(tmp_path):
     remove_refused_folder(_hydra_runtime(other))
     assert not (tmp_path / "runs" / "ppo-after").exists() and (tmp_path / "runs").is_dir()
     assert [p.name for p in (tmp_path / "runs" / "sac-after").iterdir()] == ["2026-11-30_10-00-00"]
-    for extra in ("resolved_config.yaml", ".hydra/notes.txt", "checkpoint/state.json"):
+    started = _refused_folder(tmp_path / "runs" / "a2c-after" / "2026-12-01_10-00-00")
+    for written in ("resolved_config.yaml", "run_info.json"):  # before training: stopped there, nothing to resume
+        (started / written).write_text("x")
+    assert remove_refused_folder(_hydra_runtime(started)) and not started.exists()
+    for extra in ("progress.csv", ".hydra/notes.txt", "checkpoint/state.json", "model.zip"):
         kept = _refused_folder(tmp_path / "kept" / extra.replace("/", "_"))
         (kept / extra).parent.mkdir(exist_ok=True)
         (kept / extra).write_text("x")

@@ -42,8 +42,10 @@ def test_a_resume_logs_into_its_run_folder_and_creates_no_other(tmp_path, capfd)
 
 
 @pytest.mark.slow  # a sweep in a process of its own
-def test_ctrl_c_stops_a_sweep_with_130_and_fails_its_trial(tmp_path):
-    args = ["-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=3", "agent=ppo", *COMMON, *TINY["ppo"]]
+def test_ctrl_c_stops_a_sweep_with_130_and_fails_its_trials(tmp_path):
+    """The batch's trial that never launched (``n_jobs=2``: two asked at once) stayed RUNNING."""
+    args = ["-m", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "agent=ppo",
+            *COMMON, *TINY["ppo"]]  # fmt: skip
     args += ["agent.total_timesteps=200000", "agent.log_interval=1"]
     env = {**os.environ, "BESS_RL_ROOT": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "bess_rl", *args], cwd=tmp_path, env=env, text=True,
@@ -56,8 +58,10 @@ def test_ctrl_c_stops_a_sweep_with_130_and_fails_its_trial(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
+    assert "sweep stopped (trial 0 marked failed)" in out
+    assert "trial(s) [1] were asked but not finished when the sweep stopped: marked FAIL" in out
     study = optuna.load_study(study_name="ppo", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
-    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
 
 
 @pytest.mark.slow  # three training processes, killed and resumed
@@ -132,3 +136,33 @@ def test_a_refused_sweep_job_is_one_line_and_keeps_its_job_folder_and_log(tmp_pa
     (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
     (log,) = sweep.glob("*/*.log")  # the job's folder says why it failed
     assert "seed must be an integer" in log.read_text()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_run_stopped_before_training_says_so_and_leaves_no_folder(tmp_path, capfd, monkeypatch, stop):
+    """SIGTERM or SIGHUP while the references are solved ended the process silently; each stop there left
+    run_info.json and resolved_config.yaml in a folder neither resume nor evaluate could use."""
+    from bess_rl.experiment import train
+
+    def solving(*_args: object) -> None:
+        os.kill(os.getpid(), stop)  # the handler raises here, between bytecodes, as it would in the solve
+        time.sleep(5)
+        raise AssertionError("the signal did not stop the run")
+
+    monkeypatch.setattr(train, "build_references", solving)
+    proc = run_cli(*COMMON, "agent=ppo", *TINY["ppo"], cwd=tmp_path, capfd=capfd)
+    said = "interrupted" if stop == signal.SIGINT else f"stopped by {stop.name}"
+    assert proc.returncode == 128 + stop and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{said} before training began: nothing was kept (its folder " in proc.stderr
+    assert not list((tmp_path / "outputs" / "runs").iterdir())
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command gave the handlers back
+
+
+def test_a_run_s_saved_paths_are_absolute(tmp_path, capfd):
+    """A relative root (``.``, the default) was saved as given: a tool run from elsewhere solved the references
+    again and wrote them into an ``outputs/`` where it ran."""
+    proc = run_cli(*COMMON, "agent=ppo", *TINY["ppo"], "paths.root_dir=.", cwd=tmp_path, capfd=capfd)
+    assert proc.returncode == 0, proc.stderr
+    (saved,) = (tmp_path / "outputs" / "runs").glob("*/*/resolved_config.yaml")
+    paths = OmegaConf.load(saved).paths
+    assert (paths.root_dir, paths.output_dir) == (str(tmp_path), str(tmp_path / "outputs"))

@@ -96,8 +96,8 @@ def test_planner_counts_every_member_and_refuses_what_does_not_fit():
 def test_a_population_is_estimated_warned_about_and_shows_its_progress(tmp_path, caplog, monkeypatch):
     bars = []
 
-    class Bar:  # tqdm.rich's bar, recording its total and updates
-        def __init__(self, total: int) -> None:
+    class Bar:  # the progress bar (or log lines), recording its total and updates
+        def __init__(self, total: int, desc: str) -> None:
             self.total, self.n = total, 0
             bars.append(self)
 
@@ -107,7 +107,7 @@ def test_a_population_is_estimated_warned_about_and_shows_its_progress(tmp_path,
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(population_run, "tqdm", Bar)
+    monkeypatch.setattr(population_run, "progress_bar", Bar)
     cfg = compose_cfg([*POP, *COMMON, *TINY["sac"], "progress_bar=true", "warn_hours=1e-9"])
     with caplog.at_level(logging.INFO, logger="bess_rl.experiment.eta"):
         members = population_run.run(cfg, tmp_path / "pop")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from bess_rl.baselines import references
 from bess_rl.baselines.episode import run_episode
 from bess_rl.baselines.mpc import Mpc, MpcSettings
+from bess_rl.baselines.optimum import LpError
 from bess_rl.baselines.references import EPISODES, References, cache_file, compute_references, load_references
 from bess_rl.experiment.build import build_eval_env, build_references
 from bess_rl.site.env import PvBessEvEnv
@@ -234,3 +236,42 @@ def test_the_console_table_gives_reductions_with_the_sign_of_every_other_reducti
     console.print(co2_table(rows, 24))
     text = console.export_text()
     assert "reduction" in text and "-7.08%" in text and "+0.00%" in text and "+7.08%" not in text
+
+
+def test_references_command_checks_the_config_as_training_does(tmp_path, capsys):
+    """It skipped ``validate``: a repeated column was read, and sessions without their hourly file ignored."""
+    dup = tmp_path / "dup.csv"
+    dup.write_text("pv_kw_per_kwp,load_kw,load_kw\n" + "0.5,1000,5\n" * 168)
+    sessions = tmp_path / "sessions.csv"
+    sessions.write_text("arrival_hour,departure_hour,energy_kwh,max_power_kw\n10,12,20,50\n")
+    for args, message in (
+        ([f"scenario.hourly_path={dup}", "scenario.hours=168"], f"scenario.hourly_path {dup}: column 'load_kw'"),
+        ([f"scenario.sessions_path={sessions}"], "scenario.sessions_path needs scenario.hourly_path"),
+    ):
+        assert command.main([*WEEK, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_an_lp_highs_cannot_solve_is_one_line_from_the_references_command(monkeypatch, capsys):
+    def unsolvable(*args: object) -> None:
+        raise LpError("HiGHS could not solve the LP of 168 hours at site ...: (HiGHS Status 2: Model error)")
+
+    monkeypatch.setattr(command, "compute_references", unsolvable)
+    assert command.main(WEEK) == 2
+    assert (
+        capsys.readouterr().err
+        == "error: HiGHS could not solve the LP of 168 hours at site ...: (HiGHS Status 2: Model error)\n"
+    )
+
+
+def test_references_command_prints_whole_numbers_into_a_pipe(tmp_path, capsys):
+    """rich fits a table to 80 columns when stdout is not a terminal: it cut 759,470,323 kg to 759,470,3…. Your
+    own file on the preset's site is warned about before the solving."""
+    big = tmp_path / "big.csv"
+    big.write_text("pv_kw_per_kwp,load_kw\n" + "".join(f"{0.5 * (8 <= h % 24 < 17)},1e7\n" for h in range(168)))
+    args = ["scenario=iquitos", f"scenario.hourly_path={big}", "scenario.hours=168", "scenario.window_hours=null"]
+    assert command.main(args) == 0
+    out, err = capsys.readouterr()
+    assert "…" not in out and re.search(r"│ uncontrolled +│ +\d{3},\d{3},\d{3} │", out), out
+    assert err.startswith(f"warning: scenario.hourly_path={big} runs at site=iquitos (pv_kwp=4050 kWp")

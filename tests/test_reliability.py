@@ -11,12 +11,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from stable_baselines3 import PPO
 
+from bess_rl.experiment import checkpoint
 from bess_rl.experiment import train as train_module
 from bess_rl.experiment.checkpoint import NumericalError
+from bess_rl.experiment.fingerprint import differences, fingerprint
 from bess_rl.experiment.train import run
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.tools.replay import COMPARED
@@ -28,7 +31,7 @@ LONG = {
             "agent.hparams.gradient_steps=1", "agent.hparams.batch_size=32", "agent.hparams.buffer_size=5000",
             "agent.hparams.net_arch=[32]", "log_every_steps=150"],
     "ppo": ["agent=ppo", "agent.total_timesteps=3200", "agent.hparams.n_steps=64", "agent.hparams.batch_size=32",
-            "agent.hparams.n_epochs=2", "agent.hparams.net_arch=[32]", "log_every_steps=320"],
+            "agent.hparams.n_epochs=2", "agent.hparams.net_arch=[32]", "log_every_steps=320", "eval_every_steps=640"],
 }  # fmt: skip
 
 
@@ -62,9 +65,17 @@ def outcome(run_dir: Path) -> dict[str, float]:
     return {k: metrics[k] for k in COMPARED} | {"total_timesteps": metrics["total_timesteps"]}
 
 
+def evaluations(run_dir: Path) -> list[tuple[float, ...]]:
+    """The held-out evaluations of progress.csv: the step of each and its scores."""
+    rows = pd.read_csv(run_dir / "progress.csv").dropna(subset=["eval/co2_kg"])
+    return [tuple(row) for row in rows[["time/total_timesteps", "eval/co2_kg", "eval/mean_reward"]].to_numpy()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("agent", "sig"), [("ppo", signal.SIGINT), ("sac", signal.SIGTERM)])
 def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, agent, sig, capfd):
+    """PPO evaluates on the held-out part every 640 steps: a resumed run evaluated off that schedule (its count
+    started again at 0), so its evaluations and best model were not the uninterrupted run's."""
     args = [*LONG[agent], *COMMON]
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
@@ -88,6 +99,28 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, agent, si
     straight.mkdir()
     assert run_cli(*args, cwd=straight, capfd=capfd).returncode == 0
     assert outcome(run_dir) == outcome(run_dirs(straight)[0])
+    if agent == "ppo":
+        assert [e[0] for e in evaluations(run_dir)] == [640, 1280, 1920, 2560, 3200]
+        assert evaluations(run_dir) == evaluations(run_dirs(straight)[0])
+
+
+def test_a_dropped_terminal_checkpoints_like_sigterm():
+    """SIGHUP (an ssh session or terminal that went away) ended a run at once, with nothing kept; under ``nohup``
+    (SIGHUP ignored) it stays ignored."""
+    stop = checkpoint.StopRequest()
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        stop.install()
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.requested == "SIGHUP" and checkpoint.SIGNAL_EXIT_CODES["SIGHUP"] == 129
+        stop.restore()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        ignored = checkpoint.StopRequest()
+        ignored.install()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        ignored.restore()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.mark.slow
@@ -189,3 +222,20 @@ def test_buffer_over_the_memory_budget_is_refused_before_training(tmp_path, capf
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "agent.hparams.buffer_size=2500000" in proc.stderr
     assert not list((tmp_path / "outputs" / "runs").glob("*/*/progress.csv"))
+
+
+def test_a_changed_evaluation_file_refuses_the_resume_and_an_older_checkpoint_still_resumes(tmp_path):
+    """The held-out scores are part of the run: its files are hashed as the training files are; a checkpoint
+    written before they were (no ``eval_scenario_files``) resumes on the rest."""
+    files = {"hourly_path": tmp_path / "train.csv", "eval_hourly_path": tmp_path / "held_out.csv"}
+    for path in files.values():
+        path.write_text("pv_kw_per_kwp,load_kw\n0.5,1000\n")
+    cfg = compose_cfg([f"scenario.{key}={path}" for key, path in files.items()])
+    saved = fingerprint(cfg)
+    files["eval_hourly_path"].write_text("pv_kw_per_kwp,load_kw\n0.2,1000\n")
+    now = fingerprint(cfg)
+    assert differences(saved, now) == [f"scenario file {files['eval_hourly_path']} changed"]
+    older = {key: value for key, value in saved.items() if key != "eval_scenario_files"}
+    assert differences(older, now) == []
+    files["hourly_path"].write_text("pv_kw_per_kwp,load_kw\n0.2,1000\n")
+    assert differences(older, fingerprint(cfg)) == [f"scenario file {files['hourly_path']} changed"]

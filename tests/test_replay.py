@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from bess_rl.experiment import train
 from bess_rl.experiment.checkpoint import TrainingInterrupted
-from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
+from bess_rl.experiment.run_dir import RunDir, atomic_write_text, resume_command, write_json
 from bess_rl.tools import replay
 from tests.helpers import COMMON, TINY, compose_cfg
 
@@ -96,3 +96,16 @@ def test_a_replay_shows_its_progress_bar_on_a_terminal_only(tmp_path, monkeypatc
     run_dir = run_folder(tmp_path, ["agent=ppo", *TINY["ppo"], *COMMON])
     monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
     assert replay.load_run_config(run_dir).progress_bar is terminal
+
+
+def test_a_killed_run_is_called_unfinished_with_its_resume_command(tmp_path, capsys):
+    """As evaluate and export say it: "metrics.json is missing" did not tell that a resume finishes the run."""
+    run_dir = run_folder(tmp_path / "killed run é", ["agent=ppo", *TINY["ppo"], *COMMON])
+    RunDir(run_dir).metrics.unlink()
+    RunDir(run_dir).checkpoint.mkdir()
+    (RunDir(run_dir).checkpoint / "state.json").write_text("{}")  # what a complete checkpoint has
+    assert replay.main([str(run_dir)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {run_dir} is unfinished (interrupted, no model.zip yet): resume with: {resume_command(run_dir)}"
+    )
+    assert not RunDir(run_dir).replays.exists()

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from bess_rl.experiment.budget import apply_budget
+from bess_rl.experiment.run_dir import resume_command
 from bess_rl.experiment.train import run
 from bess_rl.tools.report import AGENTS, PRESETS, REWARD, STEPS, curve, main, plot_co2, read_progress, write_report
 from tests.helpers import TINY, compose_cfg, table
@@ -144,6 +145,24 @@ def test_cli_refuses_an_empty_folder_and_an_out_that_is_a_file(tmp_path, capsys)
     assert taken.read_text() == "mine"
     assert main([str(tmp_path / "run"), "--out", str(taken / "report")]) == 2
     assert capsys.readouterr().err == f"error: cannot create the report folder {taken / 'report'} (Not a directory)\n"
+
+
+def test_an_out_that_refuses_a_file_is_one_line(tmp_path, capsys):
+    """Only making ``--out`` was guarded: a file it then refused (read-only, immutable, in the way) was a traceback."""
+    finished_run(tmp_path / "run")
+    (tmp_path / "report" / "results.csv").mkdir(parents=True)  # in the way of the CSV
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err == f"error: cannot write {tmp_path / 'report' / 'results.csv'} (Is a directory)\n"
+
+
+def test_an_interrupted_run_is_told_a_resume_command_a_shell_takes(tmp_path):
+    """A path with a space (or a non-ASCII letter) split the override in a shell, and Hydra refused it."""
+    run = finished_run(tmp_path / "my runs" / "ppo-after")
+    (run / "metrics.json").unlink()
+    (run / "checkpoint").mkdir()
+    write_report([tmp_path / "my runs"], tmp_path / "report")
+    (status,) = pd.read_csv(tmp_path / "report" / "runs.csv")["status"]
+    assert status == f"interrupted (resume with `{resume_command(run)}`)" and "\"resume='" in status
 
 
 def _rewrite(folder: Path, change) -> None:

@@ -10,8 +10,10 @@ import optuna
 import pytest
 import yaml
 from optuna.distributions import LogUniformDistribution
+from optuna.trial import TrialState
 from optuna.visualization import matplotlib as ovm
 
+from bess_rl.experiment.storage import SWEEP_ATTR
 from bess_rl.tools.report import write_report
 from tests.helpers import COMMON, TINY, run_cli, table
 from tests.test_seeds import fake_run
@@ -67,7 +69,8 @@ def test_a_trial_that_died_before_its_config_was_written_is_listed_not_a_traceba
     monkeypatch.setenv("BESS_RL_ROOT", str(tmp_path))  # where the sweep ran: its storage URL resolves as then
     md = write_report([tmp_path / "outputs" / "sweeps"], tmp_path / "report").read_text()
     assert "No finished trial." in md.split("## Optuna study 'ppo': 1 trial(s)")[1]
-    assert f"- PPO after: failed: no metrics.json (the sweep's console output has the error) (`{trial}`)" in md
+    log = f"`{trial}/bess_rl.log`"
+    assert f"- PPO after: failed: no metrics.json and no error in {log} (the sweep's console output may have it)" in md
 
 
 def fake_sweep(root: Path, objectives: list[str], values: list[tuple[float, ...]], earlier: int = 0) -> Path:
@@ -95,6 +98,71 @@ def fake_sweep(root: Path, objectives: list[str], values: list[tuple[float, ...]
         (trial / ".hydra").mkdir()
         (trial / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
     return root / "sweep"
+
+
+def failed_trial(sweep: Path, job: int, rate: float, log: str) -> Path:
+    """A trial of ``fake_sweep``'s study refused before training: FAIL in the study (no run folder stored), and a job
+    folder with Hydra's ``.hydra/`` files and the job's log only, as the sweeper leaves it."""
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{sweep.parent}/optuna.db")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.FAIL, params={RATE: rate}, distributions={RATE: LogUniformDistribution(1e-5, 1e-1)},
+            system_attrs={SWEEP_ATTR: str(sweep.resolve())}))  # fmt: skip
+    hydra = sweep / str(job) / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "hydra.yaml").write_text((sweep / "0" / ".hydra" / "hydra.yaml").read_text())
+    config = {"seed": 0, "agent": {"name": "sac"}, "preset": {"name": "after"}}
+    (hydra / "config.yaml").write_text(yaml.safe_dump(config))
+    (hydra / "overrides.yaml").write_text(yaml.safe_dump([f"{RATE}={rate}", "agent=sac"]))
+    (hydra.parent / "bess_rl.log").write_text(log)
+    return hydra.parent
+
+
+def test_failed_trials_are_rows_with_their_parameters_study_numbers_and_logged_errors(tmp_path):
+    """The table held one unfinished run per agent and preset (none beside finished ones), its parameters blank:
+    a refused trial has no run_info.json. Jobs 2, 3 are the study's trials 4, 3 (asked in that order)."""
+    sweep = fake_sweep(tmp_path, ["penalised_reduction_pct"], [(1.0,), (3.0,)], earlier=1)
+    info = "[2026-01-01 00:00:00,000][bess_rl.experiment.eta][INFO] - estimated wall time 0.0 min\n"
+    failed_trial(sweep, 3, 0.025, info)  # killed: nothing logged but the start
+    failed_trial(sweep, 2, 0.05, f"{info}[2026-01-01 00:00:01,000][bess_rl][ERROR] - learning rate 0.05 refused\n")
+    text = write_report([sweep], tmp_path / "r").read_text()
+    rows = table(text, "Optuna study 's': 4 trial(s)")
+    assert [r[:2] for r in rows] == [["2", "0.0001"], ["1", "0.001"], ["4", "0.05"], ["3", "0.025"]]
+    assert rows[2][2] == f"failed: learning rate 0.05 refused (`{sweep}/2/bess_rl.log`)"
+    no_error = f"no error in `{sweep}/3/bess_rl.log` (the sweep's console output may have it)"
+    assert rows[3][2] == f"failed: no metrics.json and {no_error}"
+    assert "the figures cover the whole study, 5 trials" in text
+
+
+def test_a_missing_or_empty_sqlite_storage_is_named_and_left_as_it_was(tmp_path):
+    """Optuna's storage made a missing SQLite file (and filled an empty one with its tables): the report wrote a
+    110 kB database and called the study not found in it."""
+    sweep = fake_sweep(tmp_path, ["penalised_reduction_pct"], [(1.0,)])
+    (tmp_path / "optuna.db").unlink()
+    text = write_report([sweep], tmp_path / "r").read_text()
+    assert f"- study 's': its storage file {tmp_path}/optuna.db does not exist" in text
+    assert not (tmp_path / "optuna.db").exists()
+    (tmp_path / "optuna.db").touch()
+    assert "study 's' not readable at sqlite:///" in write_report([sweep], tmp_path / "r").read_text()
+    assert (tmp_path / "optuna.db").stat().st_size == 0
+
+
+def test_a_relative_sqlite_storage_is_read_from_where_the_sweep_was_launched(tmp_path, monkeypatch):
+    """``sqlite:///optuna.db`` was opened from the report's folder: a new empty database there, no figures."""
+    sweep = fake_sweep(tmp_path, ["penalised_reduction_pct"], [(1.0,), (3.0,)])
+    for hydra_yaml in sweep.glob("*/.hydra/hydra.yaml"):
+        config = yaml.safe_load(hydra_yaml.read_text())
+        config["hydra"]["sweeper"]["storage"] = "sqlite:///optuna.db"
+        config["hydra"]["runtime"] = {"cwd": str(tmp_path)}
+        hydra_yaml.write_text(yaml.safe_dump(config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    text = write_report([sweep], tmp_path / "r").read_text()
+    assert "not readable" not in text and "Best trial: 1 " in text
+    assert (tmp_path / "r" / "param_importances.png").is_file()
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_parameter_importances_are_drawn(tmp_path):

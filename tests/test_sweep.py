@@ -15,7 +15,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from bess_rl.experiment import checkpoint
+from bess_rl.experiment import checkpoint, sweeper
 from bess_rl.experiment.budget import apply_budget
 from bess_rl.experiment.config import CONF_DIR, ConfigError
 from bess_rl.experiment.run_dir import launch_sweep, register_resolvers
@@ -65,6 +65,14 @@ def test_sweep_resumes_and_a_resumed_sweep_that_only_fails_exits_nonzero(tmp_pat
     assert {t.params["agent.hparams.learning_rate"] for t in study[2:]}.isdisjoint(
         t.params["agent.hparams.learning_rate"] for t in study[:2]
     )
+    # The study's best may be the first sweep's: the results say which trial it is, where, and how to rerun it.
+    best = max(study, key=lambda t: t.value)
+    located = OmegaConf.load(sorted((tmp_path / "outputs" / "sweeps").glob("*/optimization_results.yaml"))[-1])
+    assert located.best_trial.trial == best.number and located.best_trial.this_sweep == (best.number >= 2)
+    assert located.best_trial.run_dir == best.user_attrs["run_dir"]
+    rerun = located.best_trial.rerun.split()
+    assert rerun[:3] == ["python", "-m", "bess_rl"] and "hparams_search=ppo_optuna" in rerun
+    assert {f"{k}={v}" for k, v in best.params.items()} <= set(rerun)
 
     failing = multirun(tmp_path, capfd, *PPO_SWEEP, "site.soc_min=1.5")  # the study has a best trial from before
     assert failing.returncode == 1
@@ -193,20 +201,101 @@ def test_a_study_without_a_recorded_objective_is_judged_by_its_trials(tmp_path, 
     old = optuna.create_study(study_name="ppo", storage=url, direction="maximize")
     old.add_trials([kpi_trial(1.5, 2.0), kpi_trial(-0.5, 1.0)])
     with pytest.raises(StorageError, match="optimised objective=penalised_reduction_pct, this sweep objective=co2_"):
-        OptunaStudyGuard()._open_study(url, sweeper, "co2_reduction_pct")
-    assert OptunaStudyGuard()._open_study(url, sweeper, "penalised_reduction_pct") == 2
+        OptunaStudyGuard()._open_study(url, sweeper, "co2_reduction_pct", {})
+    assert OptunaStudyGuard()._open_study(url, sweeper, "penalised_reduction_pct", {}) == 2
     assert "its trials' values are their KPIs of that name: recording objective=penalised_reduction_pct" in caplog.text
     assert optuna.load_study(study_name="ppo", storage=url).user_attrs["objective"] == ["penalised_reduction_pct"]
     with pytest.raises(StorageError, match="optimised objective=penalised_reduction_pct"):  # recorded now
-        OptunaStudyGuard()._open_study(url, sweeper, "co2_reduction_pct")
+        OptunaStudyGuard()._open_study(url, sweeper, "co2_reduction_pct", {})
 
     bare = OmegaConf.create({"study_name": "bare", "direction": "maximize"})
     optuna.create_study(study_name="bare", storage=url, direction="maximize").add_trial(
         optuna.trial.create_trial(value=1.0)  # no KPIs recorded: nothing to judge by, so this sweep's is taken
     )
-    assert OptunaStudyGuard()._open_study(url, bare, "co2_reduction_pct") == 1
+    assert OptunaStudyGuard()._open_study(url, bare, "co2_reduction_pct", {}) == 1
     assert "'bare' recorded no objective (made before bess_rl recorded it); its trials recorded no KPI" in caplog.text
     assert optuna.load_study(study_name="bare", storage=url).user_attrs["objective"] == ["co2_reduction_pct"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hydra.sweeper.study_name=null"], "hydra.sweeper.study_name must name the study its storage keeps"),
+        (["hydra.callbacks.optuna_study.heartbeat_interval=abc"], "heartbeat_interval must be whole seconds >= 1"),
+        (["hydra.callbacks.optuna_study.grace_period=0"], "grace_period must be whole seconds >= 1 (or null), got 0"),
+        (["hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs must be a whole number >= 1 (trials asked per batch)"),
+        (["hydra.sweeper.max_failure_rate=2"], "hydra.sweeper.max_failure_rate must be a number in [0, 1], got 2.0"),
+        (["objective=nosuch_metric"], "objective 'nosuch_metric' is not one of ['penalised_reduction_pct'"),
+        (["objective=[]", "hydra.sweeper.direction=[]"], "objective is an empty list: name one or more of"),
+        (["hydra.sweeper.storage='postgresql://u@localhost:notaport/db'"], "is not a database URL (invalid literal"),
+        (["hydra.sweeper.storage='sqlite:///'"], "'sqlite:///' is an in-memory SQLite database"),
+        (["agent.hparams.gae_lambda=interval(1.0,0.9)"],
+         "the search space's agent.hparams.gae_lambda=interval(1.0,0.9): The `low` value must be smaller"),
+        (["agent.hparams.learning_rate=tag(log,interval(0,1e-3))"], "must be larger than 0 for a log distribution"),
+        (["agent.hparams.learnin_rate=interval(1e-5,1e-3)"],
+         "the search space cannot be composed: Could not override 'agent.hparams.learnin_rate'"),
+        (["agent.hparams.gamma=choice(0.9,abc)"], "Value 'abc' of type 'str' could not be converted to Float"),
+        (["preset=choice(before,nosuch)"], "Could not find 'preset/nosuch'"),
+    ],
+)  # fmt: skip
+def test_a_bad_sweep_setting_is_one_line_before_any_study_is_made(tmp_path, capfd, overrides, message):
+    """Each was a traceback, a warning after which the sweep ran unguarded, a trial left RUNNING, or a study made
+    for good with a mistyped objective, before: the sweeper and Optuna check them only after making the study."""
+    proc = multirun(tmp_path, capfd, *PPO_SWEEP, *overrides)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and message in out and "Traceback" not in out, out[-3000:]
+    assert "Warning" not in out and not (tmp_path / "outputs" / "optuna.db").exists()
+
+
+def test_a_guard_that_fails_unexpectedly_stops_the_sweep(tmp_path, capfd, monkeypatch):
+    """Hydra makes a callback's exception a warning: the sweep ran without heartbeats, KPIs or the all-failed exit."""
+
+    def broken(*_args: object) -> None:
+        raise KeyError("Record does not exist.")
+
+    monkeypatch.setattr(sweeper, "check_trials_compose", broken)
+    proc = multirun(tmp_path, capfd, *PPO_SWEEP)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out and not (tmp_path / "outputs" / "optuna.db").exists()
+    assert "the Optuna study guard could not check this sweep, so none of it ran (KeyError: 'Record does not" in out
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # add_trial, create_trial
+def test_a_study_resumed_with_a_search_space_it_cannot_follow_is_refused(tmp_path, capfd):
+    """Other choices, or a range for a choice: Optuna's ValueError at the first ask, that trial left RUNNING."""
+    from optuna.distributions import CategoricalDistribution
+
+    url = f"sqlite:///{tmp_path}/outputs/optuna.db"
+    (tmp_path / "outputs").mkdir()
+    old = optuna.create_study(study_name="ppo", storage=url, direction="maximize")
+    old.set_user_attr("objective", ["penalised_reduction_pct"])
+    gamma = CategoricalDistribution((0.95, 0.98, 0.99, 0.995))
+    old.add_trial(optuna.trial.create_trial(value=1.0, params={"agent.hparams.gamma": 0.99},
+                                            distributions={"agent.hparams.gamma": gamma}))  # fmt: skip
+    for search in ["agent.hparams.gamma=choice(0.9,0.99)", "agent.hparams.gamma=interval(0.9,0.99)"]:
+        proc = multirun(tmp_path, capfd, *PPO_SWEEP, search)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+        assert (f"study 'ppo' in {url} drew agent.hparams.gamma from CategoricalDistribution(choices=(0.95, 0.98, "
+                "0.99, 0.995)) (trial 0), this sweep from") in out  # fmt: skip
+    assert [t.state for t in trials(tmp_path, "ppo")] == [COMPLETE]
+
+
+def test_a_stopped_sweep_fails_the_trials_it_asked_and_did_not_finish(tmp_path, caplog):
+    """Ctrl-C outside training (the references' solve) or a batch's unlaunched trials left them RUNNING."""
+    from bess_rl.experiment.storage import fail_unfinished_trials, open_storage
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    storage = open_storage(url, heartbeat_interval=60)
+    study = optuna.create_study(study_name="s", storage=storage)
+    asked = [study.ask(), study.ask(), study.ask()]
+    study.tell(asked[0], 1.0)
+    fail_unfinished_trials()
+    assert [t.state for t in optuna.load_study(study_name="s", storage=url).trials] == [COMPLETE, FAIL, FAIL]
+    assert "trial(s) [1, 2] were asked but not finished when the sweep stopped: marked FAIL" in caplog.text
+    caplog.clear()
+    fail_unfinished_trials()  # nothing left: nothing said
+    assert "were asked" not in caplog.text
 
 
 @pytest.mark.parametrize("n_trials", [0, -1])

@@ -136,7 +136,7 @@ def test_a_killed_sweep_leaves_no_running_trial_and_another_resumes_the_study(tm
         time.sleep(3)  # past the grace period (2 s): only the heartbeat keeps the trial alive now
         # What the guard does when another sweep opens the study meanwhile: the live trial is left alone.
         sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
-        assert OptunaStudyGuard(heartbeat_interval=1)._open_study(route, sweeper, "penalised_reduction_pct") == 1
+        assert OptunaStudyGuard(heartbeat_interval=1)._open_study(route, sweeper, "penalised_reduction_pct", {}) == 1
         assert [t.state for t in trials(route)] == [RUNNING]
     finally:
         long.send_signal(signal.SIGKILL)
@@ -213,7 +213,7 @@ def test_connections_the_server_dropped_are_opened_again(pg_url):
 def test_a_study_another_sweep_is_creating_is_not_refused(pg_url):
     RDBStorage(pg_url).create_new_study("ppo")  # created, its directions not set yet
     sweeper = OmegaConf.create({"study_name": "ppo", "direction": "maximize"})
-    assert OptunaStudyGuard()._open_study(pg_url, sweeper, "penalised_reduction_pct") == 0
+    assert OptunaStudyGuard()._open_study(pg_url, sweeper, "penalised_reduction_pct", {}) == 0
 
 
 @pytest.mark.slow
@@ -335,10 +335,15 @@ def bad_url(case: str, pg_server: PgServer, pg_url: str) -> str:
     }[case]
 
 
+# The sweeper settings the guard checks, and a command line of no override: a search space of no parameter.
+SWEEPER = {"direction": "maximize", "n_trials": 1, "n_jobs": 1, "max_failure_rate": 0.0}
+NONE = {"task": []}
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_storage_input_stops_the_guard_in_one_line(tmp_path, pg_server, pg_url, caplog, case):
-    sweeper = {"direction": "maximize", "storage": bad_url(case, pg_server, pg_url), "study_name": "ppo", "n_trials": 1}
-    cfg = OmegaConf.create({"objective": "penalised_reduction_pct", "hydra": {"sweeper": sweeper}})
+    sweeper = {**SWEEPER, "storage": bad_url(case, pg_server, pg_url), "study_name": "ppo"}
+    cfg = OmegaConf.create({"objective": "penalised_reduction_pct", "hydra": {"sweeper": sweeper, "overrides": NONE}})
     with pytest.raises(SystemExit) as stop:
         OptunaStudyGuard().on_multirun_start(cfg)
     assert stop.value.code == 2
@@ -350,8 +355,8 @@ def test_the_slurm_launcher_without_slurm_stops_in_one_line_before_any_trial(tmp
     """submitit found no srun only after the sweeper had asked a batch: a traceback, the batch left RUNNING."""
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
     slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    hydra = {"sweeper": {"direction": "maximize", "storage": None, "study_name": "sac", "n_trials": 1},
-             "launcher": {"_target_": slurm}}  # fmt: skip
+    hydra = {"sweeper": {**SWEEPER, "storage": None, "study_name": "sac"}, "launcher": {"_target_": slurm},
+             "overrides": NONE}  # fmt: skip
     with pytest.raises(SystemExit) as stop:
         OptunaStudyGuard().on_multirun_start(OmegaConf.create({"objective": "penalised_reduction_pct", "hydra": hydra}))
     assert stop.value.code == 2

@@ -1,4 +1,4 @@
-"""Interruption-safe training: checkpoint on SIGINT/SIGTERM/SIGUSR2, resume bit-for-bit, numerical guards.
+"""Interruption-safe training: checkpoint on SIGINT/SIGTERM/SIGUSR2/SIGHUP, resume bit-for-bit, numerical guards.
 
 Why at a rollout start: there SB3's state is consistent (the last transition is stored, the last
 update done, nothing half-collected), so saving model + optimizers (SB3's zip), the replay buffer,
@@ -44,9 +44,10 @@ from bess_rl.site.env import PvBessEvEnv
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = CHECKPOINT
-SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGUSR2": 140}
-# Ctrl-C, a kill, and the warning Slurm (``--signal``) and submitit send ahead of a time limit or a preemption.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGUSR2": 140, "SIGHUP": 129}
+# Ctrl-C, a kill, the warning Slurm (``--signal``) and submitit send ahead of a time limit or a preemption, and a
+# terminal or ssh session that went away (SIGHUP: without it a dropped connection lost the whole run).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)
 MODEL, ARRAYS, TRAINING, RNG, STATE = "model.zip", "arrays.npz", "training.json", "rng.json", "state.json"
 # A population checkpoint: member_<i>/ checkpoints beside these (Population.state).
 POPULATION_ARRAYS, POPULATION_COUNTS = "population.npz", "population.json"
@@ -396,7 +397,7 @@ def load(
 
 
 class StopRequest:
-    """While installed, SIGINT, SIGTERM and SIGUSR2 only set ``requested`` (the signal's name), for the loop to
+    """While installed, SIGINT, SIGTERM, SIGUSR2 and SIGHUP only set ``requested`` (the signal's name), for the loop to
     checkpoint at its next consistent point; a second signal raises KeyboardInterrupt (the user really wants
     out). A signal the process ignores stays ignored (SIGINT of a script's background job, ``nohup``), as
     Python leaves it. ``restore`` puts the previous handlers back (a launcher's own, e.g. submitit's SIGUSR2)."""
@@ -423,7 +424,7 @@ class StopRequest:
 
 
 class Guard(BaseCallback):
-    """Checkpoints on SIGINT/SIGTERM/SIGUSR2 (and every ``every_steps``) and stops on non-finite numbers.
+    """Checkpoints on SIGINT/SIGTERM/SIGUSR2/SIGHUP (and every ``every_steps``) and stops on non-finite numbers.
 
     Signals only set a flag (``StopRequest``): the work happens at the next rollout start, where the state is
     consistent, or at the end of training when the signal came during the last rollout. A model with

@@ -268,12 +268,21 @@ def validate(cfg: DictConfig) -> None:
     if cfg.hardware.compile not in valid_compile:
         raise ConfigError(f"hardware.compile must be one of {valid_compile}, got {cfg.hardware.compile!r}")
     validate_population(cfg)
-    if not isinstance(cfg.objective, str | ListConfig):
-        raise ConfigError(f"objective must be a metric's name or a list of them, got {cfg.objective!r}")
-    objectives = [cfg.objective] if isinstance(cfg.objective, str) else list(cfg.objective)
-    for name in objectives:
+    objective_names(cfg.objective)
+
+
+def objective_names(objective: Any) -> list[str]:
+    """``objective`` (conf/train.yaml: one metric's name or a list of them) as a list of names. Also checked
+    before a sweep's study is made: a study holds its objective for good (bess_rl.experiment.sweeper)."""
+    if not isinstance(objective, str | ListConfig | list):
+        raise ConfigError(f"objective must be a metric's name or a list of them, got {objective!r}")
+    names = [objective] if isinstance(objective, str) else list(objective)
+    if not names:
+        raise ConfigError(f"objective is an empty list: name one or more of {list(OBJECTIVES)}")
+    for name in names:
         if name not in OBJECTIVES:
             raise ConfigError(f"objective {name!r} is not one of {list(OBJECTIVES)}")
+    return names
 
 
 def validate_population(cfg: DictConfig) -> None:

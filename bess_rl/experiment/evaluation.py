@@ -29,7 +29,7 @@ from bess_rl.baselines.rules import uncontrolled
 from bess_rl.experiment import checkpoint, hardware
 from bess_rl.experiment.build import algo_class, build_eval_env, has_eval_part, make_model
 from bess_rl.experiment.config import ConfigError
-from bess_rl.experiment.run_dir import RunDir, RunDirError
+from bess_rl.experiment.run_dir import RunDir, RunDirError, resume_command
 from bess_rl.experiment.safe_load import first_line, load_model
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.params import penalised_kg, reduction_pct
@@ -111,30 +111,50 @@ def evaluate_part(model: BaseAlgorithm, env: PvBessEvEnv, refs: References) -> t
     return metrics, result
 
 
-class HeldOutEval(EvalCallback):
-    """SB3's EvalCallback on the held-out env, every ``every_steps`` timesteps, with CO2 logged beside the reward.
+def next_multiple(step: int, every: int) -> int:
+    """The first multiple of ``every`` after ``step``: schedules by the run's own timestep count, which a resume
+    carries on, so that a resumed run evaluates and logs where the uninterrupted run does."""
+    return (step // every + 1) * every
 
-    The env reward is -(penalised CO2)/scale, so SB3's best-by-mean-reward is best by the penalised
-    objective; the best model is saved as ``best_model.zip`` in ``save_dir`` (``RunDir.best_model``).
+
+class HeldOutEval(EvalCallback):
+    """SB3's EvalCallback on the held-out env, at the first step on or after each multiple of ``every_steps``
+    timesteps, with CO2 logged beside the reward.
+
+    Why not SB3's ``eval_freq``: it counts this process's calls, which start at 0 again on a resume, so a resumed
+    run evaluated off the schedule (at 1,000 and 2,768, not 2,000 and 3,000) and one resumed more often than
+    ``every_steps`` never did. The env reward is -(penalised CO2)/scale, so SB3's best-by-mean-reward is best by
+    the penalised objective; the best model is saved as ``best_model.zip`` in ``save_dir`` (``SaveBestModel``).
     """
 
-    def __init__(self, env: PvBessEvEnv, every_steps: int, n_envs: int, save_dir: str):
+    def __init__(self, env: PvBessEvEnv, every_steps: int, save_dir: str):
         super().__init__(
             env,
             n_eval_episodes=1,
-            eval_freq=max(every_steps // n_envs, 1),
-            best_model_save_path=save_dir,
+            eval_freq=1,  # due steps are ``_on_step``'s to pick; SB3's own test then always passes
+            callback_on_new_best=SaveBestModel(RunDir(Path(save_dir))),
             deterministic=True,
             verbose=0,
             warn=False,
         )
         self.env = env
+        self.every_steps = every_steps
+        self._due = every_steps
         self.baseline: EpisodeResult | None = None
         self._co2 = self._unmet = 0.0
 
     def _init_callback(self) -> None:
         super()._init_callback()
         self.baseline = run_episode(self.env, uncontrolled)
+
+    def _on_training_start(self) -> None:
+        self._due = next_multiple(self.num_timesteps, self.every_steps)
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps < self._due:
+            return True
+        self._due = next_multiple(self.num_timesteps, self.every_steps)
+        return super()._on_step()
 
     def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
         """Sum the episode's CO2 and unmet EV energy from the infos; record them when it ends."""
@@ -158,6 +178,19 @@ class HeldOutEval(EvalCallback):
             self._co2 = self._unmet = 0.0
 
 
+class SaveBestModel(BaseCallback):
+    """``best_model.zip`` on each new best evaluation, through ``RunDir.save_model`` (atomic): SB3's own save
+    (``best_model_save_path``) writes the zip in place, and a full disk left half of one over the last best."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def _on_step(self) -> bool:
+        self.run_dir.save_model(self.model, self.run_dir.best_model)
+        return True
+
+
 def held_out_eval(cfg: DictConfig, run_dir: Path) -> list[BaseCallback]:
     """The periodic held-out evaluation of a run config, or none when ``eval_every_steps`` is null.
 
@@ -167,7 +200,7 @@ def held_out_eval(cfg: DictConfig, run_dir: Path) -> list[BaseCallback]:
     every = cfg.get("eval_every_steps")
     if not every:
         return []
-    callback = HeldOutEval(build_eval_env(cfg), every, cfg.agent.n_envs, str(run_dir))
+    callback = HeldOutEval(build_eval_env(cfg), every, str(run_dir))
     rd = RunDir(run_dir)
     for progress in (rd.earlier_progress, rd.progress):
         rewards = _column(progress, "eval/mean_reward")
@@ -197,7 +230,8 @@ def best_evaluation(progress: Path) -> dict[str, float] | None:
 
 
 class LogEverySteps(BaseCallback):
-    """A progress.csv / TensorBoard row at the first rollout end after every ``every_steps`` timesteps.
+    """A progress.csv / TensorBoard row at the first rollout end on or after each multiple of ``every_steps``
+    timesteps (``next_multiple``: a resumed run's rows fall where the uninterrupted run's do).
 
     Why: SB3 writes rows every ``log_interval`` episodes (off-policy) or rollouts (on-policy); year-long
     episodes and 8,192-step rollouts make that never in most runs, so rows follow timesteps instead.
@@ -206,18 +240,27 @@ class LogEverySteps(BaseCallback):
     def __init__(self, every_steps: int) -> None:
         super().__init__()
         self.every_steps = every_steps
-        self._last = 0
+        self._due = every_steps
 
     def _on_training_start(self) -> None:
-        self._last = self.num_timesteps
+        self._due = next_multiple(self.num_timesteps, self.every_steps)
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        if self.num_timesteps - self._last >= self.every_steps:
-            self._last = self.num_timesteps
+        if self.num_timesteps >= self._due:
+            self._due = next_multiple(self.num_timesteps, self.every_steps)
             self.model.dump_logs()
+
+
+def refuse_unfinished(run_dir: Path, missing: Path) -> None:
+    """An interrupted run (a complete checkpoint: what ``resume=`` goes on from) lacks ``missing``: say so, with the
+    command that finishes it, for evaluate, export and replay alike."""
+    if checkpoint.current(RunDir(run_dir).checkpoint) is not None:
+        raise RunDirError(
+            f"{run_dir} is unfinished (interrupted, no {missing.name} yet): resume with: {resume_command(run_dir)}"
+        )
 
 
 def load_trained(run_dir: Path, best: bool = False) -> tuple[BaseAlgorithm, DictConfig]:
@@ -237,11 +280,7 @@ def load_trained(run_dir: Path, best: bool = False) -> tuple[BaseAlgorithm, Dict
     cfg = rd.load_config()
     path = rd.best_model if best else rd.model
     if not path.is_file():
-        if checkpoint.current(rd.checkpoint) is not None:
-            raise RunDirError(
-                f"{run_dir} is unfinished (interrupted, no {path.name} yet): "
-                f"resume with: python -m bess_rl resume={run_dir}"
-            )
+        refuse_unfinished(run_dir, path)
         why = "no periodic evaluation kept one: see eval_every_steps" if best else "trained with save_model=false?"
         raise RunDirError(f"{run_dir} has no {path.name} ({why})")
     check_model_zip(path)

@@ -80,7 +80,8 @@ def resolve(hw: DictConfig, algo: type, agent_device: str = "auto") -> Runtime:
             "(set agent.device=cuda to use the GPU anyway)"
         )
     if want == "cuda" and not torch.cuda.is_available():
-        msg = f"hardware={hw.name} asks for CUDA but this machine has none"
+        asker = f"hardware={hw.name}" if agent_device == "auto" else f"agent.device={agent_device}"
+        msg = f"{asker} asks for CUDA but this machine has none"
         if hw.strict:
             raise HardwareError(f"{msg} (hardware.strict=true)")
         notes.append(f"{msg}: running on CPU with AMP, CUDA graphs and TF32 off")

@@ -14,18 +14,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from bess_rl.site.params import SiteParams
-from bess_rl.site.scenario import HOURS_PER_YEAR, Scenario, ScenarioError, embedded_part
+from bess_rl.site.scenario import HOURS_PER_YEAR, MAX_CO2, MAX_PRICE, ScenarioError, embedded_part
 
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_FORECAST_HOURS = 168  # a week: a site controller has no longer forecasts, and the features grow with it
-# kW or kg/kWh above these are unit mistakes; the float sums of a year of them must not overflow.
-MAX_POWER_KW, MAX_CO2 = 1e9, 1e3
-# A price per kWh above this is a unit mistake in any currency (the Indonesian rupiah's is ~1,500).
-MAX_PRICE = 1e6
+# The scenario files of each part: (hourly key, sessions key) of scenario.*.
+SCENARIO_FILES = (("hourly_path", "sessions_path"), ("eval_hourly_path", "eval_sessions_path"))
 # glibc's mallopt takes the threshold in bytes as a C int: 2,048 MB and more would wrap around unnoticed.
 MAX_HEAP_KEEP_MB = 2047
 SAC_ENT_COEF = re.compile(r"auto(_(?P<initial>\d+(\.\d*)?(e-?\d+)?))?$")
@@ -134,9 +131,27 @@ def untrained_warning(cfg: DictConfig) -> str | None:
     return None
 
 
+def own_data_warning(cfg: DictConfig, overrides: list[str]) -> str | None:
+    """Your own ``scenario.hourly_path`` without ``site=`` or ``site.*`` runs at the sizes of the scenario preset
+    it was given with (the default's: an import cap of 30 kW) and under its name: nothing else would say so."""
+    sc, site = cfg.scenario, cfg.site
+    if sc.hourly_path is None or any(o.lstrip("+~").startswith(("site=", "site.")) for o in overrides):
+        return None
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("scenario=")]
+    named = any(o.startswith("scenario.name=") for o in overrides)  # then the name is not the preset's
+    preset = f"site={chosen[-1]}" if chosen else "the default scenario's site" if named else f"site={sc.name}"
+    cap = "no import cap" if site.import_cap_kw is None else f"import_cap_kw={site.import_cap_kw:g} kW"
+    return (
+        f"scenario.hourly_path={sc.hourly_path} runs at {preset} (pv_kwp={site.pv_kwp:g} kWp, "
+        f"bess_capacity_kwh={site.bess_capacity_kwh:g}, {cap}) as scenario {sc.name!r}: give your site with "
+        "site=<preset> or site.* (and scenario.name=<name>)"
+    )
+
+
 def _check_scenario_config(sc: DictConfig) -> None:
-    if sc.sessions_path is not None and sc.hourly_path is None:
-        raise InputError("scenario.sessions_path needs scenario.hourly_path (sessions alone would be ignored)")
+    for hourly, sessions in SCENARIO_FILES:
+        if sc.get(sessions) is not None and sc.get(hourly) is None:
+            raise InputError(f"scenario.{sessions} needs scenario.{hourly} (sessions alone would be ignored)")
     if sc.hourly_path is None and sc.hours != HOURS_PER_YEAR:
         raise InputError(
             f"scenario.hours={sc.hours} applies to scenario files; the embedded year has {HOURS_PER_YEAR} hours: "
@@ -145,10 +160,10 @@ def _check_scenario_config(sc: DictConfig) -> None:
     if sc.forecast_hours > MAX_FORECAST_HOURS:  # a negative one is the env's to refuse
         raise InputError(f"scenario.forecast_hours must be <= {MAX_FORECAST_HOURS}, got {sc.forecast_hours}")
     check_scenario_values(sc)
-    for key in ("hourly_path", "sessions_path"):
-        path = sc[key]
-        if path is not None and Path(path).suffix.lower() == ".csv" and Path(path).is_file():
-            _check_header(Path(path))
+    for key in (key for pair in SCENARIO_FILES for key in pair):
+        path = sc.get(key)
+        if path is not None and Path(path).suffix.lower() == ".csv" and Path(path).exists():  # else: not found
+            _check_header(f"scenario.{key}", Path(path))
     _check_held_out(sc)
 
 
@@ -193,27 +208,14 @@ def _check_held_out(sc: DictConfig) -> None:
         )
 
 
-def _check_header(path: Path) -> None:
-    """pandas renames a repeated column to ``name.1``: the second one would be silently ignored."""
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        header = next(csv.reader(f), [])
+def _check_header(key: str, path: Path) -> None:
+    """pandas renames a repeated column to ``name.1``: the second one would be silently ignored. Read as
+    pandas reads it: a BOM (Excel's "CSV UTF-8") is not part of the first name, nor are spaces around a name."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            header = next(csv.reader(f), [])
+    except OSError as exc:  # unreadable, a folder: the user's to fix, not a traceback
+        raise ScenarioError(f"{key} {path}: cannot be read ({exc.strerror or exc})") from None
     repeated = sorted(name for name, n in Counter(h.strip() for h in header).items() if n > 1)
     if repeated:
-        raise ScenarioError(f"{path}: column {repeated[0]!r} appears more than once in the header")
-
-
-def check_scenario(scenario: Scenario) -> None:
-    """Values a file may hold that are finite but overflow the env's and the LP's sums."""
-    for name, values, limit in (
-        ("pv_kw_per_kwp", scenario.pv_kw_per_kwp, 1.0e3),
-        ("load_kw", scenario.load_kw, MAX_POWER_KW),
-        ("co2_kg_per_kwh", scenario.co2_kg_per_kwh, MAX_CO2),
-        ("price_per_kwh", scenario.price_per_kwh, MAX_PRICE),
-        ("sessions energy_kwh", scenario.sessions.energy_kwh, MAX_POWER_KW),
-        ("sessions max_power_kw", scenario.sessions.max_power_kw, MAX_POWER_KW),
-    ):
-        if values.size and float(np.max(values)) > limit:
-            row = int(np.argmax(values))
-            raise ScenarioError(
-                f"scenario {name} row {row}: {float(values[row]):g} is above {limit:g} (a unit mistake?)"
-            )
+        raise ScenarioError(f"{key} {path}: column {repeated[0]!r} appears more than once in the header")

@@ -20,7 +20,6 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
-from tqdm.rich import tqdm
 
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.agents.population import Population
@@ -30,8 +29,15 @@ from bess_rl.experiment.config import POPULATION_LISTS, validate
 from bess_rl.experiment.fingerprint import fingerprint
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
-from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
-from bess_rl.experiment.train import final_metrics, objective_value, reset_peak_memory, write_provenance
+from bess_rl.experiment.run_dir import RunDir, WriteError, atomic_path, atomic_write_text, write_json, writing
+from bess_rl.experiment.train import (
+    failed_write,
+    final_metrics,
+    objective_value,
+    progress_bar,
+    reset_peak_memory,
+    write_provenance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +101,7 @@ def build_population(cfg: DictConfig, members: list[DictConfig], env_fn: Any, ru
 
 
 def learn(
-    pop: Population, steps: int, progress_bar: bool, stop: checkpoint.StopRequest, on_step: Callable[[], None]
+    pop: Population, steps: int, show_progress: bool, stop: checkpoint.StopRequest, on_step: Callable[[], None]
 ) -> tuple[float, dict[str, Any]]:
     """Train every member ``steps`` more env steps (with a progress bar of them, as a single run's) until
     ``stop`` is requested; ``on_step`` after each step (the periodic checkpoint). Returns seconds and the
@@ -105,7 +111,7 @@ def learn(
     monitor = ResourceMonitor()
     monitor.init_callback(lead)
     monitor.on_training_start({}, {})
-    bar = tqdm(total=steps) if progress_bar else None
+    bar = progress_bar(steps, f"population of {pop.size}") if show_progress else None
 
     def stepped() -> None:
         if bar is not None:
@@ -132,7 +138,10 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> list[dict[str, 
     validate(cfg)
     rd = RunDir(run_dir)
     with rd.lock():
-        return _run(cfg, rd, resume)
+        try:
+            return _run(cfg, rd, resume)
+        except WriteError as exc:
+            raise failed_write(exc, rd) from None
 
 
 def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> list[dict[str, Any]]:
@@ -148,11 +157,14 @@ def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> list[dict[str, Any]]:
     members = member_configs(cfg)
     folders = [RunDir(run_dir / f"member_{i}") for i in range(len(members))]
     if not resume:
-        atomic_write_text(rd.population_config, OmegaConf.to_yaml(cfg, resolve=True))  # what a resume= reads
+        with writing(rd.population_config):  # what a resume= reads
+            atomic_write_text(rd.population_config, OmegaConf.to_yaml(cfg, resolve=True))
         for member, member_rd in zip(members, folders, strict=True):
-            member_rd.path.mkdir(parents=True, exist_ok=True)
+            with writing(member_rd.path):
+                member_rd.path.mkdir(parents=True, exist_ok=True)
             write_provenance(member, member_rd.path, scenario, runtime)
-            member_rd.update_run_info(population={"size": len(members), "run_dir": str(run_dir)})
+            with writing(member_rd.run_info):
+                member_rd.update_run_info(population={"size": len(members), "run_dir": str(run_dir)})
 
     def env_fn() -> Monitor:
         """A member's training env, in SB3's Monitor as a single run's (its episode statistics are checkpointed)."""
@@ -164,7 +176,8 @@ def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> list[dict[str, Any]]:
         switches = runtime.switches(capabilities(algo))
         checkpoint.load_population(rd.checkpoint, pop, runtime.device, *prints, **switches)
         for member_rd in folders:
-            member_rd.update_run_info(resumed={"from_step": pop.num_timesteps, "time": time.strftime("%c")})
+            with writing(member_rd.run_info):
+                member_rd.update_run_info(resumed={"from_step": pop.num_timesteps, "time": time.strftime("%c")})
     refs = build_references(cfg, eval_env)
     remaining = cfg.agent.total_timesteps - pop.num_timesteps
     resuming = f", resuming at step {pop.num_timesteps}" if resume else ""
@@ -196,9 +209,11 @@ def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> list[dict[str, Any]]:
         # Shared by all members: the seconds, memory and resources are the whole population's.
         aggregate = metrics["timesteps_per_hour"] * pop.size
         metrics["population"] = {"size": pop.size, "member": i, "aggregate_timesteps_per_hour": aggregate}
-        write_json(member_rd.metrics, metrics)
+        with writing(member_rd.metrics):
+            write_json(member_rd.metrics, metrics)
         if member.plot:
-            dispatch_week(result.trace, member_rd.dispatch_plot, f"{member.agent.name} member {i} dispatch")
+            with writing(member_rd.dispatch_plot), atomic_path(member_rd.dispatch_plot) as tmp:
+                dispatch_week(result.trace, tmp, f"{member.agent.name} member {i} dispatch")
         results.append(metrics)
     checkpoint.discard(rd.checkpoint)  # every member's results are on disk
     return results

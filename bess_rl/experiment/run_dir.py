@@ -12,7 +12,9 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import sys
 import tempfile
@@ -54,6 +56,44 @@ class RunDirError(ValueError):
     """A run folder file that is missing or cannot be read."""
 
 
+class WriteError(RunDirError):
+    """A file of the run folder that could not be written (a full disk, a quota, a folder removed meanwhile).
+
+    The files written before are as they were (each write is atomic); the run adds what a resume can go on
+    from (``bess_rl.experiment.train.failed_write``).
+    """
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}")
+        self.path, self.errno = path, exc.errno
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OSError of the block, which writes ``path``, into a ``WriteError`` naming it: one line for the user
+    instead of a traceback from deep in SB3, TensorBoard or zipfile."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriteError(path, exc) from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path``, with its suffix, for a writer that takes a path and picks the format by it
+    (SB3's ``save``, matplotlib's ``savefig``): renamed over ``path`` once written and flushed, removed if the
+    block fails, so a kill or a full disk leaves the old file (or none), never half of one, and no temporary."""
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(8)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a flushed temporary file and a rename (no half-written file).
 
@@ -84,6 +124,19 @@ def atomic_write_text(path: Path, text: str) -> Path:
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     """JSON with sorted keys (stable diffs), written atomically."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def resume_command(path: Path | str) -> str:
+    """``python -m bess_rl resume=<path>`` as a shell takes it and Hydra's override grammar parses it: a path with
+    a character that grammar does not take unquoted (a space, ``~``, ``,``, ``(``, a non-ASCII letter) is quoted
+    for Hydra, and the whole override for the shell (``"resume='<path>'"``, the form a user would type)."""
+    text = str(path)
+    if re.fullmatch(r"[A-Za-z0-9_./-]+", text):
+        return f"python -m bess_rl resume={text}"
+    if not set(text) & set("'\"$`\\!"):
+        return f"python -m bess_rl \"resume='{text}'\""
+    quoted = f'"{text}"' if '"' not in text else "'{}'".format(text.replace("'", "\\'"))
+    return f"python -m bess_rl {shlex.quote(f'resume={quoted}')}"
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -167,14 +220,13 @@ class RunDir:
     def hydra_config(self) -> Path:
         return self.path / HYDRA / "config.yaml"
 
-    def save_model(self, model: BaseAlgorithm) -> Path:
-        """model.zip via a temporary zip and a rename: a kill mid-save leaves the old file or none, never half."""
-        tmp = self.path / f".{MODEL}.tmp.zip"
-        model.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.model)
-        return self.model
+    def save_model(self, model: BaseAlgorithm, path: Path | None = None) -> Path:
+        """``model`` as model.zip, or ``path`` (best_model.zip), through ``atomic_path``: SB3 writes its zip in
+        place, and a full disk left half of one. A failed write is a ``WriteError``."""
+        target = path or self.model
+        with writing(target), atomic_path(target) as tmp:
+            model.save(tmp)
+        return target
 
     def holds_config(self) -> bool:
         """Whether this is a run's or a population's folder (what ``load_config`` reads is there)."""

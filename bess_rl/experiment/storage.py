@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,16 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
+from bess_rl.experiment.config import one_line
+
 log = logging.getLogger(__name__)
 
 # Trial system attribute naming the sweep folder whose process asked the trial (its jobs are under it).
 SWEEP_ATTR = "bess_rl:sweep_dir"
 # Two processes creating a fresh database's tables at once: the loser's insert fails; opening again works.
 SCHEMA_RACE_TRIES = 5
+# Every HeartbeatStorage of this process (the sweeper's), for ``fail_unfinished_trials`` as a sweep stops.
+OPEN: weakref.WeakSet[HeartbeatStorage] = weakref.WeakSet()
 
 
 class StorageError(Exception):
@@ -48,7 +53,7 @@ def shown(url: str) -> str:
     """The URL as logs may show it: password masked."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
         return url
 
 
@@ -72,6 +77,7 @@ class HeartbeatStorage(RDBStorage):
         self.new_study = new_study
         self._mine: set[int] = set()
         self._lock = threading.Lock()
+        OPEN.add(self)
         self._beating = False
         self._idle = threading.Event()  # set when every trial it beats for has finished: the beat ends
 
@@ -148,6 +154,19 @@ class HeartbeatStorage(RDBStorage):
                 if not self._mine:
                     self._idle.set()
 
+    def fail_unfinished(self) -> list[int]:
+        """Mark FAIL the trials this process asked that are still RUNNING, the numbers of those it marked: a sweep
+        ended by Ctrl-C (or SIGTERM) between or before its jobs, or with the rest of a batch (``n_jobs`` > 1)
+        unlaunched, would otherwise leave them RUNNING until a later sweep's grace period."""
+        with self._lock:
+            ids = sorted(self._mine)
+        failed = []
+        for trial_id in ids:
+            if self.get_trial(trial_id).state == TrialState.RUNNING:
+                self.set_trial_state(trial_id, TrialState.FAIL)
+                failed.append(self.get_trial_number_from_id(trial_id))
+        return failed
+
     def _beat(self) -> None:
         """Dies with the process (daemon): a killed sweep stops beating, which is what marks its trials stale.
         Ends as soon as every trial it beats for has finished (the next trial starts another)."""
@@ -170,15 +189,35 @@ class HeartbeatStorage(RDBStorage):
                     log.warning("heartbeat of trial id %d: %s", trial_id, _one_line(exc))
 
 
+def fail_unfinished_trials() -> None:
+    """``fail_unfinished`` of every storage this process opened, each said in a line; a database that cannot be
+    reached is only said (its trials go stale, and a later sweep fails them)."""
+    for storage in list(OPEN):
+        try:
+            failed = storage.fail_unfinished()
+        except Exception as exc:
+            log.warning("trials this sweep asked may stay RUNNING: %s", _one_line(exc))
+            continue
+        if failed:
+            log.warning("trial(s) %s were asked but not finished when the sweep stopped: marked FAIL", failed)
+
+
 def open_storage(url: str, **kwargs: Any) -> RDBStorage:
     """``HeartbeatStorage(url, **kwargs)``, or a StorageError naming what is wrong with the URL or server."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
+        reason = f" ({one_line(exc)})" if isinstance(exc, ValueError) else ""
         raise StorageError(
-            f"hydra.sweeper.storage {url!r} is not a database URL (e.g. sqlite:///outputs/optuna.db)"
+            f"hydra.sweeper.storage {url!r} is not a database URL{reason} (e.g. sqlite:///outputs/optuna.db)"
         ) from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise StorageError(
+                f"hydra.sweeper.storage {url!r} is an in-memory SQLite database, which each connection sees empty "
+                "(the guard's and the sweeper's): give a file, e.g. sqlite:///outputs/optuna.db, or "
+                "hydra.sweeper.storage=null for a study that lives as long as the sweep"
+            )
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
     where = f"storage {shown(url)}"
     attempt = 0

@@ -36,12 +36,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import InterpolationResolutionError
 
-from bess_rl.experiment.config import ConfigError
-from bess_rl.experiment.run_dir import RunDir, RunDirError, launch_sweep, read_json
+from bess_rl.experiment.config import ConfigError, objective_names, one_line
+from bess_rl.experiment.run_dir import HYDRA, RunDir, RunDirError, launch_sweep, read_json
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from optuna.distributions import BaseDistribution
     from optuna.storages import RDBStorage
     from optuna.trial import FrozenTrial
 
@@ -69,11 +70,6 @@ def _directions(direction: Any) -> list[str]:
     return [str(getattr(d, "name", d)) for d in directions]
 
 
-def _names(objective: Any) -> list[str]:
-    """``objective`` (one name or a list, conf/train.yaml) as a list of names."""
-    return [objective] if isinstance(objective, str) else [str(name) for name in objective]
-
-
 def _shown(names: Sequence[str]) -> str:
     """Names as the ``objective=`` override that gives them."""
     return names[0] if len(names) == 1 else f"[{','.join(names)}]"
@@ -85,9 +81,92 @@ def check_n_trials(n_trials: int) -> None:
         raise ConfigError(f"hydra.sweeper.n_trials={n_trials} runs no trial: give 1 or more")
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sweeper(sweeper: DictConfig, heartbeat: dict[str, Any]) -> None:
+    """The sweeper's and the guard's own settings, checked before any study is made: the sweeper asserts on
+    ``max_failure_rate`` and divides by ``n_jobs`` only after making it, and a study without a name, in a
+    storage, is made twice under random names (the guard's and the sweeper's) and cannot be resumed."""
+    check_n_trials(sweeper.n_trials)
+    if not _whole(sweeper.n_jobs) or sweeper.n_jobs < 1:
+        raise ConfigError(
+            f"hydra.sweeper.n_jobs must be a whole number >= 1 (trials asked per batch), got {sweeper.n_jobs!r}"
+        )
+    rate = sweeper.max_failure_rate
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        raise ConfigError(f"hydra.sweeper.max_failure_rate must be a number in [0, 1], got {rate!r}")
+    if sweeper.storage is not None and not (isinstance(sweeper.study_name, str) and sweeper.study_name.strip()):
+        raise ConfigError("hydra.sweeper.study_name must name the study its storage keeps (e.g. ppo), got "
+                          f"{sweeper.study_name!r}")  # fmt: skip
+    interval, grace = heartbeat["heartbeat_interval"], heartbeat["grace_period"]
+    if not _whole(interval) or interval < 1:
+        raise ConfigError(
+            f"hydra.callbacks.optuna_study.heartbeat_interval must be whole seconds >= 1, got {interval!r}"
+        )
+    if grace is not None and (not _whole(grace) or grace < 1):
+        raise ConfigError(
+            f"hydra.callbacks.optuna_study.grace_period must be whole seconds >= 1 (or null), got {grace!r}"
+        )
+
+
+def search_space(sweeper: DictConfig, task_overrides: Sequence[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
+    """The distributions and fixed overrides of each trial, built as the sweeper builds them (from
+    ``hydra.sweeper.params`` and the command line's sweep overrides), a bad one said in a line naming it: the
+    sweeper raises Optuna's ValueError (``interval(1.0,0.9)``, ``log`` from 0) after making the study."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+    from optuna.distributions import BaseDistribution
+
+    lines = [f"{key}={value}" for key, value in (OmegaConf.select(sweeper, "params") or {}).items()] + list(
+        task_overrides
+    )
+    parser = OverridesParser.create()
+    distributions: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for line in lines:
+        try:
+            override = parser.parse_override(line)
+            value = create_optuna_distribution_from_override(override)
+        except (HydraException, ValueError, AssertionError, NotImplementedError) as exc:
+            raise ConfigError(f"the search space's {line}: {one_line(exc)}") from None
+        key = override.get_key_element()
+        if isinstance(value, BaseDistribution):
+            distributions[key] = value
+        else:
+            fixed[key] = value
+    return {k: d for k, d in distributions.items() if k not in fixed}, [f"{k}={v}" for k, v in fixed.items()]
+
+
+def check_trials_compose(config: DictConfig, distributions: dict[str, BaseDistribution], fixed: list[str]) -> None:
+    """Compose trials of the search space as the launcher will, every choice and each range's ends among them,
+    so that a mistyped key (``agent.hparams.learnin_rate``) or a choice of the wrong type is one line before
+    the study is made, not a trial left RUNNING by the first launch."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+    from optuna.distributions import CategoricalDistribution
+
+    values = {k: list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]  # type: ignore[attr-defined]
+              for k, d in distributions.items()}  # fmt: skip
+    if not values:
+        return
+    loader = GlobalHydra.instance().config_loader()
+    for i in range(max(len(v) for v in values.values())):
+        trial = [f"{k}={v[i % len(v)]}" for k, v in values.items()]
+        try:
+            loader.load_sweep_config(config, [*trial, *fixed])
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise ConfigError(
+                f"the search space cannot be composed: {one_line(exc)} (trial: {' '.join(trial)})"
+            ) from None
+
+
 def check_directions(objective: Any, direction: Any) -> None:
-    """Refuse a sweep whose directions cannot match the task's return before any trial trains."""
-    names = _names(objective)
+    """Refuse a sweep whose objective or directions cannot match the task's return before any trial trains."""
+    names = objective_names(objective)
     directions = _directions(direction)
     if len(names) != len(directions):
         raise ConfigError(
@@ -97,6 +176,26 @@ def check_directions(objective: Any, direction: Any) -> None:
         want = "minimize" if name in MINIMISED else "maximize"
         if direction != want:
             raise ConfigError(f"objective {name} should be {want}d, but hydra.sweeper.direction says {direction}")
+
+
+def check_same_space(trials: Sequence[FrozenTrial], space: dict[str, BaseDistribution], study: str, where: str) -> None:
+    """Refuse a resumed study whose trials drew a parameter from a distribution this sweep's cannot follow (other
+    choices, or another kind): Optuna raises it at the first ``ask``, leaving that trial RUNNING."""
+    from optuna.distributions import check_distribution_compatibility, distribution_to_json
+
+    seen: set[tuple[str, str]] = set()
+    for trial in reversed(trials):
+        for name, old in trial.distributions.items():
+            if name not in space or (name, distribution_to_json(old)) in seen:
+                continue
+            seen.add((name, distribution_to_json(old)))
+            try:
+                check_distribution_compatibility(old, space[name])
+            except ValueError:
+                raise ConfigError(
+                    f"study {study!r} in {where} drew {name} from {old} (trial {trial.number}), this sweep from "
+                    f"{space[name]}: set another hydra.sweeper.study_name, or keep the study's search space"
+                ) from None
 
 
 def non_finite(value: Any) -> bool:
@@ -244,18 +343,25 @@ class OptunaStudyGuard(Callback):
         self.new_study: str | None = None  # the study _check_study created (the sweeper's storage is told)
         self.heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
 
-    def _open_study(self, url: str, sweeper: DictConfig, objective: Any) -> int:
+    def _open_study(self, url: str, sweeper: DictConfig, objective: Any, space: dict[str, BaseDistribution]) -> int:
         """Check the server and the study (or create it, with its objective) before any trial trains; fail stale
         trials; return the trial count."""
         from bess_rl.experiment.storage import open_storage  # optuna: only sweeps need it, not every run importing this
 
         storage = open_storage(url, **self.heartbeat)
         try:
-            return self._check_study(storage, url, sweeper, _names(objective))
+            return self._check_study(storage, url, sweeper, objective_names(objective), space)
         finally:
             storage.engine.dispose()  # the sweeper opens its own; no idle connection for the whole sweep
 
-    def _check_study(self, storage: RDBStorage, url: str, sweeper: DictConfig, objective: list[str]) -> int:
+    def _check_study(
+        self,
+        storage: RDBStorage,
+        url: str,
+        sweeper: DictConfig,
+        objective: list[str],
+        space: dict[str, BaseDistribution],
+    ) -> int:
         import optuna
 
         from bess_rl.experiment.storage import StorageError, shown
@@ -283,6 +389,7 @@ class OptunaStudyGuard(Callback):
                 f"study {sweeper.study_name!r} in {shown(url)} optimised objective={_shown(recorded)}, this sweep "
                 f"objective={_shown(objective)}: set another hydra.sweeper.study_name"
             )
+        check_same_space(storage.get_all_trials(study_id, deepcopy=False), space, sweeper.study_name, shown(url))
         stale = [storage.get_trial_number_from_id(i) for i in storage.fail_stale_trials(study_id)]
         if stale:
             log.warning(
@@ -319,10 +426,21 @@ class OptunaStudyGuard(Callback):
         return objective
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._start(config)
+        except SystemExit:
+            raise
+        except Exception as exc:  # Hydra makes it a warning and the sweep would run unguarded
+            _abort(f"the Optuna study guard could not check this sweep, so none of it ran ({type(exc).__name__}: "
+                   f"{one_line(exc)})", 1)  # fmt: skip
+
+    def _start(self, config: DictConfig) -> None:
         sweeper = config.hydra.sweeper
         try:
-            check_n_trials(sweeper.n_trials)
+            check_sweeper(sweeper, self.heartbeat)
             check_directions(config.objective, sweeper.direction)
+            space, fixed = search_space(sweeper, config.hydra.overrides.task)
+            check_trials_compose(config, space, fixed)
         except ConfigError as exc:
             _abort(str(exc), 2)
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
@@ -338,8 +456,8 @@ class OptunaStudyGuard(Callback):
 
         url = storage_url(sweeper.storage)
         try:
-            self.first_trial = self._open_study(url, sweeper, config.objective)
-        except StorageError as exc:
+            self.first_trial = self._open_study(url, sweeper, config.objective, space)
+        except (StorageError, ConfigError) as exc:
             _abort(str(exc), 2)
         except OSError as exc:  # SQLite's folder: a file in the way
             _abort(f"cannot open storage {shown(url)}: {exc}", 2)
@@ -369,6 +487,15 @@ class OptunaStudyGuard(Callback):
             record_trial(config, job_return)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._end(config)
+        except SystemExit:
+            raise
+        except Exception as exc:  # Hydra makes it a warning: a sweep whose every trial failed would exit 0
+            _abort(f"the Optuna study guard could not read this sweep's trials ({type(exc).__name__}: "
+                   f"{one_line(exc)})", 1)  # fmt: skip
+
+    def _end(self, config: DictConfig) -> None:
         import optuna
         from optuna.trial import TrialState
 
@@ -389,3 +516,36 @@ class OptunaStudyGuard(Callback):
                 f"{shown(storage_url(sweeper.storage))})",
                 1,
             )
+        results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
+        if results.is_file():
+            best = study.best_trials if len(study.directions) > 1 else [study.best_trial]
+            locate_best(results, best, sweep_dir)
+
+
+def locate_best(results: Path, best: Sequence[FrozenTrial], sweep_dir: str) -> None:
+    """Add to the sweeper's ``optimization_results.yaml`` which trial each best one is, its run folder and the
+    command that reruns it. Why: the sweeper writes only the parameters of the whole study's best, which in a
+    resumed study may be an earlier sweep's trial (from a range this sweep no longer searches), and a rerun needs
+    the trial's fixed overrides too."""
+    import shlex
+
+    from bess_rl.experiment.storage import SWEEP_ATTR
+
+    data = OmegaConf.load(results)
+    located = []
+    for trial in best:
+        run = trial.user_attrs.get("run_dir")
+        entry: dict[str, Any] = {"trial": trial.number, "run_dir": run,
+                                 "this_sweep": trial.system_attrs.get(SWEEP_ATTR) == sweep_dir}  # fmt: skip
+        overrides = Path(run) / HYDRA / "overrides.yaml" if run else None
+        if overrides is not None and overrides.is_file():
+            entry["rerun"] = "python -m bess_rl " + " ".join(shlex.quote(o) for o in OmegaConf.load(overrides))
+        located.append(entry)
+        log.info("best trial %d: %s%s", trial.number, run or "no run folder recorded",
+                 "" if entry["this_sweep"] else " (an earlier sweep's trial of the study)")  # fmt: skip
+    if "solutions" in data:
+        for solution, entry in zip(data.solutions, located, strict=True):
+            solution.update(entry)
+    else:
+        data.best_trial = located[0]
+    OmegaConf.save(data, results)

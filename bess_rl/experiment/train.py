@@ -7,10 +7,14 @@ measured the same way; ``objective_value`` picks the metric(s) a sweep optimises
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import math
 import resource
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import ProgressBarCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import KVWriter, Logger, make_output_format
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import TrainFrequencyUnit
-from tqdm.rich import tqdm
+from tqdm import tqdm
+from tqdm.rich import tqdm_rich
 
 from bess_rl.agents.capabilities import capabilities
 from bess_rl.baselines.episode import EpisodeResult
@@ -49,16 +54,28 @@ from bess_rl.experiment.evaluation import (
     held_out_eval,
 )
 from bess_rl.experiment.fingerprint import fingerprint
-from bess_rl.experiment.input_checks import check_scenario, untrained_warning
+from bess_rl.experiment.input_checks import own_data_warning, untrained_warning
 from bess_rl.experiment.monitor import ResourceMonitor
 from bess_rl.experiment.plots import dispatch_week
 from bess_rl.experiment.provenance import git_commit, package_versions
-from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
+from bess_rl.experiment.run_dir import (
+    RunDir,
+    RunDirError,
+    WriteError,
+    atomic_path,
+    atomic_write_text,
+    resume_command,
+    write_json,
+    writing,
+)
 from bess_rl.site.env import ENV_ID, PvBessEvEnv
 from bess_rl.site.params import SiteParams
 from bess_rl.site.scenario import Scenario
 
 log = logging.getLogger(__name__)
+
+# A progress line when both have passed since the last: 10 % of the steps and this many seconds.
+PROGRESS_LOG_S = 10.0
 
 
 def reset_peak_memory(device: str) -> None:
@@ -104,14 +121,53 @@ def resume_config(run_dir: Path, requested: DictConfig, overrides: list[str]) ->
     return saved
 
 
+class RunFolderFormat(KVWriter):
+    """An SB3 log format (progress.csv, TensorBoard's events) whose failed write is a ``WriteError`` naming ``path``."""
+
+    def __init__(self, inner: KVWriter, path: Path) -> None:
+        self.inner, self.path = inner, path
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        with writing(self.path):
+            self.inner.write(key_values, key_excluded, step)
+
+    def close(self) -> None:
+        with writing(self.path):
+            self.inner.close()
+
+
 def attach_logger(model: BaseAlgorithm, run_dir: Path, resume: bool) -> None:
     """progress.csv + TensorBoard in the run folder; a resume appends to the earlier rows."""
     csv, earlier = RunDir(run_dir).progress, RunDir(run_dir).earlier_progress
     if resume and csv.is_file() and csv.stat().st_size:
         if earlier.is_file():  # an earlier resume was interrupted too: keep both sets of rows
             merge_progress(run_dir)
-        shutil.move(csv, earlier)
-    model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
+        with writing(earlier):
+            shutil.move(csv, earlier)
+    with writing(csv):
+        table = make_output_format("csv", str(run_dir))
+    named = run_dir / "events.out.tfevents.*"  # TensorBoard names its file itself
+    with writing(named):
+        events = make_output_format("tensorboard", str(run_dir))
+    model.set_logger(Logger(str(run_dir), [RunFolderFormat(table, csv), RunFolderFormat(events, named)]))
+
+
+@contextlib.contextmanager
+def writer_thread_errors_raised_later() -> Iterator[None]:
+    """While a run trains, TensorBoard's writer thread failing to write (a full disk) prints no traceback of its
+    own: the thread keeps the error, and the next write of the training thread raises it, as a ``WriteError``
+    (``RunFolderFormat``). Any other thread's exception is printed as before."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (issubclass(args.exc_type, OSError) and type(args.thread).__module__.startswith("tensorboard.")):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def merge_progress(run_dir: Path) -> None:
@@ -119,7 +175,8 @@ def merge_progress(run_dir: Path) -> None:
     csv, earlier = RunDir(run_dir).progress, RunDir(run_dir).earlier_progress
     if earlier.is_file():
         frames = [pd.read_csv(p) for p in (earlier, csv) if p.is_file() and p.stat().st_size]
-        atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False))
+        with writing(csv):
+            atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False))
         earlier.unlink()
 
 
@@ -135,15 +192,71 @@ def steps_to_run(model: BaseAlgorithm, remaining: int) -> int:
     return -(-remaining // block) * block
 
 
-class Progress(ProgressBarCallback):
-    """SB3's progress bar with the steps that will run as its total (SB3's shows 32,768/26,280 for PPO)."""
+class ProgressLog(tqdm):
+    """tqdm's count, rate and time left as a log line on stderr (and in the run's log), where no terminal shows a
+    bar (nohup, sbatch: rich would print one bar at the end). A line when both 10 % of the steps and
+    ``PROGRESS_LOG_S`` seconds have passed since the last: at most ~10 lines a run of any length, a short run's
+    not one a second; and the last."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, desc: str) -> None:
+        # gui: tqdm draws nothing itself, ``display`` is the front end; maxinterval: its monitor thread must not
+        # force a line sooner.
+        super().__init__(
+            total=total,
+            desc=desc,
+            gui=True,
+            miniters=max(total // 10, 1),
+            mininterval=PROGRESS_LOG_S,
+            maxinterval=math.inf,
+        )
+        self._logged = 0
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if self.n == self._logged:  # SB3 refreshes, then closes: one last line, not two
+            return False
+        self._logged = self.n
+        elapsed, recent = self.format_dict["elapsed"], self.format_dict["rate"]  # recent: tqdm's moving average
+        average = self.n / elapsed if elapsed else 0.0
+        done = f"{self.desc}: {self.n:,}/{self.total:,} steps ({100 * self.n / self.total:.0f} %)"
+        if self.n >= self.total:
+            log.info("%s in %s, %s steps/s", done, self.format_interval(elapsed), f"{average:,.0f}")
+            return True
+        rate = recent or average
+        left = self.format_interval((self.total - self.n) / rate) if rate else "?"
+        log.info("%s, %s steps/s, %s left", done, f"{rate:,.0f}", left)
+        return True
+
+    def close(self) -> None:
+        if self.n >= self.total:  # a run stopped by an error ends at its error line, not at a progress line
+            self.display()
+        super().close()
+
+
+def progress_bar(total: int, desc: str) -> tqdm:
+    """SB3's rich bar, on stderr, where rich would animate it (a terminal, Jupyter), else ``ProgressLog``'s lines
+    named ``desc``: stdout holds only the results, and tqdm.rich's default console is stdout's."""
+    console = Console(stderr=True)
+    if console.is_interactive or console.is_jupyter:
+        return tqdm_rich(total=total, options={"console": console})
+    return ProgressLog(total, desc)
+
+
+class Progress(ProgressBarCallback):
+    """SB3's progress bar (``progress_bar``) with the steps that will run as its total (SB3's shows 32,768/26,280
+    for PPO)."""
+
+    def __init__(self, total: int, desc: str) -> None:
         super().__init__()
-        self.total = total
+        self.total, self.desc = total, desc
+        self.pbar: tqdm | None = None
 
     def _on_training_start(self) -> None:
-        self.pbar = tqdm(total=self.total)
+        self.pbar = progress_bar(self.total, self.desc)
+
+    def close(self) -> None:
+        """End the bar when ``learn`` raised, too: rich's live display otherwise keeps redrawing over the error."""
+        if self.pbar is not None:
+            self.pbar.close()
 
 
 def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) -> tuple[float, dict[str, Any]]:
@@ -173,7 +286,8 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
     eta.announce(cfg, model, steps, env, env.episode_hours, resume)
     every = cfg.get("log_every_steps")
     callbacks = [guard, monitor, *held_out_eval(cfg, run_dir), *([LogEverySteps(every)] if every else [])]
-    callbacks += [Progress(steps)] if cfg.progress_bar else []
+    progress = Progress(steps, cfg.agent.name) if cfg.progress_bar else None
+    callbacks += [progress] if progress else []
     t0 = time.perf_counter()
     try:
         model.learn(
@@ -182,6 +296,8 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
             log_interval=None if every else cfg.agent.log_interval,
             reset_num_timesteps=not resume,
         )
+    except RunDirError:  # a ValueError too, whose path may hold the words below
+        raise
     except ValueError as exc:  # torch.distributions refuses NaN/inf parameters before the guard sees them
         if "distribution" in str(exc).lower() or "expected parameter" in str(exc).lower():
             raise checkpoint.NumericalError(
@@ -192,30 +308,32 @@ def learn(cfg: DictConfig, model: BaseAlgorithm, run_dir: Path, resume: bool) ->
     finally:
         monitor.stop()
         guard.restore_handlers()
+        if progress:
+            progress.close()
     return time.perf_counter() - t0, monitor.summary()
 
 
 def write_provenance(cfg: DictConfig, run_dir: Path, scenario: Scenario, runtime: hardware.Runtime) -> None:
     """resolved_config.yaml and run_info.json: what is needed to trust and rerun this run."""
     rd = RunDir(run_dir)
-    atomic_write_text(rd.config, OmegaConf.to_yaml(cfg, resolve=True))
-    write_json(
-        rd.run_info,
-        {
-            "seed": cfg.seed,
-            "agent": cfg.agent.name,
-            "preset": cfg.preset.name,
-            "scenario": scenario.name,
-            # The observation layout's version: a model saved under another one cannot be used with this env.
-            "env_id": ENV_ID,
-            "overrides": list(cfg.get("overrides") or []),
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-            "machine": hardware.describe_machine(),
-            "runtime": runtime.as_dict(),
-            "resumed": [],
-        },
-    )
+    with writing(rd.config):
+        atomic_write_text(rd.config, OmegaConf.to_yaml(cfg, resolve=True))
+    info = {
+        "seed": cfg.seed,
+        "agent": cfg.agent.name,
+        "preset": cfg.preset.name,
+        "scenario": scenario.name,
+        # The observation layout's version: a model saved under another one cannot be used with this env.
+        "env_id": ENV_ID,
+        "overrides": list(cfg.get("overrides") or []),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "machine": hardware.describe_machine(),
+        "runtime": runtime.as_dict(),
+        "resumed": [],
+    }
+    with writing(rd.run_info):
+        write_json(rd.run_info, info)
 
 
 def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
@@ -226,8 +344,22 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """
     validate(cfg)
     rd = RunDir(run_dir)
-    with rd.lock():
-        return _run(cfg, rd, resume)
+    with rd.lock(), writer_thread_errors_raised_later():
+        try:
+            return _run(cfg, rd, resume)
+        except WriteError as exc:
+            raise failed_write(exc, rd) from None
+
+
+def failed_write(exc: WriteError, rd: RunDir) -> RunDirError:
+    """``exc`` with what is kept and what to do: free space and resume from the last checkpoint, or run again."""
+    if exc.errno == errno.ENOENT and not rd.holds_config():
+        return RunDirError(f"the run folder {rd.path} disappeared while training ({exc}): run it again")
+    found = checkpoint.current(rd.checkpoint)
+    if found is None:
+        return RunDirError(f"{exc}; no checkpoint to resume from: free space and run it again")
+    step = checkpoint.read_state(found)["num_timesteps"]
+    return RunDirError(f"{exc}; the last checkpoint (step {step}) is kept: free space and {resume_command(rd.path)}")
 
 
 def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> dict[str, Any]:
@@ -235,10 +367,10 @@ def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> dict[str, Any]:
     algo = algo_class(cfg.agent.algo)
     runtime = hardware.resolve(cfg.hardware, algo, cfg.agent.device)
     reset_peak_memory(runtime.device)
-    scenario = build_scenario(cfg.scenario, "train")
-    check_scenario(scenario)
-    if untrained_warning(cfg):
-        log.warning("%s", untrained_warning(cfg))
+    scenario = build_scenario(cfg.scenario, "train")  # a file's values are checked as it loads
+    for warning in (untrained_warning(cfg), own_data_warning(cfg, list(cfg.get("overrides") or []))):
+        if warning:
+            log.warning("%s", warning)
     planner.check_scenario(scenario, cfg.agent.n_envs, cfg.hardware.memory_budget_gb, f"hardware={cfg.hardware.name}")
     site = build_site(cfg.site)
     held_out = has_eval_part(cfg.scenario)
@@ -254,7 +386,8 @@ def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> dict[str, Any]:
         switches = runtime.switches(capabilities(algo))
         template = new_model(cfg, scenario, site, runtime)
         model = checkpoint.load(rd.checkpoint, cfg.agent.name, template, runtime.device, fingerprint(cfg), **switches)
-        rd.update_run_info(resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
+        with writing(rd.run_info):
+            rd.update_run_info(resumed={"from_step": model.num_timesteps, "time": time.strftime("%c")})
     else:
         write_provenance(cfg, run_dir, scenario, runtime)
         model = new_model(cfg, scenario, site, runtime)
@@ -277,12 +410,14 @@ def _run(cfg: DictConfig, rd: RunDir, resume: bool) -> dict[str, Any]:
         metrics["best_model"] = {"path": rd.best_model.name, **best}
     for flag in metrics["flags"]:
         log.warning("%s (%s): degenerate policy: %s", cfg.agent.name, cfg.preset.name, flag)
-    write_json(rd.metrics, metrics)
-    checkpoint.discard(rd.checkpoint)  # the results are on disk: the "trained" checkpoint is no longer needed
+    with writing(rd.metrics):
+        write_json(rd.metrics, metrics)
     if cfg.plot:
         title = f"{cfg.agent.name} ({cfg.preset.name}) dispatch, {'held-out' if held_out else 'training'} data"
         others = comparison_traces(eval_env, refs)
-        dispatch_week(result.trace, rd.dispatch_plot, title, timestamps=eval_env.scenario.timestamps, others=others)
+        with writing(rd.dispatch_plot), atomic_path(rd.dispatch_plot) as tmp:
+            dispatch_week(result.trace, tmp, title, timestamps=eval_env.scenario.timestamps, others=others)
+    checkpoint.discard(rd.checkpoint)  # the results are on disk: the "trained" checkpoint is no longer needed
     return metrics
 
 
@@ -341,9 +476,12 @@ def retry_after_oom(
     old = int(cfg.agent.hparams.batch_size)
     cfg.agent.hparams.batch_size = old // 2
     record = {"error": str(exc).splitlines()[0][:300], "batch_size_from": old, "batch_size_to": old // 2}
-    write_json(rd.oom_retry, record)
-    rd.update_run_info(oom_retry=record)
-    atomic_write_text(rd.config, OmegaConf.to_yaml(cfg, resolve=True))
+    with writing(rd.oom_retry):
+        write_json(rd.oom_retry, record)
+    with writing(rd.run_info):
+        rd.update_run_info(oom_retry=record)
+    with writing(rd.config):
+        atomic_write_text(rd.config, OmegaConf.to_yaml(cfg, resolve=True))
     log.warning("out of memory: restarting once with agent.hparams.batch_size=%d (was %d)", old // 2, old)
     if runtime.device == "cuda":
         torch.cuda.empty_cache()

@@ -3,14 +3,17 @@
 A scenario is the exogenous input of the site for one year. It is kept apart from the physical
 site sizes (``bess_rl.site``) so the same year can be replayed with other PV, battery or charger sizes.
 
-File schema (CSV or Parquet), documented in the README:
+File schema (CSV: comma-separated, UTF-8 with or without BOM, ``.`` decimal point; or Parquet), documented in
+the README; a bad cell is named by its line in a CSV file (the header is line 1), by its row in a Parquet file
+(the first is row 1):
 
 hourly table, exactly ``hours`` rows (8,760 for a year), one row per hour in time order:
     pv_kw_per_kwp   float >= 0   PV AC output per kWp installed (kW/kWp)
     load_kw         float >= 0   site (mall) demand without EV charging (kW)
     co2_kg_per_kwh  float >= 0   grid carbon intensity (kg CO2/kWh); optional, a constant is used if absent
     price_per_kwh   float >= 0   grid import price (currency/kWh); optional, a flat tariff is used if absent
-    timestamp       date-time    start of the hour, local time; optional, only labels plots
+    timestamp       date-time    start of the hour, local time, never before the row above (with its UTC offset
+                                 where that changes, e.g. across DST); optional, only labels plots
 
 sessions table, one row per charging session (a row may stand for several identical vehicles):
     arrival_hour    int          hour index the vehicle plugs in, 0 <= arrival_hour < hours
@@ -36,6 +39,19 @@ FLAT_TARIFF_PER_KWH = 0.20  # the Iquitos tariff (USD/kWh), used where a scenari
 
 HOURLY_COLUMNS = ("pv_kw_per_kwp", "load_kw")
 SESSION_COLUMNS = ("arrival_hour", "departure_hour", "energy_kwh", "max_power_kw")
+# kW or kg/kWh above these are unit mistakes; the float sums of a year of them must not overflow.
+MAX_POWER_KW, MAX_CO2 = 1e9, 1e3
+# A price per kWh above this is a unit mistake in any currency (the Indonesian rupiah's is ~1,500).
+MAX_PRICE = 1e6
+# The largest value each column may hold (kW/kWp: 1 is a panel's peak, so 1,000 is a unit mistake).
+LIMITS = {
+    "pv_kw_per_kwp": 1.0e3,
+    "load_kw": MAX_POWER_KW,
+    "co2_kg_per_kwh": MAX_CO2,
+    "price_per_kwh": MAX_PRICE,
+    "energy_kwh": MAX_POWER_KW,
+    "max_power_kw": MAX_POWER_KW,
+}
 
 
 class ScenarioError(ValueError):
@@ -153,39 +169,66 @@ def _group_by_hour(hours: np.ndarray, sessions: np.ndarray, order_key: np.ndarra
 
 
 def _read_table(path: Path) -> pd.DataFrame:
+    """The file as a frame; a CSV's header names lose surrounding spaces, and its cells are kept as written
+    (not pandas' NaN for "n/a" or an empty cell), so a message quotes what is in the file."""
     if not path.exists():
         raise ScenarioError(f"scenario file not found: {path}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
+            return pd.read_csv(path, keep_default_na=False).rename(columns=str.strip)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
     except Exception as exc:  # pandas/pyarrow raise many types for a malformed file
-        raise ScenarioError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from exc
+        # from None: the message holds the cause already, and one_line would repeat a __cause__.
+        raise ScenarioError(f"{path}: cannot be read as {suffix[1:]}: {_first_line(exc)}") from None
     raise ScenarioError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+
+
+def _first_line(exc: BaseException) -> str:
+    """pandas' tokenizer errors end in a newline: the scenario error stays one line."""
+    return next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+
+
+def _position(where: str, row: int) -> str:
+    """Data row ``row`` (0-based) as the user finds it: its line in a CSV file (the header is line 1), else
+    its row (the first is row 1)."""
+    return f"line {row + 2}" if where.lower().endswith(".csv") else f"row {row + 1}"
 
 
 def _cell(df: pd.DataFrame, col: str, row: int) -> str:
     """A cell as the user wrote it (plain Python repr, not numpy's)."""
     value = df[col].iloc[row]
+    if isinstance(value, str) and not value.strip():
+        return "an empty cell"
     return repr(value.item() if hasattr(value, "item") else value)
 
 
-def _numeric_column(df: pd.DataFrame, col: str, where: str, minimum: float | None = 0.0) -> np.ndarray:
-    """Column as float64, naming the first bad row (0-based data row) in the error."""
+def _delimiter_hint(columns: pd.Index) -> str:
+    """Why a named column is missing when the header was not split on commas (a ';' or tab export)."""
+    for sep, name in ((";", "';'"), ("\t", "tab")):
+        if any(sep in str(c) for c in columns):
+            return f": the file is {name}-separated, use commas (and a '.' decimal point)"
+    return ""
+
+
+def _numeric_column(df: pd.DataFrame, col: str, where: str) -> np.ndarray:
+    """Column as float64 in [0, ``LIMITS[col]``], naming the first bad cell's line in the error."""
     if col not in df.columns:
-        raise ScenarioError(f"{where}: missing column {col!r} (columns found: {', '.join(map(str, df.columns))})")
+        found = ", ".join(map(str, df.columns))
+        raise ScenarioError(f"{where}: missing column {col!r} (columns found: {found}){_delimiter_hint(df.columns)}")
     values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        row = int(bad[0])
-        raise ScenarioError(f"{where}: column {col!r} row {row}: not a finite number ({_cell(df, col, row)})")
-    if minimum is not None:
-        low = np.flatnonzero(values < minimum)
-        if low.size:
-            row = int(low[0])
-            raise ScenarioError(f"{where}: column {col!r} row {row}: {values[row]} is below {minimum}")
+    limit = LIMITS.get(col, np.inf)
+    for mask, what in (
+        (~np.isfinite(values), "not a finite number ({cell})"),
+        (values < 0.0, "{value} is below 0.0"),
+        (values > limit, f"{{value:g}} is above {limit:g} (a unit mistake?)"),
+    ):
+        bad = np.flatnonzero(mask)
+        if bad.size:
+            row = int(bad[0])
+            text = what.format(cell=_cell(df, col, row), value=values[row])
+            raise ScenarioError(f"{where}: column {col!r} {_position(where, row)}: {text}")
     return values
 
 
@@ -194,7 +237,10 @@ def hourly_from_frame(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validated (pv_kw_per_kwp, load_kw, co2_kg_per_kwh, price_per_kwh) arrays from an hourly table."""
     if len(df) != hours:
-        raise ScenarioError(f"{where}: has {len(df)} rows, expected {hours} (one per hour)")
+        raise ScenarioError(
+            f"{where}: has {len(df)} rows, expected {hours} (one per hour): "
+            f"scenario.hours={len(df)} takes a file of that length"
+        )
     pv = _numeric_column(df, "pv_kw_per_kwp", where)
     load = _numeric_column(df, "load_kw", where)
     optional = {}
@@ -222,7 +268,7 @@ def sessions_from_frame(df: pd.DataFrame, where: str, hours: int) -> EvSessions:
         bad = np.flatnonzero(mask)
         if bad.size:
             row = int(bad[0])
-            raise ScenarioError(f"{where}: column {col!r} row {row}: {_cell(df, col, row)} {what}")
+            raise ScenarioError(f"{where}: column {col!r} {_position(where, row)}: {_cell(df, col, row)} {what}")
     return EvSessions(arr.astype(np.int64), dep.astype(np.int64), energy, power)
 
 
@@ -249,17 +295,33 @@ def load_scenario(
 
 
 def _timestamps(df: pd.DataFrame, where: str) -> np.ndarray | None:
-    """The optional ``timestamp`` column as local wall-clock datetime64 (plots label hours with it)."""
+    """The optional ``timestamp`` column as local wall-clock datetime64 (plots label hours with it).
+
+    Ordered as UTC instants, so a UTC offset that changes across a DST switch is read (pandas parses mixed
+    offsets only as UTC); equal times pass, as a local hour repeated at the switch without offsets does.
+    """
     if "timestamp" not in df.columns:
         return None
-    times = pd.to_datetime(df["timestamp"], errors="coerce")
-    bad = np.flatnonzero(times.isna().to_numpy())
+    column = df["timestamp"]
+    instants = pd.to_datetime(column, errors="coerce", utc=True)
+    bad = np.flatnonzero(instants.isna().to_numpy())
     if bad.size:
         row = int(bad[0])
-        raise ScenarioError(f"{where}: column 'timestamp' row {row}: not a date-time ({_cell(df, 'timestamp', row)})")
-    if times.dt.tz is not None:
-        times = times.dt.tz_localize(None)
-    return times.to_numpy(dtype="datetime64[ns]")
+        at = _position(where, row)
+        raise ScenarioError(f"{where}: column 'timestamp' {at}: not a date-time ({_cell(df, 'timestamp', row)})")
+    if not instants.is_monotonic_increasing:
+        row = int(np.flatnonzero(instants.diff().to_numpy() < np.timedelta64(0))[0])
+        raise ScenarioError(
+            f"{where}: column 'timestamp' {_position(where, row)}: {_cell(df, 'timestamp', row)} is before "
+            f"{_cell(df, 'timestamp', row - 1)} above it: the rows must be in time order, one per hour"
+        )
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        local = column.dt.tz_localize(None)
+    elif pd.api.types.is_datetime64_dtype(column.dtype):
+        local = column
+    else:  # text: each time in its own row's offset (one pd.to_datetime cannot keep several)
+        local = column.map(lambda value: pd.Timestamp(value).tz_localize(None))
+    return local.to_numpy(dtype="datetime64[ns]")
 
 
 def default_data_dir() -> Path:

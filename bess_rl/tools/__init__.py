@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from bess_rl import startup
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def forward(command: str) -> NoReturn:
@@ -23,3 +26,9 @@ def forward(command: str) -> NoReturn:
         raise SystemExit(130) from None
     code = module.main()
     raise SystemExit(code if isinstance(code, int) else 0)  # bench's main returns its report, not a code
+
+
+def cannot_write(exc: OSError, where: Path | str) -> str:
+    """The one line for a write the OS refused (a read-only or immutable folder, a full disk, a file in the way):
+    ``where``, the output the user knows (the refused path may be a temporary name inside it), and the reason."""
+    return f"cannot write {where} ({exc.strerror or exc})"

@@ -55,9 +55,10 @@ from bess_rl.agents.fast_sac import COMPILE_MODES, FastSAC
 from bess_rl.agents.population import Population
 from bess_rl.agents.vec_env import FreshInfoVecEnv
 from bess_rl.experiment.build import make_model
-from bess_rl.experiment.config import ConfigError, compose_config, one_line, validate
-from bess_rl.experiment.errors import interrupted
+from bess_rl.experiment.config import compose_config, one_line, validate
+from bess_rl.experiment.errors import USER_ERRORS, interrupted
 from bess_rl.experiment.hardware import describe_machine, keep_heap
+from bess_rl.experiment.input_checks import MAX_HEAP_KEEP_MB
 from bess_rl.experiment.run_dir import write_json
 from bess_rl.site.env import PvBessEvEnv
 from bess_rl.site.scenario import default_scenario
@@ -485,8 +486,17 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
 
 def heap_mb(text: str) -> int | None:
-    """An argparse type: megabytes >= 0, or ``none`` (glibc's defaults)."""
-    return None if text == "none" else at_least(0)(text)
+    """An argparse type: megabytes in [0, MAX_HEAP_KEEP_MB], the range training takes for hardware.heap_keep_mb
+    (glibc's mallopt would wrap more around unnoticed), or ``none`` (glibc's defaults)."""
+    if text == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer or none: {text!r}") from None
+    if not 0 <= value <= MAX_HEAP_KEEP_MB:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_HEAP_KEEP_MB}] (or none), got {value}")
+    return value
 
 
 def unwritable(path: Path) -> str | None:
@@ -579,7 +589,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 "presets and hardware are its own options)")  # fmt: skip
     try:  # composed here, so a bad override fails in one line before anything is timed
         args.configs = {(a, pr): compose_cfg(a, pr, tuple(args.overrides)) for a in args.agents for pr in args.presets}
-    except (ConfigError, HydraException, OmegaConfBaseException) as exc:
+    except (*USER_ERRORS, HydraException, OmegaConfBaseException) as exc:
         p.error(f"--overrides: {one_line(exc)}")
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     args.json = args.json or Path(compose_config([]).paths.output_dir) / "bench" / f"{stamp}.json"

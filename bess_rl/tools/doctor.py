@@ -25,9 +25,12 @@ from omegaconf.errors import OmegaConfBaseException
 from bess_rl.agents import graphs, onednn_linear
 from bess_rl.agents.capabilities import Capabilities, capabilities, cpu_compiler, missing_cpu_compiler
 from bess_rl.experiment import hardware, planner
-from bess_rl.experiment.build import algo_class, asked_device
+from bess_rl.experiment.build import algo_class, asked_device, make_env
 from bess_rl.experiment.config import ConfigError, compose_config, validate
+from bess_rl.experiment.errors import USER_ERRORS
 from bess_rl.site.env import PvBessEvEnv
+from bess_rl.site.params import SiteParams
+from bess_rl.site.scenario import default_scenario
 
 # docs/presets.md's thresholds: "GPU temp > 75 C = throttling".
 MAX_TEMP_C = 75
@@ -242,7 +245,7 @@ def check_config(cfg: DictConfig) -> tuple[Check, hardware.Runtime | None]:
     try:
         validate(cfg)
         rt = hardware.resolve(cfg.hardware, algo_class(cfg.agent.algo), cfg.agent.device)
-    except (ConfigError, hardware.HardwareError) as exc:
+    except USER_ERRORS as exc:  # every value a run refuses in one line is a FAIL line here, not a traceback
         return Check("FAIL", "config", str(exc)), None
     finally:
         hw_log.setLevel(level)
@@ -293,6 +296,12 @@ def check_memory(cfg: DictConfig, env: PvBessEvEnv, device: str, name: str = "me
     return Check("PASS", name, value, plan.table())
 
 
+def spaces_env(cfg: DictConfig) -> PvBessEvEnv:
+    """The env whose spaces the memory plan sizes: the embedded year (the spaces do not depend on the data) with
+    the run's ``scenario.forecast_*``, which ``make_env`` refuses as a run's env does (a negative forecast_hours)."""
+    return make_env(default_scenario(), SiteParams(), cfg.scenario, training=False)
+
+
 def run_checks(overrides: list[str]) -> list[Check]:
     """Every checklist item for the config these overrides compose."""
     cfg: DictConfig | None = None
@@ -314,10 +323,13 @@ def run_checks(overrides: list[str]) -> list[Check]:
     ]
     if cfg is None:
         return [*checks, unusable]
+    try:
+        env = spaces_env(cfg)
+    except ConfigError as exc:
+        return [*checks, Check("FAIL", "config", str(exc)), Check("SKIP", "memory", "no estimate: no env to size")]
     config, runtime = check_config(cfg)
     checks.append(config)
     asked = _asked(cfg)
-    env = PvBessEvEnv(forecast_hours=cfg.scenario.forecast_hours)  # the spaces do not depend on the data
     if runtime is not None:
         checks.append(check_memory(cfg, env, runtime.device))
     if runtime is None or runtime.device != asked:  # also show whether it fits the device the profile names

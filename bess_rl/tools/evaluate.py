@@ -31,11 +31,11 @@ from bess_rl.experiment.evaluation import (
     load_trained,
     require_eval_part,
 )
-from bess_rl.experiment.input_checks import check_scenario
 from bess_rl.experiment.plots import dispatch_week
-from bess_rl.experiment.run_dir import RunDir, atomic_write_text, write_json
+from bess_rl.experiment.run_dir import RunDir, RunDirError, atomic_write_text, write_json
 from bess_rl.experiment.train import print_table
 from bess_rl.site.params import SiteParams
+from bess_rl.tools import cannot_write
 
 GROUPS = ("scenario", "site")  # config groups an override may swap whole
 GROUP_SCHEMAS = {"scenario": ScenarioConfig, "site": SiteParams}  # what their values are checked against
@@ -108,7 +108,6 @@ def evaluate(run_dir: Path, overrides: list[str], best: bool = False) -> tuple[d
     validate(cfg)  # what a training run checks before it starts
     require_eval_part(cfg.scenario)
     env = build_eval_env(cfg)
-    check_scenario(env.scenario)
     check_spaces(model, env)
     refs = build_references(cfg, env)  # the MPC as the run configured it
     scored, result = evaluate_part(model, env, refs)
@@ -133,6 +132,8 @@ def evaluate(run_dir: Path, overrides: list[str], best: bool = False) -> tuple[d
         others = comparison_traces(env, refs)
         dispatch_week(result.trace, RunDir(tmp).dispatch_plot, title, timestamps=env.scenario.timestamps, others=others)
         tmp.rename(out)
+    except OSError as exc:  # a run folder that refuses files (read-only, immutable, full): nothing is kept
+        raise RunDirError(cannot_write(exc, out.parent)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):  # an evaluations/ made for this one is not left behind empty
@@ -143,7 +144,12 @@ def evaluate(run_dir: Path, overrides: list[str], best: bool = False) -> tuple[d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bess_rl.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("overrides", nargs="*", help="scenario=NAME, site=NAME, scenario.KEY=VALUE, site.KEY=VALUE")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],  # without a default, argparse counts a "*" positional as required: "required: run_dir, overrides"
+        help="scenario=NAME, site=NAME, scenario.KEY=VALUE, site.KEY=VALUE",
+    )
     parser.add_argument("--best", action="store_true", help="best_model.zip (best periodic evaluation) not model.zip")
     args = parser.parse_intermixed_args(argv)  # options may stand between the overrides
     try:

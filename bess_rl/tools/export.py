@@ -12,7 +12,7 @@ came from, input and output layout), so exporting one format does not misdescrib
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from bess_rl.experiment.errors import USER_ERRORS, interrupted
 from bess_rl.experiment.evaluation import load_trained
-from bess_rl.experiment.run_dir import RunDir, write_json
+from bess_rl.experiment.run_dir import RunDir, RunDirError, atomic_write_bytes, write_json
+from bess_rl.tools import cannot_write
 
 FILES = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
 SHARED_DESCRIPTION = "policy.json"  # older exports wrote one for both formats: it described only the last
@@ -50,29 +51,25 @@ class DeterministicPolicy(torch.nn.Module):
 def export(run_dir: Path, fmt: str, best: bool = False) -> Path:
     """Write the policy file and its description into ``<run dir>/export``; returns the policy file.
 
-    Each file is written under a temporary name and renamed: a Ctrl-C or a failed export leaves the
-    earlier file whole.
+    Each file is written under a temporary name and renamed (``atomic_write_bytes``): a Ctrl-C or a failed
+    export leaves the earlier file whole. The policy is serialised in memory first, so every write is Python's
+    and a refused one names its path (torch's own file writer says only "open file failed").
     """
     model, cfg = load_trained(run_dir, best)
     module = DeterministicPolicy(model).eval()
     obs_space = model.observation_space
     example = torch.as_tensor(np.stack([obs_space.sample(), obs_space.sample()]), dtype=torch.float32)
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        if fmt == "torchscript":
+            buffer.write(torch.jit.trace(module, example).save_to_buffer())
+        else:
+            torch.onnx.export(
+                module, (example,), buffer, input_names=["obs"], output_names=["action"],
+                dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}}, dynamo=False,
+            )  # fmt: skip
     out = RunDir(run_dir).export
-    out.mkdir(exist_ok=True)
     path = out / FILES[fmt]
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with torch.no_grad():
-            if fmt == "torchscript":
-                torch.jit.trace(module, example).save(str(tmp))
-            else:
-                torch.onnx.export(
-                    module, (example,), str(tmp), input_names=["obs"], output_names=["action"],
-                    dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}}, dynamo=False,
-                )  # fmt: skip
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     layout: dict[str, Any] = {
         "format": fmt,
         "file": path.name,
@@ -86,8 +83,12 @@ def export(run_dir: Path, fmt: str, best: bool = False) -> Path:
         "observation_layout": "bess_rl.site.env module docstring (forecast_hours "
         f"{cfg.scenario.forecast_hours})",
     }  # fmt: skip
-    write_json(description(path), layout)
-    (out / SHARED_DESCRIPTION).unlink(missing_ok=True)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+        write_json(description(path), layout)
+        (out / SHARED_DESCRIPTION).unlink(missing_ok=True)
+    except OSError as exc:  # a run folder that refuses files (read-only, immutable, full)
+        raise RunDirError(cannot_write(exc, out)) from None
     return path
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from bess_rl.experiment.checkpoint import TrainingInterrupted
 from bess_rl.experiment.errors import USER_ERRORS, interrupted
+from bess_rl.experiment.evaluation import refuse_unfinished
 from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json
 from bess_rl.experiment.train import run
 
@@ -47,9 +48,18 @@ def compare(original: dict, replayed: dict, rel: float = 1e-9) -> list[str]:
     return diffs
 
 
+def original_metrics(run_dir: Path) -> dict:
+    """The metrics the replay must reproduce; a killed run has none yet, and is told how to finish, as evaluate
+    and export tell it (a complete checkpoint, ``checkpoint.current``, is what ``resume=`` continues from)."""
+    rd = RunDir(run_dir)
+    if not rd.metrics.is_file():  # killed between the model and the metrics: name the one missing
+        refuse_unfinished(run_dir, rd.metrics if rd.model.is_file() else rd.model)
+    return read_json(rd.metrics)
+
+
 def replay(run_dir: Path) -> tuple[dict, list[str]]:
     cfg = load_run_config(run_dir)
-    original = read_json(RunDir(run_dir).metrics)
+    original = original_metrics(run_dir)
     out = RunDir(run_dir).replays / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     log.info(
         "replaying %s: retraining %s (%s preset, seed %s) for %d steps on cpu into %s",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import sys
 import textwrap
@@ -31,10 +32,10 @@ from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from bess_rl.experiment import run_dir, seeds  # noqa: E402
-from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json  # noqa: E402
+from bess_rl.experiment.run_dir import RunDir, RunDirError, read_json, resume_command  # noqa: E402
 from bess_rl.experiment.sweeper import members_mean  # noqa: E402
 from bess_rl.site.params import penalised_kg, reduction_pct  # noqa: E402
-from bess_rl.tools import study  # noqa: E402
+from bess_rl.tools import cannot_write, study  # noqa: E402
 
 AGENTS = ("sac", "ppo", "a2c")
 PRESETS = ("before", "after")
@@ -63,6 +64,9 @@ LABEL_WIDTH = 60  # characters per line of a bar's label in co2.png
 HPARAMS = "agent.hparams."  # left out of config labels: "learning_rate=0.001"
 # What reading a truncated or hand-edited run folder file raises: that folder is skipped with a warning.
 UNREADABLE = (RunDirError, ValueError, yaml.YAMLError, OmegaConfBaseException)
+JOB_LOG = "bess_rl.log"  # Hydra's log of a job: hydra.job.name (bess_rl/conf/hydra/default.yaml) + ".log"
+LOG_TAIL = 65_536  # bytes of a job's log searched for its last error: where a failed job logged it
+ERROR_LINE = re.compile(r"^\[[^]]*\]\[[^]]*\]\[(?:ERROR|CRITICAL)\] - (.+)$", re.MULTILINE)  # Hydra's format
 
 
 class ReportError(Exception):
@@ -91,8 +95,14 @@ class Run:
         if self.metrics is not None:
             return "ok"
         if RunDir(self.path).checkpoint.is_dir():
-            return f"interrupted (resume with `python -m bess_rl resume={self.path}`)"
-        return "failed: no metrics.json (the sweep's console output has the error)"
+            return f"interrupted (resume with `{resume_command(self.path)}`)"
+        log = self.path / JOB_LOG
+        if not log.is_file():
+            return "failed: no metrics.json (the sweep's console output has the error)"
+        error = last_error(log)
+        if error is None:  # killed, or an error of the code itself: its traceback went to the console
+            return f"failed: no metrics.json and no error in `{log}` (the sweep's console output may have it)"
+        return f"failed: {error} (`{log}`)"
 
     @property
     def mtime(self) -> float:
@@ -123,6 +133,19 @@ class Run:
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         return node
+
+
+def last_error(log: Path) -> str | None:
+    """The message of the last ERROR line in the end of a job's log: a sweep's failed trial logged why there
+    (``bess_rl.__main__``), and its table row should say it."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - LOG_TAIL))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    errors = ERROR_LINE.findall(tail)
+    return errors[-1].strip() if errors else None
 
 
 def _launcher(path: Path) -> str | None:
@@ -680,12 +703,21 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
     runs = find_runs(paths)
     if not runs:  # a report of nothing would still claim what the runs were evaluated on
         raise ReportError(f"no run folder found under {', '.join(map(str, paths))}")
-    chosen, used = pick(runs), used_runs(runs)
-    preset_grid = any(r.config.get("task_name") == "before_vs_after" for r in runs)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way higher up, no permission
         raise ReportError(f"cannot create the report folder {out} ({exc.strerror or exc})") from None
+    try:
+        return write_files(paths, runs, out)
+    except OSError as exc:  # a folder that refuses files (permissions, chattr +i), a full disk; no temporaries here
+        raise ReportError(cannot_write(exc, exc.filename or out)) from None
+
+
+def write_files(paths: Sequence[Path], runs: list[Run], out: Path) -> Path:
+    """``write_report`` once the runs are found and ``out`` exists; apart, so that ``write_report`` can say an
+    OSError of these writes (a folder that refuses files, a full disk) in one line naming the path."""
+    chosen, used = pick(runs), used_runs(runs)
+    preset_grid = any(r.config.get("task_name") == "before_vs_after" for r in runs)
     results, speeds = result_rows(used, preset_grid), speed_rows(chosen, used, preset_grid)
     bases = evaluation_bases(used)
     main = bases[0] if bases else []  # the data most runs were evaluated on: the references are its runs'
@@ -758,7 +790,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         "",
         _improvement_table(improvements),
         "",
-        *study_sections([*used, *population_trials(paths)], out),
+        *study_sections([*runs, *population_trials(paths)], out),
         "## Speed and memory per agent (the presets' table, docs/presets.md, measured; median over seeds)",
         "",
         _speed_table(speeds),
@@ -801,10 +833,14 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
     return out / "report.md"
 
 
-def study_sections(used: Sequence[Run], out: Path) -> list[str]:
-    """For each Optuna study among the runs: the best trial, all trials with their KPIs, the study's figures."""
+def study_sections(runs: Sequence[Run], out: Path) -> list[str]:
+    """For each Optuna study among the runs: the best trial, all trials with their KPIs, the study's figures.
+
+    Why every run, not ``used_runs``: those keep one unfinished run per agent and preset, and a study's table
+    lists each trial folder, failed ones too.
+    """
     studies: dict[str, tuple[dict[str, Any], list[Run]]] = {}
-    for run in used:
+    for run in runs:
         if run.sweeper is not None:
             studies.setdefault(json.dumps(run.sweeper, sort_keys=True), (run.sweeper, []))[1].append(run)
     lines = []
@@ -814,7 +850,8 @@ def study_sections(used: Sequence[Run], out: Path) -> list[str]:
         maximise = [str(d).lower().startswith("max") for d in sweeper["direction"]]
         rows = study.trial_rows(trials, sweeper["params"], objectives, maximise)
         name = sweeper["study_name"] or "study"
-        figures, notes, numbers = study.study_figures(sweeper, objectives, out, [t.path for t in trials])
+        folders = {t.path: study.job_overrides(t) for t in trials}
+        figures, notes, numbers = study.study_figures(sweeper, objectives, out, folders)
         for row in rows:  # the study's trial number where the storage has it, else the job folder's
             row["trial"] = str(numbers.get(Path(row["run_folder"]).resolve(), row["trial"]))
         pd.DataFrame(rows).to_csv(out / f"trials_{name}.csv", index=False)
