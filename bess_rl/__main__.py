@@ -114,14 +114,14 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
             log.warning("%s\nresume with: %s", exc, resume_command(exc.path.parent))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:  # a second Ctrl-C, or a Ctrl-C, SIGTERM or SIGHUP outside training
-        said = f"stopped by {exc.signame}" if isinstance(exc, startup.Terminated) else "interrupted"
+        said, code = startup.how_stopped(exc)
         if hc.mode == RunMode.MULTIRUN:
             trial = fail_running_trial(hc.sweeper, overrides)
             said += f"; sweep stopped (trial {trial} marked failed)" if trial is not None else ""
         elif cfg.resume is None and remove_refused_folder(hc):
             said += f" before training began: nothing was kept (its folder {hc.runtime.output_dir} is removed)"
         log.warning("%s", said)  # a resume's checkpoint, and any a second Ctrl-C left, stay as they were
-        sys.exit(exc.exit_code if isinstance(exc, startup.Terminated) else 130)
+        sys.exit(code)
     except (MemoryError, *USER_ERRORS) as exc:
         # A resume logs into the run it continues (resumes/<time>/); a sweep's failed trial keeps its folder,
         # whose log says why (the report and the study list it): those stay.
@@ -259,10 +259,9 @@ def cli() -> None:
         torch_log = logging.getLogger("torch")
         if torch_log.level == logging.NOTSET:
             torch_log.setLevel(logging.WARNING)
-        stopped = isinstance(exc, startup.Terminated)
-        print(f"{f'stopped by {exc.signame}' if stopped else 'interrupted'}: finished runs and checkpoints are kept",
-              file=sys.stderr)  # fmt: skip
-        sys.exit(exc.exit_code if stopped else 130)
+        said, code = startup.how_stopped(exc)
+        print(f"{said}: finished runs and checkpoints are kept", file=sys.stderr)
+        sys.exit(code)
     except BrokenPipeError:
         startup.reader_gone()
     except OSError as exc:

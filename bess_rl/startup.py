@@ -65,6 +65,13 @@ class Terminated(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
+def how_stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What ended the command, said as its line begins, and the exit code: Ctrl-C's 130, or a ``Terminated``'s."""
+    if isinstance(exc, Terminated):
+        return f"stopped by {exc.signame}", exc.exit_code
+    return "interrupted", 130
+
+
 def _terminated(signum: int, _frame: FrameType | None) -> NoReturn:
     raise Terminated(signum)
 

@@ -103,17 +103,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     it, which races with every other thread creating files.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    try:
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -219,6 +212,11 @@ class RunDir:
     @property
     def hydra_config(self) -> Path:
         return self.path / HYDRA / "config.yaml"
+
+    @property
+    def hydra_overrides(self) -> Path:
+        """The overrides Hydra launched the run (a sweep's trial: its fixed and searched ones) with."""
+        return self.path / HYDRA / "overrides.yaml"
 
     def save_model(self, model: BaseAlgorithm, path: Path | None = None) -> Path:
         """``model`` as model.zip, or ``path`` (best_model.zip), through ``atomic_path``: SB3 writes its zip in

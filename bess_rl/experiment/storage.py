@@ -33,8 +33,6 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from bess_rl.experiment.config import one_line
-
 log = logging.getLogger(__name__)
 
 # Trial system attribute naming the sweep folder whose process asked the trial (its jobs are under it).
@@ -207,7 +205,7 @@ def open_storage(url: str, **kwargs: Any) -> RDBStorage:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
-        reason = f" ({one_line(exc)})" if isinstance(exc, ValueError) else ""
+        reason = f" ({_one_line(exc)})" if isinstance(exc, ValueError) else ""
         raise StorageError(
             f"hydra.sweeper.storage {url!r} is not a database URL{reason} (e.g. sqlite:///outputs/optuna.db)"
         ) from None

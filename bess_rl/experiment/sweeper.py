@@ -24,6 +24,7 @@ which run folder holds which result.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -37,10 +38,10 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import InterpolationResolutionError
 
 from bess_rl.experiment.config import ConfigError, objective_names, one_line
-from bess_rl.experiment.run_dir import HYDRA, RunDir, RunDirError, launch_sweep, read_json
+from bess_rl.experiment.run_dir import RunDir, RunDirError, launch_sweep, read_json
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from optuna.distributions import BaseDistribution
     from optuna.storages import RDBStorage
@@ -63,6 +64,22 @@ def _abort(message: str, code: int) -> NoReturn:
     """Hydra turns a callback's exception into a warning; stopping the sweep needs SystemExit."""
     log.error("%s", message)
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def _stops_the_sweep(what: str) -> Iterator[None]:
+    """An unexpected error of the guard ends the sweep in one line, exit 1: Hydra makes a callback's exception a
+    warning, and the sweep would go on without what the guard does. Its own refusals are SystemExit already."""
+    try:
+        yield
+    except Exception as exc:
+        _abort(f"the Optuna study guard {what} ({type(exc).__name__}: {one_line(exc)})", 1)
+
+
+def trial_overrides(trial: FrozenTrial) -> set[str]:
+    """The ``key=value`` overrides the sweeper launched ``trial``'s job with for its searched parameters: how a
+    job's folder (its overrides) is told apart from the other trials'."""
+    return {f"{k}={v}" for k, v in trial.params.items()}
 
 
 def _directions(direction: Any) -> list[str]:
@@ -295,7 +312,7 @@ def record_trial(config: DictConfig, job_return: JobReturn) -> None:
     study = optuna.load_study(study_name=sweeper.study_name, storage=storage_url(sweeper.storage))
     overrides = set(job_return.overrides or [])
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "run_dir" not in trial.user_attrs and {f"{k}={v}" for k, v in trial.params.items()} <= overrides:
+        if "run_dir" not in trial.user_attrs and trial_overrides(trial) <= overrides:
             live = optuna.trial.Trial(study, trial._trial_id)
             for key in TRIAL_KPIS:
                 if key in metrics:
@@ -426,13 +443,8 @@ class OptunaStudyGuard(Callback):
         return objective
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
+        with _stops_the_sweep("could not check this sweep, so none of it ran"):  # else it would run unguarded
             self._start(config)
-        except SystemExit:
-            raise
-        except Exception as exc:  # Hydra makes it a warning and the sweep would run unguarded
-            _abort(f"the Optuna study guard could not check this sweep, so none of it ran ({type(exc).__name__}: "
-                   f"{one_line(exc)})", 1)  # fmt: skip
 
     def _start(self, config: DictConfig) -> None:
         sweeper = config.hydra.sweeper
@@ -487,13 +499,8 @@ class OptunaStudyGuard(Callback):
             record_trial(config, job_return)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
+        with _stops_the_sweep("could not read this sweep's trials"):  # else a sweep of failed trials would exit 0
             self._end(config)
-        except SystemExit:
-            raise
-        except Exception as exc:  # Hydra makes it a warning: a sweep whose every trial failed would exit 0
-            _abort(f"the Optuna study guard could not read this sweep's trials ({type(exc).__name__}: "
-                   f"{one_line(exc)})", 1)  # fmt: skip
 
     def _end(self, config: DictConfig) -> None:
         import optuna
@@ -537,7 +544,7 @@ def locate_best(results: Path, best: Sequence[FrozenTrial], sweep_dir: str) -> N
         run = trial.user_attrs.get("run_dir")
         entry: dict[str, Any] = {"trial": trial.number, "run_dir": run,
                                  "this_sweep": trial.system_attrs.get(SWEEP_ATTR) == sweep_dir}  # fmt: skip
-        overrides = Path(run) / HYDRA / "overrides.yaml" if run else None
+        overrides = RunDir(Path(run)).hydra_overrides if run else None
         if overrides is not None and overrides.is_file():
             entry["rerun"] = "python -m bess_rl " + " ".join(shlex.quote(o) for o in OmegaConf.load(overrides))
         located.append(entry)

@@ -28,6 +28,7 @@ from sqlalchemy.exc import ArgumentError  # noqa: E402
 
 from bess_rl.experiment import run_dir  # noqa: E402
 from bess_rl.experiment.storage import SWEEP_ATTR, shown  # noqa: E402
+from bess_rl.experiment.sweeper import trial_overrides  # noqa: E402
 
 log = logging.getLogger(__name__)
 KPIS = ("penalised_reduction_pct", "co2_reduction_pct", "co2_kg", "ev_unmet_kwh", "timesteps_per_hour")
@@ -96,7 +97,7 @@ def job_overrides(run: Any) -> list[str]:
     refused before run_info.json was written (its parameters are what the table must show)."""
     if "overrides" in run.info:
         return list(run.info["overrides"])
-    file = run.path / run_dir.HYDRA / "overrides.yaml"
+    file = run_dir.RunDir(run.path).hydra_overrides
     try:
         listed = yaml.safe_load(file.read_text()) if file.is_file() else []
     except (OSError, UnicodeDecodeError, yaml.YAMLError):  # truncated: the row shows no parameters
@@ -195,7 +196,7 @@ def trial_numbers(trials: Sequence[Any], folders: Mapping[Path, Collection[str]]
         if "run_dir" in trial.user_attrs and (folder := Path(trial.user_attrs["run_dir"]).resolve()) in ours:
             numbers[folder] = trial.number
     for trial in (t for t in trials if "run_dir" not in t.user_attrs and t.params):
-        params = {f"{k}={v}" for k, v in trial.params.items()}
+        params = trial_overrides(trial)
         sweep = trial.system_attrs.get(SWEEP_ATTR)
         found = (f for f, o in ours.items() if f not in numbers and params <= o and sweep in (None, str(f.parent)))
         if (folder := next(found, None)) is not None:
